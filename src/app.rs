@@ -1,0 +1,175 @@
+//! Wiring: `App::build` resolves configuration into running parts (Kafka,
+//! database, policy, keys); `run_until_stopped` runs the decision loop until
+//! the shutdown token is cancelled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::auth::{SigningKey, Verifier};
+use crate::config::Settings;
+use crate::kafka::{self, Pipeline, embedded::EmbeddedKafka};
+use crate::policy::Policy;
+use crate::service::DecisionService;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaError),
+    #[error("embedded kafka: {0}")]
+    Embedded(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("policy in {dir}: {source}")]
+    Policy {
+        dir: String,
+        source: crate::policy::PolicyError,
+    },
+    #[error(transparent)]
+    Keys(#[from] crate::auth::KeyError),
+}
+
+pub struct App {
+    settings: Settings,
+    bootstrap: String,
+    /// Kept alive for as long as the app runs when no cluster is configured.
+    embedded: Option<EmbeddedKafka>,
+    service: DecisionService,
+    pipeline: Pipeline,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> Result<App, AppError> {
+        Self::build_with_verifier(settings, None).await
+    }
+
+    /// As [`App::build`], with a ready-made token verifier instead of the
+    /// configured key files (the demo acts as its own identity provider).
+    pub async fn build_with_verifier(
+        settings: Settings,
+        verifier: Option<Verifier>,
+    ) -> Result<App, AppError> {
+        let (bootstrap, embedded) = match &settings.kafka.bootstrap_servers {
+            Some(b) => (b.clone(), None),
+            None => {
+                let cluster = EmbeddedKafka::start(1).map_err(AppError::Embedded)?;
+                warn!(
+                    message = "NO KAFKA CONFIGURED: using the EMBEDDED in-process Kafka; its data is lost when tollgate stops. Set kafka.bootstrap_servers (TOLLGATE_KAFKA__BOOTSTRAP_SERVERS) for a real cluster.",
+                    bootstrap_servers = %cluster.bootstrap_servers()
+                );
+                (cluster.bootstrap_servers().to_owned(), Some(cluster))
+            }
+        };
+        if settings.kafka.create_topics {
+            match &embedded {
+                // The mock cluster has no admin API.
+                Some(cluster) => {
+                    for t in settings.topics.all() {
+                        cluster
+                            .create_topic(t, settings.kafka.partitions)
+                            .map_err(AppError::Embedded)?;
+                    }
+                }
+                None => {
+                    kafka::ensure_topics(&settings.kafka, &bootstrap, &settings.topics.all())
+                        .await?
+                }
+            }
+        }
+
+        let store =
+            Store::connect(&settings.database.url, settings.database.max_connections).await?;
+        let policy =
+            Policy::load(&settings.policy.dir)
+                .await
+                .map_err(|source| AppError::Policy {
+                    dir: settings.policy.dir.display().to_string(),
+                    source,
+                })?;
+        info!(message = "policy loaded", version = %policy.version(), rules = policy.rule_count(),
+              datasets = policy.catalogue().datasets.len(), scenarios = policy.catalogue().scenarios.len());
+
+        let verifier = match verifier {
+            Some(v) => v,
+            None => Verifier::from_settings(&settings.auth)?,
+        };
+        if verifier.key_count() == 0 {
+            warn!(
+                message = "no token verification keys configured (auth.public_keys / auth.jwks): every request will be denied with auth.unknown_key or auth.algorithm_not_allowed"
+            );
+        }
+        let grant_key = match &settings.grant.signing_key {
+            Some(path) => SigningKey::from_pem_file(path)?,
+            None => {
+                let key = SigningKey::generate("tollgate-ephemeral");
+                warn!(message = "no grant.signing_key configured: grants are signed with a key generated for this run", jwk = %key.public().to_jwk());
+                key
+            }
+        };
+        let pipeline = Pipeline::new(&settings.kafka, &bootstrap, &settings.topics.requests)?;
+        let service = DecisionService {
+            policy: Arc::new(policy),
+            verifier,
+            store,
+            grant_key,
+            grant: settings.grant.clone(),
+            topics: settings.topics.clone(),
+            max_message_bytes: settings.service.max_message_bytes,
+        };
+        Ok(App {
+            settings,
+            bootstrap,
+            embedded,
+            service,
+            pipeline,
+        })
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.service.store
+    }
+
+    pub fn policy_version(&self) -> &str {
+        self.service.policy.version()
+    }
+
+    /// The public key data hosts use to verify grants, as a JWK.
+    pub fn grant_jwk(&self) -> serde_json::Value {
+        self.service.grant_key.public().to_jwk()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let App {
+            settings,
+            bootstrap,
+            embedded,
+            service,
+            pipeline,
+        } = self;
+        info!(message = "tollgate is consuming", %bootstrap, topic = %settings.topics.requests, group = %settings.kafka.group_id);
+        let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
+        let result = kafka::run(
+            pipeline,
+            &service,
+            shutdown,
+            grace,
+            settings.service.max_in_flight,
+        )
+        .await;
+        // The pool closes with its last handle; a caller may still hold one.
+        drop(embedded);
+        info!(message = "tollgate stopped");
+        Ok(result?)
+    }
+}

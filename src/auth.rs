@@ -1,0 +1,712 @@
+//! Token verification: the only place an identity comes from.
+//!
+//! A token is accepted only when its header names an algorithm that one of the
+//! configured keys is for, its signature verifies with that key, and its
+//! registered claims (exp, nbf, iss, aud, sub) are valid. `alg: none` cannot
+//! pass: jsonwebtoken has no such algorithm, so the header fails to parse.
+//! HS256 is refused unless a shared secret was configured explicitly, which
+//! also closes the "HS256 signed with the RSA public key" confusion: an RSA
+//! key never verifies an HMAC token.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthSettings;
+
+/// Stable reason codes for authentication failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token in the request body or authorization header")]
+    Missing,
+    #[error("token is not a well-formed JWT: {0}")]
+    Malformed(String),
+    #[error("token algorithm {0} is not accepted")]
+    AlgorithmNotAllowed(String),
+    #[error("no configured key verifies tokens with kid {kid:?} and alg {alg}")]
+    UnknownKey { kid: Option<String>, alg: String },
+    #[error("token signature does not verify")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token issuer is not trusted")]
+    WrongIssuer,
+    #[error("token audience does not include this service")]
+    WrongAudience,
+    #[error("token lacks required claim {0}")]
+    MissingClaim(String),
+    #[error("token subject is not a unified social credit code: {0}")]
+    InvalidSubject(String),
+    #[error("token is too large ({0} bytes)")]
+    TooLarge(usize),
+}
+
+impl AuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "auth.token_missing",
+            AuthError::Malformed(_) => "auth.token_malformed",
+            AuthError::AlgorithmNotAllowed(_) => "auth.algorithm_not_allowed",
+            AuthError::UnknownKey { .. } => "auth.unknown_key",
+            AuthError::BadSignature => "auth.bad_signature",
+            AuthError::Expired => "auth.token_expired",
+            AuthError::NotYetValid => "auth.token_not_yet_valid",
+            AuthError::WrongIssuer => "auth.wrong_issuer",
+            AuthError::WrongAudience => "auth.wrong_audience",
+            AuthError::MissingClaim(_) => "auth.missing_claim",
+            AuthError::InvalidSubject(_) => "auth.invalid_subject",
+            AuthError::TooLarge(_) => "auth.token_too_large",
+        }
+    }
+}
+
+/// Errors configuring the verifier (bad key files): fatal at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("reading key file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("key file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// The verified identity of a requester.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// The enterprise's unified social credit code.
+    pub subject: String,
+    pub issuer: String,
+    pub roles: BTreeSet<String>,
+    pub qualifications: BTreeSet<String>,
+    pub token_id: Option<String>,
+    pub expires_at: i64,
+}
+
+/// Claims tollgate reads from a requester token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub iss: String,
+    pub aud: serde_json::Value,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub qualifications: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+struct TrustedKey {
+    kid: Option<String>,
+    algorithms: Vec<Algorithm>,
+    key: DecodingKey,
+}
+
+/// Verifies requester tokens against the configured key set.
+pub struct Verifier {
+    keys: Vec<TrustedKey>,
+    issuers: Vec<String>,
+    audience: Vec<String>,
+    leeway_secs: u64,
+    max_token_bytes: usize,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys.len())
+            .field("issuers", &self.issuers)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// A USCC is 18 characters from the GB 32100-2015 alphabet (digits and
+/// upper-case letters without I, O, Z, S, V), with a check character.
+pub fn is_uscc(s: &str) -> bool {
+    const ALPHABET: &str = "0123456789ABCDEFGHJKLMNPQRTUWXY";
+    const WEIGHTS: [u32; 17] = [
+        1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
+    ];
+    if s.len() != 18 {
+        return false;
+    }
+    let mut values = Vec::with_capacity(18);
+    for c in s.chars() {
+        match ALPHABET.find(c) {
+            Some(v) => values.push(v as u32),
+            None => return false,
+        }
+    }
+    let sum: u32 = values[..17].iter().zip(WEIGHTS).map(|(v, w)| v * w).sum();
+    let check = (31 - sum % 31) % 31;
+    values[17] == check
+}
+
+/// Completes the first 17 characters of a USCC with its check character.
+/// Used by the demo and tests to make valid sample codes.
+pub fn uscc_with_check(first17: &str) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
+    const WEIGHTS: [usize; 17] = [
+        1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
+    ];
+    let sum: usize = first17
+        .bytes()
+        .zip(WEIGHTS)
+        .map(|(b, w)| ALPHABET.iter().position(|&a| a == b).unwrap_or(0) * w)
+        .sum();
+    let check = (31 - sum % 31) % 31;
+    format!("{first17}{}", ALPHABET[check] as char)
+}
+
+fn algorithms_for_pem(pem: &str) -> Vec<Algorithm> {
+    if pem.contains("BEGIN RSA PUBLIC KEY") {
+        return vec![Algorithm::RS256];
+    }
+    vec![]
+}
+
+impl Verifier {
+    pub fn from_settings(settings: &AuthSettings) -> Result<Self, KeyError> {
+        let mut keys = Vec::new();
+        for path in &settings.public_keys {
+            keys.push(load_pem_key(path)?);
+        }
+        if let Some(path) = &settings.jwks {
+            keys.extend(load_jwks(path)?);
+        }
+        if let Some(secret) = settings
+            .hs256_secret
+            .as_deref()
+            .filter(|_| settings.allow_hs256)
+        {
+            keys.push(TrustedKey {
+                kid: None,
+                algorithms: vec![Algorithm::HS256],
+                key: DecodingKey::from_secret(secret.as_bytes()),
+            });
+        }
+        Ok(Verifier {
+            keys,
+            issuers: settings.issuers.clone(),
+            audience: settings.audience.clone(),
+            leeway_secs: settings.leeway_secs,
+            max_token_bytes: settings.max_token_bytes,
+        })
+    }
+
+    /// A verifier trusting exactly one EdDSA key; for the demo and tests.
+    pub fn for_ed25519(public: &PublicKey, issuer: &str, audience: &str) -> Self {
+        Verifier {
+            keys: vec![TrustedKey {
+                kid: Some(public.kid.clone()),
+                algorithms: vec![Algorithm::EdDSA],
+                key: public.decoding_key(),
+            }],
+            issuers: vec![issuer.to_owned()],
+            audience: vec![audience.to_owned()],
+            leeway_secs: 30,
+            max_token_bytes: 8192,
+        }
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Verifies `token` as of now.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge(token.len()));
+        }
+        // A header naming an algorithm jsonwebtoken does not know (such as
+        // "none") fails to parse; report it as the algorithm it is.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match header_alg(token) {
+            Some(alg) => AuthError::AlgorithmNotAllowed(alg),
+            None => AuthError::Malformed(e.to_string()),
+        })?;
+        let alg = header.alg;
+        if !self.keys.iter().any(|k| k.algorithms.contains(&alg)) {
+            return Err(AuthError::AlgorithmNotAllowed(format!("{alg:?}")));
+        }
+        // A kid, when given, must name a configured key: an unknown or
+        // injected kid never falls back to "try every key".
+        let candidates: Vec<&TrustedKey> = self
+            .keys
+            .iter()
+            .filter(|k| k.algorithms.contains(&alg))
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => false,
+                (None, _) => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(AuthError::UnknownKey {
+                kid: header.kid.clone(),
+                alg: format!("{alg:?}"),
+            });
+        }
+
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.leeway_secs;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.set_issuer(&self.issuers);
+        validation.set_audience(&self.audience);
+
+        let mut last = AuthError::BadSignature;
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => return principal_from(data.claims),
+                Err(e) => {
+                    last = map_jwt_error(e.kind());
+                    // Only a signature mismatch is worth trying the next key
+                    // for; any claim error means the signature was good.
+                    if last != AuthError::BadSignature {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+fn header_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let first = token.split('.').next().unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(first)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v.get("alg")
+                .and_then(|a| a.as_str())
+                .map(|a| a.chars().take(16).collect())
+        })
+}
+
+fn map_jwt_error(kind: &ErrorKind) -> AuthError {
+    match kind {
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            AuthError::AlgorithmNotAllowed("mismatch".into())
+        }
+        other => AuthError::Malformed(format!("{other:?}")),
+    }
+}
+
+fn principal_from(claims: Claims) -> Result<Principal, AuthError> {
+    if !is_uscc(&claims.sub) {
+        return Err(AuthError::InvalidSubject(
+            claims.sub.chars().take(32).collect(),
+        ));
+    }
+    Ok(Principal {
+        subject: claims.sub,
+        issuer: claims.iss,
+        roles: claims.roles.into_iter().collect(),
+        qualifications: claims.qualifications.into_iter().collect(),
+        token_id: claims.jti,
+        expires_at: claims.exp,
+    })
+}
+
+/// A key file's kid is its name up to the first dot: `idp-1.pub.pem` is "idp-1".
+fn kid_from_path(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.split('.').next().unwrap_or_default().to_owned()
+}
+
+fn load_pem_key(path: &Path) -> Result<TrustedKey, KeyError> {
+    let p = path.display().to_string();
+    let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let invalid = |e: jsonwebtoken::errors::Error| KeyError::Invalid {
+        path: p.clone(),
+        message: e.to_string(),
+    };
+    // One PEM "PUBLIC KEY" block can hold RSA, EC or Ed25519 keys; try each
+    // family and keep the one that parses. The kid is the file stem so a
+    // token can name its key.
+    let kid = Some(kid_from_path(path));
+    let mut algs = algorithms_for_pem(&pem);
+    let key = if let Ok(k) = DecodingKey::from_ed_pem(pem.as_bytes()) {
+        algs = vec![Algorithm::EdDSA];
+        k
+    } else if let Ok(k) = DecodingKey::from_ec_pem(pem.as_bytes()) {
+        algs = vec![Algorithm::ES256];
+        k
+    } else {
+        let k = DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(invalid)?;
+        if algs.is_empty() {
+            algs = vec![Algorithm::RS256];
+        }
+        k
+    };
+    Ok(TrustedKey {
+        kid,
+        algorithms: algs,
+        key,
+    })
+}
+
+fn load_jwks(path: &Path) -> Result<Vec<TrustedKey>, KeyError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let set: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(&text).map_err(|e| KeyError::Invalid {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        use jsonwebtoken::jwk::AlgorithmParameters as P;
+        let algorithms = match &jwk.algorithm {
+            P::RSA(_) => vec![Algorithm::RS256],
+            P::EllipticCurve(_) => vec![Algorithm::ES256],
+            P::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+            // Symmetric keys in a JWKS would make HS256 possible without the
+            // explicit opt-in; refuse them.
+            P::OctetKey(_) => {
+                return Err(KeyError::Invalid {
+                    path: p,
+                    message:
+                        "symmetric (oct) keys are not accepted in a JWKS; use auth.hs256_secret"
+                            .into(),
+                });
+            }
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Invalid {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        keys.push(TrustedKey {
+            kid: jwk.common.key_id.clone(),
+            algorithms,
+            key,
+        });
+    }
+    Ok(keys)
+}
+
+/// An Ed25519 signing key: used for grants, and by the demo and tests to act
+/// as an identity provider.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub kid: String,
+    inner: ed25519_dalek::SigningKey,
+}
+
+/// The public half of a [`SigningKey`].
+#[derive(Clone, Debug)]
+pub struct PublicKey {
+    pub kid: String,
+    inner: ed25519_dalek::VerifyingKey,
+}
+
+impl SigningKey {
+    pub fn generate(kid: &str) -> Self {
+        let mut rng = rand::rngs::OsRng;
+        SigningKey {
+            kid: kid.to_owned(),
+            inner: ed25519_dalek::SigningKey::generate(&mut rng),
+        }
+    }
+
+    pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let p = path.display().to_string();
+        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let inner =
+            ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Invalid {
+                path: p,
+                message: format!("not an Ed25519 PKCS#8 key: {e}"),
+            })?;
+        Ok(SigningKey {
+            kid: kid_from_path(path),
+            inner,
+        })
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey {
+            kid: self.kid.clone(),
+            inner: self.inner.verifying_key(),
+        }
+    }
+
+    pub fn to_pkcs8_pem(&self) -> String {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        self.inner
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .expect("an Ed25519 key always encodes")
+            .to_string()
+    }
+
+    fn encoding_key(&self) -> EncodingKey {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let der = self
+            .inner
+            .to_pkcs8_der()
+            .expect("an Ed25519 key always encodes");
+        EncodingKey::from_ed_der(der.as_bytes())
+    }
+
+    /// Signs `claims` as an EdDSA JWT with this key's kid.
+    pub fn sign<T: Serialize>(&self, claims: &T) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding_key())
+            .expect("EdDSA signing does not fail")
+    }
+}
+
+impl PublicKey {
+    pub fn to_pem(&self) -> String {
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        self.inner
+            .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .expect("an Ed25519 key always encodes")
+    }
+
+    pub fn decoding_key(&self) -> DecodingKey {
+        DecodingKey::from_ed_der(self.inner.as_bytes())
+    }
+
+    /// The key as a JWK, for data hosts that verify grants.
+    pub fn to_jwk(&self) -> serde_json::Value {
+        use base64::Engine;
+        serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": self.kid,
+            "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.inner.as_bytes()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISS: &str = "https://idp.example.gov.cn";
+    const AUD: &str = "tollgate";
+
+    fn claims(sub: &str, exp_offset: i64) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            sub: sub.into(),
+            iss: ISS.into(),
+            aud: serde_json::json!(AUD),
+            exp: now + exp_offset,
+            nbf: None,
+            iat: Some(now),
+            jti: Some("t-1".into()),
+            roles: vec!["data_user".into()],
+            qualifications: vec!["medical_research".into()],
+            name: None,
+        }
+    }
+
+    fn sample_uscc() -> String {
+        uscc_with_check("91610131MA6TG1L5X")
+    }
+
+    fn setup() -> (SigningKey, Verifier) {
+        let key = SigningKey::generate("idp-1");
+        let verifier = Verifier::for_ed25519(&key.public(), ISS, AUD);
+        (key, verifier)
+    }
+
+    #[test]
+    fn uscc_check_character_is_validated() {
+        let good = sample_uscc();
+        assert!(is_uscc(&good));
+        let mut bad = good.clone();
+        bad.replace_range(17..18, if &good[17..] == "0" { "1" } else { "0" });
+        assert!(!is_uscc(&bad));
+        assert!(!is_uscc("91610131MA6TG1L5"));
+        assert!(!is_uscc("91610131MA6TG1L5IO"));
+    }
+
+    #[test]
+    fn valid_token_yields_principal_from_claims() {
+        let (key, verifier) = setup();
+        let p = verifier
+            .verify(&key.sign(&claims(&sample_uscc(), 300)))
+            .unwrap();
+        assert_eq!(p.subject, sample_uscc());
+        assert!(p.roles.contains("data_user"));
+        assert!(p.qualifications.contains("medical_research"));
+    }
+
+    #[test]
+    fn expired_token_is_rejected_beyond_leeway() {
+        let (key, verifier) = setup();
+        let err = verifier
+            .verify(&key.sign(&claims(&sample_uscc(), -120)))
+            .unwrap_err();
+        assert_eq!(err.code(), "auth.token_expired");
+        // Within the 30 s leeway it still passes.
+        assert!(
+            verifier
+                .verify(&key.sign(&claims(&sample_uscc(), -10)))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn token_not_yet_valid_is_rejected() {
+        let (key, verifier) = setup();
+        let mut c = claims(&sample_uscc(), 600);
+        c.nbf = Some(chrono::Utc::now().timestamp() + 300);
+        assert_eq!(
+            verifier.verify(&key.sign(&c)).unwrap_err().code(),
+            "auth.token_not_yet_valid"
+        );
+    }
+
+    #[test]
+    fn wrong_issuer_and_audience_are_rejected() {
+        let (key, verifier) = setup();
+        let mut c = claims(&sample_uscc(), 300);
+        c.iss = "https://evil.example".into();
+        assert_eq!(
+            verifier.verify(&key.sign(&c)).unwrap_err().code(),
+            "auth.wrong_issuer"
+        );
+        let mut c = claims(&sample_uscc(), 300);
+        c.aud = serde_json::json!("someone-else");
+        assert_eq!(
+            verifier.verify(&key.sign(&c)).unwrap_err().code(),
+            "auth.wrong_audience"
+        );
+    }
+
+    #[test]
+    fn token_signed_by_another_key_with_same_kid_is_rejected() {
+        let (_, verifier) = setup();
+        let other = SigningKey::generate("idp-1");
+        let err = verifier
+            .verify(&other.sign(&claims(&sample_uscc(), 300)))
+            .unwrap_err();
+        assert_eq!(err.code(), "auth.bad_signature");
+    }
+
+    #[test]
+    fn unknown_kid_is_rejected_without_trying_other_keys() {
+        let (_, verifier) = setup();
+        let other = SigningKey::generate("injected");
+        let err = verifier
+            .verify(&other.sign(&claims(&sample_uscc(), 300)))
+            .unwrap_err();
+        assert_eq!(err.code(), "auth.unknown_key");
+    }
+
+    #[test]
+    fn alg_none_and_hs256_are_rejected() {
+        use base64::Engine;
+        let (_, verifier) = setup();
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let body = b64(serde_json::to_value(claims(&sample_uscc(), 300)).unwrap());
+        let none = format!(
+            "{}.{}.",
+            b64(serde_json::json!({"alg": "none", "typ": "JWT"})),
+            body
+        );
+        assert_eq!(
+            verifier.verify(&none).unwrap_err().code(),
+            "auth.algorithm_not_allowed"
+        );
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(&sample_uscc(), 300),
+            &EncodingKey::from_secret(b"guessable"),
+        )
+        .unwrap();
+        assert_eq!(
+            verifier.verify(&hs).unwrap_err().code(),
+            "auth.algorithm_not_allowed"
+        );
+    }
+
+    #[test]
+    fn subject_must_be_a_uscc() {
+        let (key, verifier) = setup();
+        let err = verifier
+            .verify(&key.sign(&claims("alice", 300)))
+            .unwrap_err();
+        assert_eq!(err.code(), "auth.invalid_subject");
+    }
+
+    #[test]
+    fn garbage_and_huge_tokens_are_rejected() {
+        let (_, verifier) = setup();
+        assert_eq!(
+            verifier.verify("not-a-jwt").unwrap_err().code(),
+            "auth.token_malformed"
+        );
+        assert_eq!(
+            verifier.verify("a.b.c").unwrap_err().code(),
+            "auth.token_malformed"
+        );
+        let huge = "x".repeat(100_000);
+        assert_eq!(
+            verifier.verify(&huge).unwrap_err().code(),
+            "auth.token_too_large"
+        );
+    }
+
+    #[test]
+    fn pem_files_round_trip_through_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate("idp-file");
+        let path = dir.path().join("idp-file.pub.pem");
+        std::fs::write(&path, key.public().to_pem()).unwrap();
+        let settings = AuthSettings {
+            public_keys: vec![path],
+            issuers: vec![ISS.into()],
+            audience: vec![AUD.into()],
+            ..AuthSettings::default()
+        };
+        let verifier = Verifier::from_settings(&settings).unwrap();
+        // A token without a kid is tried against every key of its algorithm.
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = None;
+        let token =
+            jsonwebtoken::encode(&header, &claims(&sample_uscc(), 300), &key.encoding_key())
+                .unwrap();
+        assert!(verifier.verify(&token).is_ok());
+    }
+}

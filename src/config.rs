@@ -1,0 +1,312 @@
+//! Typed settings, layered: built-in defaults < TOML file < environment
+//! (`TOLLGATE_SECTION__KEY`, e.g. `TOLLGATE_KAFKA__BOOTSTRAP_SERVERS`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub service: ServiceSettings,
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub policy: PolicySettings,
+    pub grant: GrantSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// Names this instance in logs and audit events; defaults to the host name.
+    pub instance_id: String,
+    /// How long in-flight work may take to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// Inputs larger than this go to the dead-letter topic unread.
+    pub max_message_bytes: usize,
+    /// Outputs awaiting broker acknowledgement before intake pauses.
+    pub max_in_flight: usize,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            instance_id: std::env::var("HOSTNAME").unwrap_or_else(|_| "tollgate-1".into()),
+            shutdown_grace_secs: 30,
+            max_message_bytes: 64 * 1024,
+            max_in_flight: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Unset: start an embedded in-process cluster (librdkafka's mock).
+    pub bootstrap_servers: Option<String>,
+    pub group_id: String,
+    /// Create missing topics at start-up.
+    pub create_topics: bool,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// librdkafka properties for both consumer and producer (SASL, TLS, …).
+    /// From the environment, `_` in a key stands for `.`:
+    /// `TOLLGATE_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL`.
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only.
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            bootstrap_servers: None,
+            group_id: "tollgate".into(),
+            create_topics: true,
+            partitions: 3,
+            replication_factor: 1,
+            properties: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Topics {
+    pub requests: String,
+    pub decisions: String,
+    pub audit: String,
+    pub usage: String,
+    pub dlq: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            requests: "tollgate.requests".into(),
+            decisions: "tollgate.decisions".into(),
+            audit: "tollgate.audit".into(),
+            usage: "tollgate.usage".into(),
+            dlq: "tollgate.dlq".into(),
+        }
+    }
+}
+
+impl Topics {
+    /// Every topic name with a suffix, for isolated test runs.
+    pub fn with_suffix(suffix: &str) -> Self {
+        let d = Topics::default();
+        Topics {
+            requests: format!("{}.{suffix}", d.requests),
+            decisions: format!("{}.{suffix}", d.decisions),
+            audit: format!("{}.{suffix}", d.audit),
+            usage: format!("{}.{suffix}", d.usage),
+            dlq: format!("{}.{suffix}", d.dlq),
+        }
+    }
+
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.requests,
+            &self.decisions,
+            &self.audit,
+            &self.usage,
+            &self.dlq,
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` (created when missing) or `postgres://…`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: "sqlite://tollgate.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// PEM public keys (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA). A key's
+    /// kid is its file name up to the first dot.
+    pub public_keys: Vec<PathBuf>,
+    /// A JWKS file (RSA, EC P-256 and OKP Ed25519 keys; kid from the set).
+    pub jwks: Option<PathBuf>,
+    /// Accepted `iss` values.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; a token must name one of them.
+    pub audience: Vec<String>,
+    /// Clock skew tolerated on exp and nbf.
+    pub leeway_secs: u64,
+    /// HS256 is off unless this is true *and* a secret is set.
+    pub allow_hs256: bool,
+    pub hs256_secret: Option<String>,
+    pub max_token_bytes: usize,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            public_keys: Vec::new(),
+            jwks: None,
+            issuers: Vec::new(),
+            audience: vec!["tollgate".into()],
+            leeway_secs: 30,
+            allow_hs256: false,
+            hs256_secret: None,
+            max_token_bytes: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Holds model.conf, policy.csv and catalogue.toml.
+    pub dir: PathBuf,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            dir: PathBuf::from("policies"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrantSettings {
+    /// Ed25519 PKCS#8 PEM private key that signs grants. Unset: a key is
+    /// generated at start-up (grants then cannot be verified after a restart).
+    pub signing_key: Option<PathBuf>,
+    pub issuer: String,
+    pub ttl_secs: i64,
+}
+
+impl Default for GrantSettings {
+    fn default() -> Self {
+        GrantSettings {
+            signing_key: None,
+            issuer: "tollgate".into(),
+            ttl_secs: 3600,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Settings {
+    /// Defaults, then `file` (when given, it must exist), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(Box::new(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )))));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // TOLLGATE_LOG_FORMAT and TOLLGATE_CONFIG_FILE are read before settings.
+        fig = fig.merge(
+            Env::prefixed("TOLLGATE_")
+                .ignore(&["log_format", "config_file"])
+                .split("__"),
+        );
+        let mut settings: Settings = fig.extract().map_err(Box::new)?;
+        settings.kafka.normalise_property_keys();
+        Ok(settings)
+    }
+}
+
+impl KafkaSettings {
+    /// Environment keys cannot hold dots; librdkafka keys never hold
+    /// underscores, so `_` is read as `.`.
+    fn normalise_property_keys(&mut self) {
+        for map in [&mut self.properties, &mut self.consumer, &mut self.producer] {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, v)| (k.replace('_', "."), v))
+                .collect();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "tollgate.toml",
+                r#"
+                [kafka]
+                bootstrap_servers = "file:9092"
+                group_id = "from-file"
+                [kafka.properties]
+                "security.protocol" = "SASL_SSL"
+                [database]
+                url = "postgres://file/db"
+                "#,
+            )?;
+            jail.set_env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", "env:9092");
+            jail.set_env(
+                "TOLLGATE_KAFKA__PROPERTIES__SASL_MECHANISM",
+                "SCRAM-SHA-512",
+            );
+            let s = Settings::load(Some(Path::new("tollgate.toml"))).expect("loads");
+            assert_eq!(s.kafka.bootstrap_servers.as_deref(), Some("env:9092"));
+            assert_eq!(s.kafka.group_id, "from-file");
+            assert_eq!(s.database.url, "postgres://file/db");
+            assert_eq!(
+                s.kafka
+                    .properties
+                    .get("security.protocol")
+                    .map(String::as_str),
+                Some("SASL_SSL")
+            );
+            assert_eq!(
+                s.kafka.properties.get("sasl.mechanism").map(String::as_str),
+                Some("SCRAM-SHA-512")
+            );
+            assert_eq!(s.topics.requests, "tollgate.requests");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_not_silently_ignored() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "tollgate.toml",
+                "[kafka]\nbootstrap_server = \"typo:9092\"\n",
+            )?;
+            assert!(Settings::load(Some(Path::new("tollgate.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,582 @@
+//! `tollgate demo`: the whole flow on embedded defaults. Starts the embedded
+//! Kafka and a fresh SQLite file, acts as the identity provider for sample
+//! enterprises, sends a realistic stream of signed requests across the
+//! shipped scenarios (with the mistakes real clients make), and prints each
+//! decision as it arrives, then totals, usage and the audit-chain check.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::auth::{Claims, SigningKey, Verifier};
+use crate::config::Settings;
+use crate::events::{DeadLetter, Decision, REQUEST_SCHEMA};
+use crate::kafka::{Client, embedded::EmbeddedKafka};
+
+const ISSUER: &str = "https://idp.demo.tollgate";
+
+pub struct DemoOptions {
+    pub requests: usize,
+    /// Requests per second; 0 sends as fast as possible.
+    pub rate: u32,
+    pub seed: u64,
+    /// Print every decision (otherwise a progress line per 50).
+    pub verbose: bool,
+}
+
+struct Enterprise {
+    name: &'static str,
+    uscc: &'static str,
+    qualifications: &'static [&'static str],
+    /// (scenario, dataset, operation, purpose class, purpose statement)
+    usual: &'static [(
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    )],
+}
+
+const ENTERPRISES: &[Enterprise] = &[
+    Enterprise {
+        name: "Xi'an Qujiang Smart Travel",
+        uscc: "91610131MA6TG1L5X1",
+        qualifications: &[],
+        usual: &[
+            (
+                "smart-tourism",
+                "GX-610100-TOUR-0001",
+                "query",
+                "industry",
+                "visitor-flow forecasts for itinerary recommendations",
+            ),
+            (
+                "smart-tourism",
+                "GX-610100-TOUR-0001",
+                "api_call",
+                "industry",
+                "live crowding alerts in the travel app",
+            ),
+            (
+                "smart-tourism",
+                "GX-610000-METE-0003",
+                "api_call",
+                "industry",
+                "weather-aware route suggestions",
+            ),
+        ],
+    },
+    Enterprise {
+        name: "Shaanxi Expressway Rescue",
+        uscc: "91610000MA6W2QK30C",
+        qualifications: &["emergency_services"],
+        usual: &[
+            (
+                "highway-rescue",
+                "GX-610000-HWAY-0004",
+                "query",
+                "public_governance",
+                "dispatch rescue vehicles to incidents",
+            ),
+            (
+                "highway-rescue",
+                "GX-610000-RESC-0006",
+                "api_call",
+                "public_governance",
+                "nearest depot with heavy towing",
+            ),
+            (
+                "highway-rescue",
+                "GX-610000-HWAY-0005",
+                "privacy_compute",
+                "public_governance",
+                "congestion model for rescue routing",
+            ),
+        ],
+    },
+    Enterprise {
+        name: "Beijing Yizhi Precision Medicine",
+        uscc: "91110108MA01RX7C4G",
+        qualifications: &["medical_research"],
+        usual: &[
+            (
+                "precision-medicine",
+                "GX-110000-HLTH-0007",
+                "privacy_compute",
+                "industry",
+                "federated risk model for type-2 diabetes",
+            ),
+            (
+                "precision-medicine",
+                "GX-110000-HLTH-0008",
+                "privacy_compute",
+                "public_welfare",
+                "drug-response study with a public hospital",
+            ),
+        ],
+    },
+    Enterprise {
+        name: "Shenzhen Nongxin Agri Data",
+        uscc: "91440300MA5G0P8N2A",
+        qualifications: &[],
+        usual: &[
+            (
+                "smart-agriculture",
+                "GX-440300-AGRI-0009",
+                "query",
+                "industry",
+                "fertiliser recommendations per parcel",
+            ),
+            (
+                "smart-agriculture",
+                "GX-610000-METE-0003",
+                "download",
+                "industry",
+                "frost warnings for orchards",
+            ),
+            (
+                "low-altitude-economy",
+                "GX-440300-GEOS-0014",
+                "privacy_compute",
+                "industry",
+                "drone crop-spraying corridors",
+            ),
+        ],
+    },
+    Enterprise {
+        name: "Suzhou Xinyi Credit Data",
+        uscc: "91320594MA1YH3T62Y",
+        qualifications: &[],
+        usual: &[(
+            "enterprise-credit",
+            "GX-320500-CRED-0012",
+            "verification",
+            "industry",
+            "verify supplier registration for SME loans",
+        )],
+    },
+    Enterprise {
+        name: "National Environmental Monitoring Centre",
+        uscc: "12100000400012345P",
+        qualifications: &[],
+        usual: &[(
+            "eco-governance",
+            "GX-320500-ENVM-0013",
+            "download",
+            "public_welfare",
+            "open air-quality report",
+        )],
+    },
+    Enterprise {
+        name: "Chengdu Traffic Brain",
+        uscc: "91510100MA61U7E97B",
+        qualifications: &[],
+        usual: &[
+            (
+                "green-wave-traffic",
+                "GX-510100-TRAF-0011",
+                "api_call",
+                "public_governance",
+                "adaptive green-wave timing on arterials",
+            ),
+            (
+                "smart-tourism",
+                "GX-610100-TOUR-0001",
+                "query",
+                "industry",
+                "tourist coach routing",
+            ),
+        ],
+    },
+];
+
+/// What a generated message is meant to show; the demo prints it next to
+/// the decision so a reader sees why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Mistake {
+    None,
+    ExpiredToken,
+    ForgedSignature,
+    NoToken,
+    WrongPurpose,
+    ForbiddenOperation,
+    OutsideScenario,
+    UnknownDataset,
+    CoreData,
+    MissingQualification,
+    Garbage,
+    Resend,
+}
+
+impl Mistake {
+    fn pick(rng: &mut StdRng) -> Mistake {
+        match rng.gen_range(0..100) {
+            0..=64 => Mistake::None,
+            65..=67 => Mistake::ExpiredToken,
+            68..=69 => Mistake::ForgedSignature,
+            70..=71 => Mistake::NoToken,
+            72..=76 => Mistake::WrongPurpose,
+            77..=81 => Mistake::ForbiddenOperation,
+            82..=85 => Mistake::OutsideScenario,
+            86..=87 => Mistake::UnknownDataset,
+            88..=89 => Mistake::CoreData,
+            90..=91 => Mistake::MissingQualification,
+            92..=93 => Mistake::Garbage,
+            _ => Mistake::Resend,
+        }
+    }
+}
+
+fn token(key: &SigningKey, e: &Enterprise, exp_offset: i64, quals: bool) -> String {
+    let now = chrono::Utc::now().timestamp();
+    key.sign(&Claims {
+        sub: e.uscc.into(),
+        iss: ISSUER.into(),
+        aud: serde_json::json!("tollgate"),
+        exp: now + exp_offset,
+        nbf: None,
+        iat: Some(now),
+        jti: Some(uuid::Uuid::new_v4().to_string()),
+        roles: vec!["data_user".into()],
+        qualifications: if quals {
+            e.qualifications.iter().map(|q| (*q).to_owned()).collect()
+        } else {
+            vec![]
+        },
+        name: Some(e.name.into()),
+    })
+}
+
+fn request_json(
+    id: &str,
+    tok: Option<&str>,
+    scenario: &str,
+    dataset: &str,
+    op: &str,
+    class: &str,
+    statement: &str,
+) -> String {
+    let mut v = serde_json::json!({
+        "schema": REQUEST_SCHEMA,
+        "request_id": id,
+        "dataset": dataset,
+        "operation": op,
+        "scenario": scenario,
+        "purpose": {"class": class, "statement": statement},
+        "volume": {"records": 1, "bytes": 1024},
+        "submitted_at": chrono::Utc::now().to_rfc3339(),
+    });
+    if let Some(t) = tok {
+        v["token"] = serde_json::Value::String(t.to_owned());
+    }
+    v.to_string()
+}
+
+fn yuan(fen: i64) -> String {
+    format!("¥{}.{:02}", fen / 100, (fen % 100).abs())
+}
+
+pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()> {
+    let cluster = EmbeddedKafka::start(1).map_err(|e| anyhow::anyhow!("embedded kafka: {e}"))?;
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let data_dir = tempfile::Builder::new()
+        .prefix("tollgate-demo-")
+        .tempdir()?;
+    let db_path = data_dir.path().join("tollgate.db");
+    settings.kafka.bootstrap_servers = Some(bootstrap.clone());
+    settings.database.url = format!("sqlite://{}", db_path.display());
+    for t in settings.topics.all() {
+        cluster
+            .create_topic(t, settings.kafka.partitions)
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    settings.kafka.create_topics = false;
+
+    let idp = SigningKey::generate("demo-idp");
+    let verifier = Verifier::for_ed25519(&idp.public(), ISSUER, "tollgate");
+    println!("tollgate demo");
+    println!(
+        "  embedded Kafka   {bootstrap}   (try: kcat -b {bootstrap} -C -t {} -o beginning)",
+        settings.topics.decisions
+    );
+    println!("  SQLite           {}", db_path.display());
+    let app = App::build_with_verifier(settings.clone(), Some(verifier)).await?;
+    println!("  policy           {}", app.policy_version());
+    println!(
+        "  enterprises      {}   scenarios in use: {}",
+        ENTERPRISES.len(),
+        {
+            let mut s: Vec<&str> = ENTERPRISES
+                .iter()
+                .flat_map(|e| e.usual.iter().map(|u| u.0))
+                .collect();
+            s.sort();
+            s.dedup();
+            s.len()
+        }
+    );
+    println!();
+    let store = app.store().clone();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    let client = Client::new(&settings.kafka, &bootstrap)?;
+    let reader = client.reader(
+        &[&settings.topics.decisions, &settings.topics.dlq],
+        "tollgate-demo-reader",
+    )?;
+
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    // request id -> (mistake, enterprise name); originals kept for re-sends.
+    let mut sent: HashMap<String, (Mistake, &'static str)> = HashMap::new();
+    let mut originals: Vec<(String, &'static str)> = Vec::new();
+    let mut expected = 0usize;
+    let started = Instant::now();
+    let interval = (opts.rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(opts.rate)));
+
+    for i in 0..opts.requests {
+        let e = &ENTERPRISES[rng.gen_range(0..ENTERPRISES.len())];
+        let (scenario, dataset, op, class, statement) = e.usual[rng.gen_range(0..e.usual.len())];
+        let mut mistake = Mistake::pick(&mut rng);
+        if mistake == Mistake::Resend && originals.is_empty() {
+            mistake = Mistake::None;
+        }
+        let id = format!("req-{:05}", i + 1);
+        let good = token(&idp, e, 600, true);
+        let req = |tok: Option<&str>, scenario: &str, dataset: &str, op: &str, class: &str| {
+            request_json(&id, tok, scenario, dataset, op, class, statement)
+        };
+        let payload = match mistake {
+            Mistake::None => req(Some(&good), scenario, dataset, op, class),
+            Mistake::ExpiredToken => req(
+                Some(&token(&idp, e, -3600, true)),
+                scenario,
+                dataset,
+                op,
+                class,
+            ),
+            Mistake::ForgedSignature => {
+                // Flip one character of the signature.
+                let mut t = good.clone();
+                let last = t.pop().unwrap_or('A');
+                t.push(if last == 'A' { 'B' } else { 'A' });
+                req(Some(&t), scenario, dataset, op, class)
+            }
+            Mistake::NoToken => req(None, scenario, dataset, op, class),
+            Mistake::WrongPurpose => {
+                let other = if class == "industry" {
+                    "public_welfare"
+                } else {
+                    "industry"
+                };
+                req(Some(&good), scenario, dataset, op, other)
+            }
+            Mistake::ForbiddenOperation => req(Some(&good), scenario, dataset, "download", class),
+            Mistake::OutsideScenario => {
+                req(Some(&good), scenario, "GX-610000-HWAY-0005", "query", class)
+            }
+            Mistake::UnknownDataset => req(Some(&good), scenario, "GX-999999-NONE-0000", op, class),
+            Mistake::CoreData => req(Some(&good), scenario, "GX-610000-POPU-0015", "query", class),
+            Mistake::MissingQualification => req(
+                Some(&token(&idp, e, 600, false)),
+                "precision-medicine",
+                "GX-110000-HLTH-0007",
+                "privacy_compute",
+                "industry",
+            ),
+            Mistake::Garbage => {
+                format!("{{\"schema\":\"{REQUEST_SCHEMA}\",\"request_id\":\"{id}\",\"dataset\":")
+            }
+            Mistake::Resend => {
+                // The same bytes again, as a client retry would send them.
+                let (payload, key) = originals[rng.gen_range(0..originals.len())].clone();
+                client
+                    .produce(&settings.topics.requests, key, payload.as_bytes(), &[])
+                    .await?;
+                expected += 1;
+                continue;
+            }
+        };
+        sent.insert(id.clone(), (mistake, e.name));
+        if mistake != Mistake::Garbage {
+            originals.push((payload.clone(), e.uscc));
+        }
+        expected += 1;
+        client
+            .produce(&settings.topics.requests, e.uscc, payload.as_bytes(), &[])
+            .await?;
+        if let Some(iv) = interval {
+            tokio::time::sleep(iv).await;
+        }
+    }
+
+    summarise(&reader, &sent, expected, opts.verbose, started).await?;
+
+    shutdown.cancel();
+    service.await??;
+    let (records, quantity, amount) = store.usage_totals().await?;
+    let events = store.audit_events().await?;
+    let report = crate::audit::verify(&events);
+    println!();
+    println!(
+        "usage: {records} records, {quantity} units, {} billed (public use waived)",
+        yuan(amount)
+    );
+    match report {
+        Ok(r) => println!(
+            "audit: {} events on {} chain(s), hash chain verified",
+            events.len(),
+            r.chains.len()
+        ),
+        Err(e) => println!("audit: CHAIN BROKEN: {e}"),
+    }
+    drop(cluster);
+    Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    approved: u64,
+    denied: u64,
+    pending: u64,
+}
+
+async fn summarise(
+    reader: &crate::kafka::Reader,
+    sent: &HashMap<String, (Mistake, &'static str)>,
+    expected: usize,
+    verbose: bool,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let mut first: HashMap<String, String> = HashMap::new();
+    let mut per_scenario: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut received, mut dead, mut resent_same, mut resent_diff) = (0usize, 0u64, 0u64, 0u64);
+    println!(
+        "{:<9} {:<15} {:<20} {:<40} {:<16} {}",
+        "request", "outcome", "scenario", "enterprise", "operation", "reason / charge"
+    );
+    while received < expected {
+        let Some(msg) = reader.next(Duration::from_secs(20)).await? else {
+            println!("(no output for 20 s; {received} of {expected} received)");
+            break;
+        };
+        received += 1;
+        let text = String::from_utf8_lossy(&msg.payload).into_owned();
+        if let Ok(letter) = serde_json::from_str::<DeadLetter>(&text) {
+            dead += 1;
+            if verbose {
+                println!(
+                    "{:<9} {:<15} {:<20} {:<40} {:<16} {}",
+                    "-", "DEAD LETTER", "-", "-", "-", letter.error.code
+                );
+            }
+            continue;
+        }
+        let d: Decision = serde_json::from_str(&text)?;
+        if let Some(prev) = first.get(&d.request_id) {
+            if *prev == text {
+                resent_same += 1
+            } else {
+                resent_diff += 1
+            }
+            if verbose {
+                let same = if *prev == text {
+                    "original decision, same bytes"
+                } else {
+                    "DIFFERENT DECISION"
+                };
+                println!(
+                    "{:<9} {:<15} {:<20} {:<40} {:<16} {}",
+                    d.request_id, "re-sent", d.scenario, "", "", same
+                );
+            }
+            continue;
+        }
+        first.insert(d.request_id.clone(), text.clone());
+        let name = sent.get(&d.request_id).map_or("?", |(_, n)| n);
+        let t = per_scenario.entry(d.scenario.clone()).or_default();
+        let detail = match d.outcome {
+            crate::events::Outcome::Approved => {
+                t.approved += 1;
+                let obligations = if d.obligations.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", d.obligations.join(", "))
+                };
+                format!(
+                    "grant until {}{}",
+                    d.grant
+                        .as_ref()
+                        .map(|g| g.expires_at.format("%H:%M").to_string())
+                        .unwrap_or_default(),
+                    obligations
+                )
+            }
+            crate::events::Outcome::Denied => {
+                t.denied += 1;
+                let code = d.reasons.first().map_or("-", |r| r.code.as_str());
+                *reasons.entry(code.to_owned()).or_default() += 1;
+                code.to_owned()
+            }
+            crate::events::Outcome::PendingReview => {
+                t.pending += 1;
+                "sent to review".into()
+            }
+        };
+        if verbose {
+            println!(
+                "{:<9} {:<15} {:<20} {:<40} {:<16} {}",
+                d.request_id,
+                d.outcome.as_str(),
+                d.scenario,
+                name,
+                d.operation.as_str(),
+                detail
+            );
+        } else if received % 50 == 0 {
+            println!("... {received} outputs");
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!();
+    println!(
+        "{:<22} {:>9} {:>7} {:>8}",
+        "scenario", "approved", "denied", "pending"
+    );
+    let mut totals = Tally::default();
+    for (s, t) in &per_scenario {
+        println!("{s:<22} {:>9} {:>7} {:>8}", t.approved, t.denied, t.pending);
+        totals.approved += t.approved;
+        totals.denied += t.denied;
+        totals.pending += t.pending;
+    }
+    println!(
+        "{:<22} {:>9} {:>7} {:>8}",
+        "total", totals.approved, totals.denied, totals.pending
+    );
+    println!();
+    println!("denials by reason:");
+    for (code, n) in &reasons {
+        println!("  {code:<32} {n:>5}");
+    }
+    println!();
+    println!(
+        "{received} outputs for {expected} inputs in {secs:.1} s: {} decisions, {dead} dead letters, {resent_same} re-sent requests answered with their original decision{}",
+        first.len(),
+        if resent_diff > 0 {
+            format!(", {resent_diff} re-sent requests got a DIFFERENT decision")
+        } else {
+            String::new()
+        }
+    );
+    if resent_diff > 0 || received < expected {
+        anyhow::bail!("demo check failed: outputs missing or re-sent requests decided again");
+    }
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! Kafka I/O (rdkafka only lives here): client configuration, topic
+//! creation, and the consume → process → publish → store-offset loop.
+//!
+//! What must stay true: an input's offset is stored only after every output
+//! it produced was acknowledged by the broker, and offsets are stored in
+//! input order. A crash therefore re-delivers inputs whose outputs may be
+//! missing, and the processor's idempotency turns that into an identical
+//! re-publication, never a second decision.
+
+pub mod embedded;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::KafkaSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka client: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("creating topic {topic}: {message}")]
+    CreateTopic { topic: String, message: String },
+    #[error("output for {topic}/{partition}@{offset} was not delivered: {message}")]
+    Delivery {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        message: String,
+    },
+    #[error("processing {topic}/{partition}@{offset} failed for good: {message}")]
+    Processing {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        message: String,
+    },
+}
+
+/// A consumed message, detached from the client.
+#[derive(Debug, Clone)]
+pub struct InputMessage {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl InputMessage {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    pub topic: String,
+    pub key: String,
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// A dependency (the database) is unavailable: retry the same input.
+    #[error("{0}")]
+    Retryable(String),
+    /// Retrying cannot help; the loop stops without storing the offset.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Turns one input into the messages to publish. Must be idempotent per
+/// input: called again for a re-delivered input, it returns the same bytes.
+pub trait Processor: Send + Sync + 'static {
+    fn process(
+        &self,
+        msg: &InputMessage,
+    ) -> impl Future<Output = Result<Vec<OutgoingMessage>, ProcessError>> + Send;
+}
+
+fn base_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap);
+    for (k, v) in &settings.properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+pub fn producer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
+    let mut cfg = base_config(settings, bootstrap);
+    cfg.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "300000");
+    for (k, v) in &settings.producer {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+pub fn consumer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
+    let mut cfg = base_config(settings, bootstrap);
+    cfg.set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "true")
+        // Offsets are stored by the loop after delivery, never on receipt.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("isolation.level", "read_committed");
+    for (k, v) in &settings.consumer {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// Creates each missing topic. An existing topic is left as it is.
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    bootstrap: &str,
+    topics: &[&str],
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(settings, bootstrap).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(new.iter(), &opts).await? {
+        match result {
+            Ok(topic) => info!(message = "created topic", %topic),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::CreateTopic {
+                    topic,
+                    message: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Logs assignments and commits stored offsets before partitions are taken
+/// away, so the next owner starts where this instance really finished.
+pub struct LoopContext;
+
+impl ClientContext for LoopContext {}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                info!(message = "partitions revoked", partitions = %describe(tpl));
+                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    // NoOffset: nothing stored since the last commit.
+                    if error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+                        warn!(message = "commit on revoke failed", %error);
+                    }
+                }
+            }
+            Rebalance::Assign(tpl) => {
+                info!(message = "partitions assigned", partitions = %describe(tpl))
+            }
+            Rebalance::Error(error) => warn!(message = "rebalance error", %error),
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub struct Pipeline {
+    pub consumer: StreamConsumer<LoopContext>,
+    pub producer: FutureProducer,
+}
+
+impl Pipeline {
+    pub fn new(
+        settings: &KafkaSettings,
+        bootstrap: &str,
+        input_topic: &str,
+    ) -> Result<Self, KafkaError> {
+        let consumer: StreamConsumer<LoopContext> =
+            consumer_config(settings, bootstrap).create_with_context(LoopContext)?;
+        consumer.subscribe(&[input_topic])?;
+        let producer: FutureProducer = producer_config(settings, bootstrap).create()?;
+        Ok(Pipeline { consumer, producer })
+    }
+}
+
+type Position = (String, i32, i64);
+
+fn to_record<'a>(m: &'a OutgoingMessage) -> FutureRecord<'a, String, String> {
+    let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
+    for (k, v) in &m.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    FutureRecord::to(&m.topic)
+        .key(&m.key)
+        .payload(&m.payload)
+        .headers(headers)
+}
+
+/// Publishes `outputs` in order and resolves when all are acknowledged.
+async fn deliver(
+    producer: FutureProducer,
+    outputs: Vec<OutgoingMessage>,
+    pos: Position,
+) -> Result<Position, KafkaError> {
+    let mut acks = Vec::with_capacity(outputs.len());
+    for m in &outputs {
+        // `send` waits for queue space, then for the acknowledgement; with
+        // the idempotent producer librdkafka retries until message.timeout.ms.
+        acks.push(producer.send(to_record(m), rdkafka::util::Timeout::Never));
+    }
+    for ack in futures_util::future::join_all(acks).await {
+        if let Err((e, _)) = ack {
+            return Err(KafkaError::Delivery {
+                topic: pos.0,
+                partition: pos.1,
+                offset: pos.2,
+                message: e.to_string(),
+            });
+        }
+    }
+    Ok(pos)
+}
+
+fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> InputMessage {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    InputMessage {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers,
+    }
+}
+
+/// Runs until `shutdown` is cancelled (then drains within `grace`) or a fatal
+/// error. Retryable processing errors back off and retry the same input, so
+/// nothing behind it overtakes it.
+pub async fn run<P: Processor>(
+    pipeline: Pipeline,
+    processor: &P,
+    shutdown: CancellationToken,
+    grace: Duration,
+    max_in_flight: usize,
+) -> Result<(), KafkaError> {
+    let Pipeline { consumer, producer } = pipeline;
+    let mut pending = FuturesOrdered::new();
+    let mut result = Ok(());
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                if let Err(e) = on_delivered(&consumer, done) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            received = consumer.recv(), if pending.len() < max_in_flight => {
+                let msg = match received {
+                    Ok(m) => detach(&m),
+                    Err(error) => {
+                        warn!(message = "consumer error", %error);
+                        continue;
+                    }
+                };
+                let Some(outputs) = process_with_retry(processor, &msg, &shutdown).await? else { break };
+                pending.push_back(deliver(producer.clone(), outputs, (msg.topic, msg.partition, msg.offset)));
+            }
+        }
+    }
+    // Drain: what was decided gets delivered and its offset stored, within
+    // the grace period; anything left is re-delivered to the next owner.
+    let drain = async {
+        while let Some(done) = pending.next().await {
+            on_delivered(&consumer, done)?;
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(grace, drain).await {
+        Ok(Err(e)) if result.is_ok() => result = Err(e),
+        Ok(_) => {}
+        Err(_) => warn!(
+            message = "grace period ended with outputs unacknowledged; they will be re-delivered"
+        ),
+    }
+    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+            warn!(message = "final offset commit failed", %error);
+        }
+    }
+    let _ = producer.flush(rdkafka::util::Timeout::After(Duration::from_secs(5)));
+    consumer.unsubscribe();
+    result
+}
+
+fn on_delivered(
+    consumer: &StreamConsumer<LoopContext>,
+    done: Result<Position, KafkaError>,
+) -> Result<(), KafkaError> {
+    let (topic, partition, offset) = done?;
+    // Fails only when the partition was revoked meanwhile; its next owner
+    // re-processes the input idempotently.
+    if let Err(error) = consumer.store_offset(&topic, partition, offset) {
+        debug!(message = "offset not stored", %topic, partition, offset, %error);
+    }
+    Ok(())
+}
+
+async fn process_with_retry<P: Processor>(
+    processor: &P,
+    msg: &InputMessage,
+    shutdown: &CancellationToken,
+) -> Result<Option<Vec<OutgoingMessage>>, KafkaError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match processor.process(msg).await {
+            Ok(out) => return Ok(Some(out)),
+            Err(ProcessError::Fatal(message)) => {
+                error!(message = "processing failed", topic = %msg.topic, partition = msg.partition, offset = msg.offset, error = %message);
+                return Err(KafkaError::Processing {
+                    topic: msg.topic.clone(),
+                    partition: msg.partition,
+                    offset: msg.offset,
+                    message,
+                });
+            }
+            Err(ProcessError::Retryable(error)) => {
+                warn!(message = "processing will be retried", topic = %msg.topic, partition = msg.partition, offset = msg.offset, %error, backoff_ms = backoff.as_millis() as u64);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// librdkafka properties as given, for `serve --print-config`-style output
+/// without secrets.
+pub fn redacted(props: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    props
+        .iter()
+        .map(|(k, v)| {
+            let secret = k.contains("password") || k.contains("secret") || k.contains("key");
+            (k.clone(), if secret { "***".into() } else { v.clone() })
+        })
+        .collect()
+}
+
+/// A plain Kafka client for tollgate's own tools (demo, load generator,
+/// tests): produce requests, read outputs.
+pub struct Client {
+    producer: FutureProducer,
+    settings: KafkaSettings,
+    bootstrap: String,
+}
+
+impl Client {
+    pub fn new(settings: &KafkaSettings, bootstrap: &str) -> Result<Self, KafkaError> {
+        let producer = producer_config(settings, bootstrap).create()?;
+        Ok(Client {
+            producer,
+            settings: settings.clone(),
+            bootstrap: bootstrap.to_owned(),
+        })
+    }
+
+    pub async fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<(i32, i64), KafkaError> {
+        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in headers {
+            hs = hs.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(hs);
+        self.producer
+            .send(
+                record,
+                rdkafka::util::Timeout::After(Duration::from_secs(30)),
+            )
+            .await
+            .map(|d| (d.partition, d.offset))
+            .map_err(|(e, _)| KafkaError::Client(e))
+    }
+
+    /// A reader of `topics` from the earliest offset, in its own group.
+    pub fn reader(&self, topics: &[&str], group: &str) -> Result<Reader, KafkaError> {
+        let mut cfg = base_config(&self.settings, &self.bootstrap);
+        cfg.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed");
+        let consumer: StreamConsumer = cfg.create()?;
+        consumer.subscribe(topics)?;
+        Ok(Reader { consumer })
+    }
+}
+
+pub struct Reader {
+    consumer: StreamConsumer,
+}
+
+impl Reader {
+    /// The next message, or None when none arrives within `wait`.
+    pub async fn next(&self, wait: Duration) -> Result<Option<InputMessage>, KafkaError> {
+        match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Err(_) => Ok(None),
+            Ok(Ok(m)) => Ok(Some(detach(&m))),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+}

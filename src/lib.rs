@@ -1,0 +1,16 @@
+//! tollgate: an event-driven authorization broker for the authorized
+//! operation of public data. See README.md.
+
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod events;
+pub mod kafka;
+pub mod metering;
+pub mod pipeline;
+pub mod policy;
+pub mod service;
+pub mod store;
+pub mod telemetry;

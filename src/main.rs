@@ -1,0 +1,201 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tollgate::app::App;
+use tollgate::auth::{Claims, SigningKey};
+use tollgate::config::Settings;
+use tracing::{error, info};
+
+/// tollgate: decides who may use public data, on Kafka.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (defaults < file < TOLLGATE_* environment).
+    #[arg(long, short, global = true, env = "TOLLGATE_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the decision broker until SIGINT/SIGTERM.
+    Serve,
+    /// Run the whole flow on an embedded Kafka and a temporary SQLite file.
+    Demo {
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+        /// Requests per second (0: as fast as possible).
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Print progress instead of every decision.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Generate an Ed25519 key pair: NAME.pem (private, PKCS#8) and NAME.pub.pem.
+    Keygen {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Sign a requester token with a private key (for testing and integration).
+    Token {
+        /// Ed25519 PKCS#8 PEM private key; its file name up to the first dot is the kid.
+        #[arg(long)]
+        key: PathBuf,
+        /// The enterprise's unified social credit code.
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        iss: String,
+        #[arg(long, default_value = "tollgate")]
+        aud: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        #[arg(long = "qualification")]
+        qualifications: Vec<String>,
+        /// Lifetime in seconds (negative: already expired).
+        #[arg(long, default_value_t = 3600, allow_hyphen_values = true)]
+        ttl: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Re-verify every hash chain in the database; names the first bad record.
+    Verify,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own narrative; logs would drown it.
+    let default_log = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info,rdkafka=warn,sqlx=warn"
+    };
+    tollgate::telemetry::init(default_log);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!(message = "tollgate failed", error = format!("{e:#}"));
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let app = App::build(settings).await?;
+            if app.is_embedded() {
+                // Printed on stdout too, so scripts and people can find it.
+                println!("embedded kafka bootstrap: {}", app.bootstrap_servers());
+            }
+            println!("grant verification key (JWK): {}", app.grant_jwk());
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            app.run_until_stopped(shutdown).await?;
+            Ok(())
+        }
+        Command::Demo {
+            requests,
+            rate,
+            seed,
+            quiet,
+        } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let opts = tollgate::demo::DemoOptions {
+                requests,
+                rate,
+                seed,
+                verbose: !quiet,
+            };
+            tollgate::demo::run(settings, opts).await
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let store = tollgate::store::Store::connect(&settings.database.url, 1).await?;
+            let events = store.audit_events().await?;
+            let report =
+                tollgate::audit::verify(&events).context("audit chain verification failed")?;
+            for (chain, (seq, head)) in &report.chains {
+                println!("{chain}: {seq} events, head {head}");
+            }
+            println!(
+                "ok: {} events on {} chain(s) verified",
+                events.len(),
+                report.chains.len()
+            );
+            Ok(())
+        }
+        Command::Keygen { out, name } => {
+            let key = SigningKey::generate(&name);
+            std::fs::create_dir_all(&out)?;
+            let private = out.join(format!("{name}.pem"));
+            let public = out.join(format!("{name}.pub.pem"));
+            std::fs::write(&private, key.to_pkcs8_pem())?;
+            std::fs::write(&public, key.public().to_pem())?;
+            println!("{}\n{}", private.display(), public.display());
+            Ok(())
+        }
+        Command::Token {
+            key,
+            sub,
+            iss,
+            aud,
+            roles,
+            qualifications,
+            ttl,
+        } => {
+            let key = SigningKey::from_pem_file(&key)?;
+            let now = chrono::Utc::now().timestamp();
+            let claims = Claims {
+                sub,
+                iss,
+                aud: serde_json::Value::String(aud),
+                exp: now + ttl,
+                nbf: None,
+                iat: Some(now),
+                jti: Some(uuid::Uuid::new_v4().to_string()),
+                roles,
+                qualifications,
+                name: None,
+            };
+            println!("{}", key.sign(&claims));
+            Ok(())
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!(message = "shutdown requested; finishing in-flight work");
+    shutdown.cancel();
+}

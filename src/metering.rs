@@ -1,0 +1,230 @@
+//! Pricing and quotas. Money is integer fen throughout; a float never touches
+//! an amount.
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::Volume;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// One per approved request.
+    Call,
+    /// Per record in `volume.records`.
+    Record,
+    /// Per started MiB of `volume.bytes`.
+    Megabyte,
+}
+
+/// One step of a progressive price: units up to `up_to` (cumulative within
+/// the billing period) cost `unit_price_fen` each; the last tier has no bound.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    #[serde(default)]
+    pub up_to: Option<u64>,
+    pub unit_price_fen: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceItem {
+    /// Identifies the item in the operator's published fee list.
+    pub item: String,
+    pub unit: Unit,
+    /// Progressive tiers, cheapest last by convention; at least one.
+    pub tiers: Vec<Tier>,
+    /// The government-guided cap per unit; no tier may exceed it.
+    pub cap_fen: i64,
+    /// Units a subject may use per dataset per calendar month (UTC).
+    pub monthly_quota: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PriceError {
+    #[error("price item {0} has no tiers")]
+    NoTiers(String),
+    #[error("price item {item}: tier price {price} fen exceeds the cap of {cap} fen")]
+    AboveCap { item: String, price: i64, cap: i64 },
+    #[error("price item {0}: negative price")]
+    Negative(String),
+    #[error("price item {0}: tier bounds must increase and only the last tier may be unbounded")]
+    BadTiers(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    /// Price of the first unit of this request (its tier's price).
+    pub unit_price_fen: i64,
+    pub amount_fen: i64,
+}
+
+impl PriceItem {
+    pub fn validate(&self) -> Result<(), PriceError> {
+        if self.tiers.is_empty() {
+            return Err(PriceError::NoTiers(self.item.clone()));
+        }
+        let mut prev = 0u64;
+        for (i, t) in self.tiers.iter().enumerate() {
+            if t.unit_price_fen < 0 || self.cap_fen < 0 {
+                return Err(PriceError::Negative(self.item.clone()));
+            }
+            if t.unit_price_fen > self.cap_fen {
+                return Err(PriceError::AboveCap {
+                    item: self.item.clone(),
+                    price: t.unit_price_fen,
+                    cap: self.cap_fen,
+                });
+            }
+            match t.up_to {
+                Some(b) if b > prev => prev = b,
+                None if i == self.tiers.len() - 1 => {}
+                _ => return Err(PriceError::BadTiers(self.item.clone())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Units this request consumes.
+    pub fn quantity(&self, volume: Option<&Volume>) -> Option<u64> {
+        match self.unit {
+            Unit::Call => Some(1),
+            Unit::Record => volume.and_then(|v| v.records).filter(|&r| r > 0),
+            Unit::Megabyte => volume
+                .and_then(|v| v.bytes)
+                .filter(|&b| b > 0)
+                .map(|b| b.div_ceil(1 << 20)),
+        }
+    }
+
+    /// Progressive price of `quantity` units when `used` were already billed
+    /// this period. Saturating: an absurd quantity cannot wrap to a credit.
+    pub fn charge(&self, used: u64, quantity: u64) -> Charge {
+        let mut amount: i64 = 0;
+        let mut first_price = None;
+        let mut lower = 0u64;
+        let start = used;
+        let end = used.saturating_add(quantity);
+        for t in &self.tiers {
+            let upper = t.up_to.unwrap_or(u64::MAX);
+            let from = start.max(lower);
+            let to = end.min(upper);
+            if to > from {
+                first_price.get_or_insert(t.unit_price_fen);
+                let units = i64::try_from(to - from).unwrap_or(i64::MAX);
+                amount = amount.saturating_add(units.saturating_mul(t.unit_price_fen));
+            }
+            lower = upper;
+            if lower >= end {
+                break;
+            }
+        }
+        Charge {
+            unit_price_fen: first_price
+                .unwrap_or_else(|| self.tiers.last().map_or(0, |t| t.unit_price_fen)),
+            amount_fen: amount,
+        }
+    }
+}
+
+/// `YYYY-MM` billing period of `at`.
+pub fn period_of(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiered() -> PriceItem {
+        PriceItem {
+            item: "tour-flow-api".into(),
+            unit: Unit::Call,
+            tiers: vec![
+                Tier {
+                    up_to: Some(100),
+                    unit_price_fen: 50,
+                },
+                Tier {
+                    up_to: Some(1000),
+                    unit_price_fen: 30,
+                },
+                Tier {
+                    up_to: None,
+                    unit_price_fen: 10,
+                },
+            ],
+            cap_fen: 80,
+            monthly_quota: 10_000,
+        }
+    }
+
+    #[test]
+    fn progressive_price_spans_tiers() {
+        let p = tiered();
+        assert_eq!(
+            p.charge(0, 1),
+            Charge {
+                unit_price_fen: 50,
+                amount_fen: 50
+            }
+        );
+        // 10 units at 50, then 5 at 30.
+        assert_eq!(
+            p.charge(90, 15),
+            Charge {
+                unit_price_fen: 50,
+                amount_fen: 10 * 50 + 5 * 30
+            }
+        );
+        // From 999: one at 30, then 9 at 10.
+        assert_eq!(
+            p.charge(999, 10),
+            Charge {
+                unit_price_fen: 30,
+                amount_fen: 30 + 90
+            }
+        );
+        assert_eq!(p.charge(5000, 3).amount_fen, 30);
+    }
+
+    #[test]
+    fn quantity_follows_the_unit() {
+        let mut p = tiered();
+        assert_eq!(p.quantity(None), Some(1));
+        p.unit = Unit::Record;
+        assert_eq!(p.quantity(None), None);
+        assert_eq!(
+            p.quantity(Some(&Volume {
+                records: Some(250),
+                bytes: None
+            })),
+            Some(250)
+        );
+        p.unit = Unit::Megabyte;
+        assert_eq!(
+            p.quantity(Some(&Volume {
+                records: None,
+                bytes: Some((1 << 20) + 1)
+            })),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn prices_above_the_cap_are_rejected() {
+        let mut p = tiered();
+        assert!(p.validate().is_ok());
+        p.cap_fen = 40;
+        assert!(matches!(p.validate(), Err(PriceError::AboveCap { .. })));
+        let mut p = tiered();
+        p.tiers[0].up_to = None;
+        assert!(matches!(p.validate(), Err(PriceError::BadTiers(_))));
+    }
+
+    #[test]
+    fn huge_quantities_saturate_instead_of_wrapping() {
+        let p = tiered();
+        assert!(p.charge(0, u64::MAX).amount_fen > 0);
+    }
+}

@@ -1,0 +1,743 @@
+//! The decision, as pure functions: bytes → request, and (request, identity,
+//! policy, usage so far, now) → evaluation. No I/O happens here, so every
+//! rule is unit-tested without Kafka or a database.
+
+use chrono::{DateTime, Utc};
+
+use crate::auth::{AuthError, Principal};
+use crate::events::{AccessRequest, Operation, Outcome, Quota, REQUEST_SCHEMA, Reason};
+use crate::metering::Unit;
+use crate::policy::{Grade, PersonalInfo, Policy};
+
+/// Why an input could not be read as a request at all: it goes to the
+/// dead-letter topic with this code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Rejection {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedRequest {
+    pub request: AccessRequest,
+    /// The token from the body, else from an `authorization: Bearer` header.
+    pub token: Option<String>,
+}
+
+const MAX_ID_LEN: usize = 128;
+const MAX_FIELD_LEN: usize = 256;
+const MAX_STATEMENT_LEN: usize = 2000;
+const MAX_FIELDS: usize = 200;
+
+/// Reads an access request. Anything that is not a well-formed v1 request is
+/// a [`Rejection`]; a well-formed request with bad *content* (an unknown
+/// dataset, a bad token) is decided and denied instead, so the requester
+/// gets a reason on the decisions topic.
+pub fn decode(
+    payload: &[u8],
+    authorization: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<DecodedRequest, Rejection> {
+    if payload.len() > max_bytes {
+        return Err(Rejection::new(
+            "input.too_large",
+            format!("{} bytes exceeds the limit of {max_bytes}", payload.len()),
+        ));
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| Rejection::new("input.invalid_utf8", format!("payload is not UTF-8: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Rejection::new("input.invalid_json", e.to_string()))?;
+    match value.get("schema").and_then(|s| s.as_str()) {
+        Some(REQUEST_SCHEMA) => {}
+        Some(other) => {
+            return Err(Rejection::new(
+                "input.unsupported_schema",
+                format!(
+                    "schema {:?} is not supported; expected {REQUEST_SCHEMA}",
+                    truncate(other, 64)
+                ),
+            ));
+        }
+        None => {
+            return Err(Rejection::new(
+                "input.missing_schema",
+                format!("no schema field; expected {REQUEST_SCHEMA}"),
+            ));
+        }
+    }
+    // Parse the text again rather than the Value: serde_json rejects
+    // duplicate keys only when deserialising a struct from text.
+    let request: AccessRequest = serde_json::from_str(text)
+        .map_err(|e| Rejection::new("input.invalid_request", e.to_string()))?;
+    validate_shape(&request)?;
+    let header_token = authorization
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned());
+    let token = request.token.clone().or(header_token);
+    Ok(DecodedRequest { request, token })
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+fn validate_shape(r: &AccessRequest) -> Result<(), Rejection> {
+    let id_ok =
+        |s: &str| !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
+    if !id_ok(&r.request_id) {
+        return Err(Rejection::new(
+            "input.invalid_request",
+            format!("request_id must be 1..={MAX_ID_LEN} printable characters"),
+        ));
+    }
+    for (name, v) in [("dataset", &r.dataset), ("scenario", &r.scenario)] {
+        if v.len() > MAX_FIELD_LEN {
+            return Err(Rejection::new(
+                "input.invalid_request",
+                format!("{name} is longer than {MAX_FIELD_LEN}"),
+            ));
+        }
+    }
+    if r.purpose.statement.len() > MAX_STATEMENT_LEN {
+        return Err(Rejection::new(
+            "input.invalid_request",
+            format!("purpose.statement is longer than {MAX_STATEMENT_LEN}"),
+        ));
+    }
+    if r.fields.len() > MAX_FIELDS || r.fields.iter().any(|f| f.len() > MAX_FIELD_LEN) {
+        return Err(Rejection::new(
+            "input.invalid_request",
+            "too many or too long fields",
+        ));
+    }
+    Ok(())
+}
+
+/// What the policy says about a request, before ids, signatures and chain
+/// positions are attached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub outcome: Outcome,
+    pub reasons: Vec<Reason>,
+    pub matched_rules: Vec<String>,
+    pub obligations: Vec<String>,
+    /// Present exactly when approved.
+    pub charge: Option<ChargeDraft>,
+    /// Present exactly when approved: when the grant stops being valid.
+    pub grant_expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargeDraft {
+    pub unit: Unit,
+    pub quantity: u64,
+    pub price_item: String,
+    pub unit_price_fen: i64,
+    pub amount_fen: i64,
+    pub fee_waived: bool,
+    pub waiver_reason: Option<String>,
+    pub quota: Quota,
+}
+
+impl Evaluation {
+    fn deny(code: &str, message: impl Into<String>) -> Self {
+        Evaluation {
+            outcome: Outcome::Denied,
+            reasons: vec![Reason::new(code, message)],
+            matched_rules: Vec::new(),
+            obligations: Vec::new(),
+            charge: None,
+            grant_expires_at: None,
+        }
+    }
+}
+
+/// Everything the decision depends on. `used` is the quantity this subject
+/// has already consumed of the dataset in the current billing period.
+pub struct DecisionInput<'a> {
+    pub request: &'a AccessRequest,
+    pub identity: Result<&'a Principal, &'a AuthError>,
+    pub policy: &'a Policy,
+    pub used: u64,
+    pub now: DateTime<Utc>,
+    pub grant_ttl_secs: i64,
+}
+
+fn end_of_day(d: chrono::NaiveDate) -> DateTime<Utc> {
+    d.and_hms_opt(23, 59, 59).expect("valid time").and_utc()
+}
+
+/// Decides one request. The checks run in a fixed order and the first that
+/// fails names the reason, so the same input always gets the same code.
+pub fn evaluate(input: &DecisionInput<'_>) -> Evaluation {
+    let r = input.request;
+    let now = input.now;
+    let principal = match input.identity {
+        Ok(p) => p,
+        Err(e) => return Evaluation::deny(e.code(), e.to_string()),
+    };
+    if let Some(w) = &r.window {
+        if w.not_after <= w.not_before {
+            return Evaluation::deny(
+                "request.invalid_window",
+                "window.not_after must be later than window.not_before",
+            );
+        }
+        if w.not_after < now {
+            return Evaluation::deny(
+                "request.window_lapsed",
+                format!("the requested window ended at {}", w.not_after.to_rfc3339()),
+            );
+        }
+    }
+    let catalogue = input.policy.catalogue();
+    let Some(scenario) = catalogue.scenarios.get(&r.scenario) else {
+        return Evaluation::deny(
+            "catalog.unknown_scenario",
+            format!(
+                "scenario {:?} is not an approved scenario",
+                truncate(&r.scenario, 64)
+            ),
+        );
+    };
+    if end_of_day(scenario.authorized_until) < now {
+        return Evaluation::deny(
+            "catalog.scenario_lapsed",
+            format!(
+                "authorization of scenario {} ended on {}",
+                scenario.code, scenario.authorized_until
+            ),
+        );
+    }
+    let Some(dataset) = catalogue.datasets.get(&r.dataset) else {
+        return Evaluation::deny(
+            "catalog.unknown_dataset",
+            format!(
+                "no registered dataset has code {:?}",
+                truncate(&r.dataset, 64)
+            ),
+        );
+    };
+    if end_of_day(dataset.registered_until) < now {
+        return Evaluation::deny(
+            "catalog.registration_expired",
+            format!(
+                "registration of {} expired on {}",
+                dataset.code, dataset.registered_until
+            ),
+        );
+    }
+    if dataset.grade == Grade::Core {
+        return Evaluation::deny(
+            "policy.core_data",
+            format!(
+                "{} is core data, which is never authorized for operation",
+                dataset.code
+            ),
+        );
+    }
+    if !scenario.purposes.contains(&r.purpose.class) {
+        return Evaluation::deny(
+            "policy.purpose_not_allowed",
+            format!(
+                "purpose class {} does not fit scenario {}",
+                r.purpose.class.as_str(),
+                scenario.code
+            ),
+        );
+    }
+    if r.purpose.statement.trim().is_empty() {
+        return Evaluation::deny(
+            "policy.purpose_not_stated",
+            "purpose.statement must say what the data is for",
+        );
+    }
+    let missing: Vec<&str> = dataset
+        .requires_qualifications
+        .iter()
+        .filter(|q| !principal.qualifications.contains(*q))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Evaluation::deny(
+            "policy.qualification_missing",
+            format!(
+                "{} requires qualification(s): {}",
+                dataset.code,
+                missing.join(", ")
+            ),
+        );
+    }
+    let verdict =
+        match input
+            .policy
+            .authorize(&principal.subject, &r.scenario, &r.dataset, r.operation)
+        {
+            Ok(v) => v,
+            Err(e) => return Evaluation::deny("policy.evaluation_error", e.to_string()),
+        };
+    if !verdict.allowed {
+        let mut eval = if verdict.denied_by_rule {
+            Evaluation::deny(
+                "policy.denied_by_rule",
+                format!(
+                    "{} on {} in {} is denied by rule",
+                    r.operation.as_str(),
+                    dataset.code,
+                    scenario.code
+                ),
+            )
+        } else {
+            Evaluation::deny(
+                "policy.no_matching_rule",
+                format!(
+                    "no rule lets {} {} {} in {}",
+                    principal.subject,
+                    r.operation.as_str(),
+                    dataset.code,
+                    scenario.code
+                ),
+            )
+        };
+        eval.matched_rules = verdict.matched_rules;
+        return eval;
+    }
+
+    let price = &dataset.price;
+    let Some(quantity) = price.quantity(r.volume.as_ref()) else {
+        return Evaluation::deny(
+            "request.volume_required",
+            format!(
+                "{} is metered per {:?}; volume must say how much",
+                dataset.code, price.unit
+            )
+            .to_lowercase(),
+        );
+    };
+    let limit = price.monthly_quota;
+    if input.used.saturating_add(quantity) > limit {
+        let mut eval = Evaluation::deny(
+            "quota.exceeded",
+            format!(
+                "{quantity} more would exceed the monthly quota of {limit} (used {})",
+                input.used
+            ),
+        );
+        eval.matched_rules = verdict.matched_rules;
+        return eval;
+    }
+    let charge = price.charge(input.used, quantity);
+    let fee_waived = r.purpose.class.is_fee_exempt();
+    let used_after = input.used + quantity;
+    let charge = ChargeDraft {
+        unit: price.unit,
+        quantity,
+        price_item: price.item.clone(),
+        unit_price_fen: charge.unit_price_fen,
+        amount_fen: if fee_waived { 0 } else { charge.amount_fen },
+        fee_waived,
+        waiver_reason: fee_waived.then(|| {
+            format!(
+                "{} use is free of charge (NDRC 2025 pricing notice)",
+                r.purpose.class.as_str()
+            )
+        }),
+        quota: Quota {
+            limit,
+            used: used_after,
+            remaining: limit - used_after,
+        },
+    };
+
+    let mut grant_expires_at = now + chrono::Duration::seconds(input.grant_ttl_secs);
+    grant_expires_at = grant_expires_at
+        .min(end_of_day(dataset.registered_until))
+        .min(end_of_day(scenario.authorized_until));
+    if let Some(w) = &r.window {
+        grant_expires_at = grant_expires_at.min(w.not_after);
+    }
+
+    Evaluation {
+        outcome: Outcome::Approved,
+        reasons: Vec::new(),
+        matched_rules: verdict.matched_rules,
+        obligations: obligations(dataset, r.operation),
+        charge: Some(charge),
+        grant_expires_at: Some(grant_expires_at),
+    }
+}
+
+/// Conditions the data host must enforce on an approved access.
+fn obligations(dataset: &crate::policy::Dataset, op: Operation) -> Vec<String> {
+    let mut out = Vec::new();
+    if dataset.grade == Grade::Important {
+        if op == Operation::Query {
+            out.push("aggregate_only".to_owned());
+        }
+        out.push("no_raw_export".to_owned());
+    }
+    if dataset.personal_info == PersonalInfo::Sensitive {
+        out.push("sandbox_only".to_owned());
+    }
+    if op == Operation::Verification {
+        out.push("verification_result_only".to_owned());
+    }
+    out.extend(dataset.masked_fields.iter().map(|f| format!("mask:{f}")));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::events::{Purpose, PurposeClass, Volume, Window};
+
+    const TRAVEL: &str = "91610131MA6TG1L5X1";
+    const MEDICINE: &str = "91110108MA01RX7C4G";
+    const RESCUE: &str = "91610000MA6W2QK30C";
+
+    async fn shipped() -> Policy {
+        Policy::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+            .await
+            .expect("shipped policies load")
+    }
+
+    fn principal(sub: &str, quals: &[&str]) -> Principal {
+        Principal {
+            subject: sub.into(),
+            issuer: "https://idp".into(),
+            roles: BTreeSet::from(["data_user".to_owned()]),
+            qualifications: quals.iter().map(|q| (*q).to_owned()).collect(),
+            token_id: None,
+            expires_at: 0,
+        }
+    }
+
+    fn request(scenario: &str, dataset: &str, op: Operation, class: PurposeClass) -> AccessRequest {
+        AccessRequest {
+            schema: REQUEST_SCHEMA.into(),
+            request_id: "r-1".into(),
+            token: None,
+            dataset: dataset.into(),
+            operation: op,
+            scenario: scenario.into(),
+            purpose: Purpose {
+                class,
+                statement: "a stated purpose".into(),
+            },
+            fields: vec![],
+            volume: None,
+            window: None,
+            submitted_at: None,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-26T10:00:00Z".parse().unwrap()
+    }
+
+    fn eval(policy: &Policy, p: &Principal, r: &AccessRequest, used: u64) -> Evaluation {
+        evaluate(&DecisionInput {
+            request: r,
+            identity: Ok(p),
+            policy,
+            used,
+            now: now(),
+            grant_ttl_secs: 3600,
+        })
+    }
+
+    fn code(e: &Evaluation) -> &str {
+        e.reasons.first().map_or("", |r| r.code.as_str())
+    }
+
+    #[tokio::test]
+    async fn admitted_enterprise_is_approved_and_charged_progressively() {
+        let policy = shipped().await;
+        let r = request(
+            "smart-tourism",
+            "GX-610100-TOUR-0001",
+            Operation::Query,
+            PurposeClass::Industry,
+        );
+        let e = eval(&policy, &principal(TRAVEL, &[]), &r, 9_999);
+        assert_eq!(e.outcome, Outcome::Approved, "{:?}", e.reasons);
+        assert_eq!(
+            e.matched_rules,
+            vec!["p, tourism-developer, smart-tourism, tourism-data, query, allow"]
+        );
+        let c = e.charge.unwrap();
+        assert_eq!(
+            (c.quantity, c.unit_price_fen, c.amount_fen, c.fee_waived),
+            (1, 50, 50, false)
+        );
+        assert_eq!(c.quota.remaining, 100_000 - 10_000);
+        // The 10 001st call of the month is in the second tier.
+        let e = eval(&policy, &principal(TRAVEL, &[]), &r, 10_000);
+        assert_eq!(e.charge.unwrap().amount_fen, 30);
+        assert_eq!(e.grant_expires_at, Some(now() + chrono::Duration::hours(1)));
+    }
+
+    #[tokio::test]
+    async fn public_governance_use_is_free_but_metered() {
+        let policy = shipped().await;
+        let r = request(
+            "highway-rescue",
+            "GX-610000-HWAY-0004",
+            Operation::Query,
+            PurposeClass::PublicGovernance,
+        );
+        let e = eval(&policy, &principal(RESCUE, &[]), &r, 0);
+        assert_eq!(e.outcome, Outcome::Approved, "{:?}", e.reasons);
+        let c = e.charge.unwrap();
+        assert!(c.fee_waived);
+        assert_eq!((c.amount_fen, c.unit_price_fen, c.quantity), (0, 100, 1));
+        assert!(c.waiver_reason.unwrap().contains("public_governance"));
+        // Important data queried: aggregates only, no raw export.
+        assert_eq!(e.obligations, vec!["aggregate_only", "no_raw_export"]);
+    }
+
+    #[tokio::test]
+    async fn each_domain_rule_denies_with_its_own_code() {
+        let policy = shipped().await;
+        let travel = principal(TRAVEL, &[]);
+        let doctor = principal(MEDICINE, &["medical_research"]);
+        let rescue = principal(RESCUE, &[]);
+        let unqualified = principal(MEDICINE, &[]);
+        use Operation::*;
+        use PurposeClass::*;
+        let cases: Vec<(&Principal, AccessRequest, &str)> = vec![
+            (
+                &travel,
+                request("smart-tourism", "GX-610000-POPU-0015", Query, Industry),
+                "policy.core_data",
+            ),
+            (
+                &travel,
+                request("smart-tourism", "GX-610100-TOUR-0001", Query, PublicWelfare),
+                "policy.purpose_not_allowed",
+            ),
+            (
+                &travel,
+                request("mars-colony", "GX-610100-TOUR-0001", Query, Industry),
+                "catalog.unknown_scenario",
+            ),
+            (
+                &travel,
+                request("smart-tourism", "GX-000000-NONE-0000", Query, Industry),
+                "catalog.unknown_dataset",
+            ),
+            (
+                &travel,
+                request("smart-tourism", "GX-610100-TOUR-0001", Download, Industry),
+                "policy.no_matching_rule",
+            ),
+            (
+                &travel,
+                request(
+                    "highway-rescue",
+                    "GX-610000-HWAY-0004",
+                    Query,
+                    PublicGovernance,
+                ),
+                "policy.no_matching_rule",
+            ),
+            // Important data: the scenario grant allows api_call, the grade rule denies it.
+            (
+                &rescue,
+                request(
+                    "highway-rescue",
+                    "GX-610000-HWAY-0004",
+                    ApiCall,
+                    PublicGovernance,
+                ),
+                "policy.denied_by_rule",
+            ),
+            // Sensitive personal information: privacy computing only.
+            (
+                &doctor,
+                request("precision-medicine", "GX-110000-HLTH-0007", Query, Industry),
+                "policy.denied_by_rule",
+            ),
+            (
+                &unqualified,
+                request(
+                    "precision-medicine",
+                    "GX-110000-HLTH-0007",
+                    PrivacyCompute,
+                    Industry,
+                ),
+                "policy.qualification_missing",
+            ),
+            // Metered per record, but no volume given.
+            (
+                &travel,
+                request("smart-tourism", "GX-610100-TRAN-0002", Query, Industry),
+                "request.volume_required",
+            ),
+        ];
+        for (p, r, want) in cases {
+            let e = eval(&policy, p, &r, 0);
+            assert_eq!(
+                e.outcome,
+                Outcome::Denied,
+                "{} {} {:?}",
+                r.scenario,
+                r.dataset,
+                r.operation
+            );
+            assert_eq!(
+                code(&e),
+                want,
+                "{} {} {:?}: {:?}",
+                r.scenario,
+                r.dataset,
+                r.operation,
+                e.reasons
+            );
+            assert!(e.charge.is_none() && e.grant_expires_at.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn deny_rule_is_reported_among_matched_rules() {
+        let policy = shipped().await;
+        let r = request(
+            "highway-rescue",
+            "GX-610000-HWAY-0004",
+            Operation::ApiCall,
+            PurposeClass::PublicGovernance,
+        );
+        let e = eval(&policy, &principal(RESCUE, &[]), &r, 0);
+        assert!(
+            e.matched_rules
+                .iter()
+                .any(|m| m == "p, *, *, grade:important, api_call, deny"),
+            "{:?}",
+            e.matched_rules
+        );
+    }
+
+    #[tokio::test]
+    async fn quota_is_enforced_per_period() {
+        let policy = shipped().await;
+        let r = request(
+            "precision-medicine",
+            "GX-110000-HLTH-0007",
+            Operation::PrivacyCompute,
+            PurposeClass::Industry,
+        );
+        let p = principal(MEDICINE, &["medical_research"]);
+        assert_eq!(eval(&policy, &p, &r, 999).outcome, Outcome::Approved);
+        let e = eval(&policy, &p, &r, 1000);
+        assert_eq!(code(&e), "quota.exceeded");
+    }
+
+    #[tokio::test]
+    async fn auth_failure_and_bad_windows_are_denied_first() {
+        let policy = shipped().await;
+        let r = request(
+            "smart-tourism",
+            "GX-610100-TOUR-0001",
+            Operation::Query,
+            PurposeClass::Industry,
+        );
+        let err = AuthError::Expired;
+        let e = evaluate(&DecisionInput {
+            request: &r,
+            identity: Err(&err),
+            policy: &policy,
+            used: 0,
+            now: now(),
+            grant_ttl_secs: 60,
+        });
+        assert_eq!(code(&e), "auth.token_expired");
+
+        let p = principal(TRAVEL, &[]);
+        let mut r2 = r.clone();
+        r2.window = Some(Window {
+            not_before: now() - chrono::Duration::days(2),
+            not_after: now() - chrono::Duration::days(1),
+        });
+        assert_eq!(code(&eval(&policy, &p, &r2, 0)), "request.window_lapsed");
+        r2.window = Some(Window {
+            not_before: now(),
+            not_after: now(),
+        });
+        assert_eq!(code(&eval(&policy, &p, &r2, 0)), "request.invalid_window");
+        // A window shorter than the TTL bounds the grant.
+        r2.window = Some(Window {
+            not_before: now(),
+            not_after: now() + chrono::Duration::minutes(5),
+        });
+        let e = eval(&policy, &p, &r2, 0);
+        assert_eq!(
+            e.grant_expires_at,
+            Some(now() + chrono::Duration::minutes(5))
+        );
+    }
+
+    #[tokio::test]
+    async fn record_metering_uses_the_requested_volume() {
+        let policy = shipped().await;
+        let mut r = request(
+            "smart-tourism",
+            "GX-610100-TRAN-0002",
+            Operation::Query,
+            PurposeClass::Industry,
+        );
+        r.volume = Some(Volume {
+            records: Some(1200),
+            bytes: None,
+        });
+        let e = eval(&policy, &principal(TRAVEL, &[]), &r, 0);
+        let c = e.charge.expect("approved");
+        assert_eq!((c.quantity, c.amount_fen), (1200, 1200));
+    }
+
+    #[test]
+    fn decode_sorts_bad_input_into_stable_codes() {
+        let ok = r#"{"schema":"tollgate.access_request/v1","request_id":"r1","dataset":"d","operation":"query","scenario":"s","purpose":{"class":"industry","statement":"x"}}"#;
+        let d = decode(ok.as_bytes(), Some(b"Bearer abc"), 1024).unwrap();
+        assert_eq!(d.token.as_deref(), Some("abc"));
+        let cases: Vec<(&[u8], &str)> = vec![
+            (b"\xff\xfe", "input.invalid_utf8"),
+            (b"{\"schema\":", "input.invalid_json"),
+            (b"{}", "input.missing_schema"),
+            (br#"{"schema":"tollgate.access_request/v9"}"#, "input.unsupported_schema"),
+            (br#"{"schema":"tollgate.access_request/v1","request_id":"r1"}"#, "input.invalid_request"),
+            (br#"{"schema":"tollgate.access_request/v1","request_id":"","dataset":"d","operation":"query","scenario":"s","purpose":{"class":"industry","statement":"x"}}"#, "input.invalid_request"),
+            (br#"{"schema":"tollgate.access_request/v1","request_id":"r1","dataset":"d","operation":"steal","scenario":"s","purpose":{"class":"industry","statement":"x"}}"#, "input.invalid_request"),
+            (br#"{"schema":"tollgate.access_request/v1","request_id":"r1","request_id":"r2","dataset":"d","operation":"query","scenario":"s","purpose":{"class":"industry","statement":"x"}}"#, "input.invalid_request"),
+            (br#"{"schema":"tollgate.access_request/v1","request_id":"r1","subject":"91610131MA6TG1L5X1","dataset":"d","operation":"query","scenario":"s","purpose":{"class":"industry","statement":"x"}}"#, "input.invalid_request"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                decode(input, None, 1024).unwrap_err().code,
+                want,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        assert_eq!(
+            decode(ok.as_bytes(), None, 10).unwrap_err().code,
+            "input.too_large"
+        );
+    }
+}

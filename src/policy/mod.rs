@@ -1,0 +1,245 @@
+//! The policy in force: Casbin model + rules + catalogue, loaded together and
+//! identified by one content hash (the `policy_version` in every decision).
+
+pub mod catalogue;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use casbin::{CoreApi, DefaultModel, Enforcer, StringAdapter};
+use sha2::{Digest, Sha256};
+
+pub use catalogue::{Catalogue, CatalogueError, Dataset, Grade, PersonalInfo, Scenario};
+
+use crate::events::Operation;
+
+pub const MODEL_FILE: &str = "model.conf";
+pub const POLICY_FILE: &str = "policy.csv";
+pub const CATALOGUE_FILE: &str = "catalogue.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("reading {file}: {source}")]
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error("{0}")]
+    Catalogue(#[from] CatalogueError),
+    #[error("policy.csv line {line}: {message}")]
+    Rule { line: usize, message: String },
+    #[error("casbin evaluation failed: {0}")]
+    Eval(String),
+}
+
+/// What Casbin said about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasbinVerdict {
+    pub allowed: bool,
+    /// The rules that decided, as written in policy.csv (`p, sub, dom, …`).
+    pub matched_rules: Vec<String>,
+    /// True when an explicit deny rule matched (deny overrides allow).
+    pub denied_by_rule: bool,
+}
+
+pub struct Policy {
+    version: String,
+    catalogue: Catalogue,
+    enforcer: Enforcer,
+    rule_count: usize,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("version", &self.version)
+            .field("rules", &self.rule_count)
+            .finish()
+    }
+}
+
+fn read(dir: &Path, file: &str) -> Result<String, PolicyError> {
+    std::fs::read_to_string(dir.join(file)).map_err(|source| PolicyError::Io {
+        file: file.into(),
+        source,
+    })
+}
+
+/// sha256 over each file's name, length and bytes, so moving text from one
+/// file to another changes the version too.
+pub fn version_of(files: &[(&str, &str)]) -> String {
+    let mut h = Sha256::new();
+    for (name, text) in files {
+        h.update(name.as_bytes());
+        h.update((text.len() as u64).to_be_bytes());
+        h.update(text.as_bytes());
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+impl Policy {
+    /// Loads and validates `dir`. Nothing is in force until this returns Ok,
+    /// so a bad edit can never replace a good policy half-way.
+    pub async fn load(dir: &Path) -> Result<Policy, PolicyError> {
+        let model = read(dir, MODEL_FILE)?;
+        let rules = read(dir, POLICY_FILE)?;
+        let catalogue_text = read(dir, CATALOGUE_FILE)?;
+        Self::from_texts(&model, &rules, &catalogue_text).await
+    }
+
+    pub async fn from_texts(
+        model: &str,
+        rules: &str,
+        catalogue_text: &str,
+    ) -> Result<Policy, PolicyError> {
+        let version = version_of(&[
+            (MODEL_FILE, model),
+            (POLICY_FILE, rules),
+            (CATALOGUE_FILE, catalogue_text),
+        ]);
+        let catalogue = Catalogue::parse(catalogue_text)?;
+        let rule_count = validate_rules(rules, &catalogue)?;
+
+        let model = DefaultModel::from_str(model)
+            .await
+            .map_err(|e| PolicyError::Invalid {
+                file: MODEL_FILE.into(),
+                message: e.to_string(),
+            })?;
+        let mut all_rules = rules.to_owned();
+        all_rules.push('\n');
+        for line in catalogue.derived_groupings() {
+            all_rules.push_str(&line);
+            all_rules.push('\n');
+        }
+        let enforcer = Enforcer::new(model, StringAdapter::new(all_rules))
+            .await
+            .map_err(|e| PolicyError::Invalid {
+                file: POLICY_FILE.into(),
+                message: e.to_string(),
+            })?;
+        let policy = Policy {
+            version,
+            catalogue,
+            enforcer,
+            rule_count,
+        };
+        // Evaluate once so a matcher that only fails at run time (an unknown
+        // function, a type error) is rejected at load, not on live traffic.
+        policy.authorize("000000000000000000", "probe", "probe", Operation::Query)?;
+        Ok(policy)
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rule_count
+    }
+
+    /// Asks Casbin whether `subject` may perform `op` on `dataset` within
+    /// `scenario` (the RBAC domain).
+    pub fn authorize(
+        &self,
+        subject: &str,
+        scenario: &str,
+        dataset: &str,
+        op: Operation,
+    ) -> Result<CasbinVerdict, PolicyError> {
+        let (allowed, rules) = self
+            .enforcer
+            .enforce_ex((subject, scenario, dataset, op.as_str()))
+            .map_err(|e| PolicyError::Eval(e.to_string()))?;
+        let denied_by_rule =
+            !allowed && rules.iter().any(|r| r.last().is_some_and(|e| e == "deny"));
+        let matched_rules = rules
+            .into_iter()
+            .map(|r| format!("p, {}", r.join(", ")))
+            .collect();
+        Ok(CasbinVerdict {
+            allowed,
+            matched_rules,
+            denied_by_rule,
+        })
+    }
+}
+
+/// Rules must name things that exist: a scenario (domain) or dataset that is
+/// not in the catalogue is almost always a typo that would silently never
+/// match. Returns the number of `p` rules.
+fn validate_rules(rules: &str, catalogue: &Catalogue) -> Result<usize, PolicyError> {
+    let mut groups: BTreeSet<String> = BTreeSet::new();
+    let mut parsed = Vec::new();
+    for (i, raw) in rules.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.first() == Some(&"g2") && fields.len() >= 3 {
+            groups.insert(fields[2].to_owned());
+        }
+        parsed.push((i + 1, fields));
+    }
+    let mut count = 0;
+    for (line, f) in &parsed {
+        let err = |message: String| PolicyError::Rule {
+            line: *line,
+            message,
+        };
+        match f.first().copied() {
+            Some("p") => {
+                count += 1;
+                if f.len() != 6 {
+                    return Err(err(format!(
+                        "expected 6 fields (p, sub, dom, obj, act, eft), found {}",
+                        f.len()
+                    )));
+                }
+                let (dom, obj, act, eft) = (f[2], f[3], f[4], f[5]);
+                if dom != "*" && !catalogue.scenarios.contains_key(dom) {
+                    return Err(err(format!("unknown scenario {dom}")));
+                }
+                let builtin = obj.starts_with("grade:") || obj.starts_with("pi:");
+                if obj != "*"
+                    && !builtin
+                    && !groups.contains(obj)
+                    && !catalogue.datasets.contains_key(obj)
+                {
+                    return Err(err(format!("unknown dataset or dataset group {obj}")));
+                }
+                if act != "*" && !Operation::ALL.iter().any(|o| o.as_str() == act) {
+                    return Err(err(format!("unknown operation {act}")));
+                }
+                if eft != "allow" && eft != "deny" {
+                    return Err(err(format!("effect must be allow or deny, not {eft}")));
+                }
+            }
+            Some("g") => {
+                if f.len() != 4 {
+                    return Err(err("expected g, member, role, scenario".into()));
+                }
+                if !catalogue.scenarios.contains_key(f[3]) {
+                    return Err(err(format!("unknown scenario {}", f[3])));
+                }
+            }
+            Some("g2") => {
+                if f.len() != 3 {
+                    return Err(err("expected g2, dataset, group".into()));
+                }
+                if !catalogue.datasets.contains_key(f[1]) && !groups.contains(f[1]) {
+                    return Err(err(format!("unknown dataset {}", f[1])));
+                }
+            }
+            other => return Err(err(format!("unknown rule type {}", other.unwrap_or("")))),
+        }
+    }
+    Ok(count)
+}

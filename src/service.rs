@@ -1,0 +1,409 @@
+//! The processor: one input message in, its outputs (decision, audit event,
+//! usage record, or a dead letter) out, stored before they are published.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use chrono::{DateTime, SecondsFormat, Utc};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use serde::Serialize;
+use tracing::{debug, info};
+
+use crate::audit;
+use crate::auth::{AuthError, SigningKey, Verifier};
+use crate::config::{GrantSettings, Topics};
+use crate::events::{
+    AUDIT_SCHEMA, AccessRequest, AuditEvent, DEAD_LETTER_SCHEMA, DECISION_SCHEMA, DeadLetter,
+    DeadLetterError, Decision, Grant, Outcome, USAGE_SCHEMA, UsageRecord,
+};
+use crate::kafka::{InputMessage, OutgoingMessage, ProcessError, Processor};
+use crate::metering::period_of;
+use crate::pipeline::{self, DecisionInput, Evaluation, Rejection};
+use crate::policy::Policy;
+use crate::store::{Commit, Committed, DecisionRow, Output, Store, StoreError, Stream};
+
+/// Claims of a grant: what the data host checks before serving data.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct GrantClaims {
+    pub iss: String,
+    pub sub: String,
+    /// The dataset holder that serves the data.
+    pub aud: String,
+    pub jti: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub request_id: String,
+    pub dataset: String,
+    pub scenario: String,
+    pub operation: String,
+    pub obligations: Vec<String>,
+    pub policy_version: String,
+}
+
+pub struct DecisionService {
+    pub policy: Arc<Policy>,
+    pub verifier: Verifier,
+    pub store: Store,
+    pub grant_key: SigningKey,
+    pub grant: GrantSettings,
+    pub topics: Topics,
+    pub max_message_bytes: usize,
+}
+
+impl From<StoreError> for ProcessError {
+    fn from(e: StoreError) -> Self {
+        if e.is_retryable() {
+            ProcessError::Retryable(e.to_string())
+        } else {
+            ProcessError::Fatal(e.to_string())
+        }
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Continues the requester's trace when the input carries a W3C
+/// `traceparent`, else starts one; returns the trace id and the header for
+/// the outputs.
+fn trace_context(msg: &InputMessage) -> (String, String) {
+    let propagator = TraceContextPropagator::new();
+    let mut carrier = std::collections::HashMap::new();
+    if let Some(tp) = msg
+        .header("traceparent")
+        .and_then(|v| std::str::from_utf8(v).ok())
+    {
+        carrier.insert("traceparent".to_owned(), tp.to_owned());
+    }
+    let parent = propagator.extract(&carrier);
+    let parent_span = parent.span().span_context().clone();
+    let trace_id = if parent_span.is_valid() {
+        parent_span.trace_id()
+    } else {
+        TraceId::from_bytes(rand::random())
+    };
+    let span = SpanContext::new(
+        trace_id,
+        SpanId::from_bytes(rand::random()),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    );
+    let mut out = std::collections::HashMap::new();
+    propagator.inject_context(
+        &opentelemetry::Context::new().with_remote_span_context(span),
+        &mut out,
+    );
+    (
+        trace_id.to_string(),
+        out.remove("traceparent").unwrap_or_default(),
+    )
+}
+
+impl DecisionService {
+    fn topic(&self, stream: Stream) -> &str {
+        match stream {
+            Stream::Decisions => &self.topics.decisions,
+            Stream::Audit => &self.topics.audit,
+            Stream::Usage => &self.topics.usage,
+            Stream::DeadLetters => &self.topics.dlq,
+        }
+    }
+
+    fn to_messages(&self, outputs: &[Output], traceparent: &str) -> Vec<OutgoingMessage> {
+        outputs
+            .iter()
+            .map(|o| OutgoingMessage {
+                topic: self.topic(o.stream).to_owned(),
+                key: o.key.clone(),
+                payload: o.payload.clone(),
+                headers: vec![("traceparent".into(), traceparent.to_owned())],
+            })
+            .collect()
+    }
+
+    async fn dead_letter(
+        &self,
+        msg: &InputMessage,
+        rejection: Rejection,
+        now: DateTime<Utc>,
+        trace_id: &str,
+    ) -> Result<Committed, StoreError> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let letter = DeadLetter {
+            schema: DEAD_LETTER_SCHEMA.into(),
+            payload_base64: b64.encode(&msg.payload),
+            key_base64: msg.key.as_ref().map(|k| b64.encode(k)),
+            headers: msg
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), b64.encode(v)))
+                .collect(),
+            error: DeadLetterError {
+                code: rejection.code.into(),
+                message: rejection.message.clone(),
+            },
+            source_topic: msg.topic.clone(),
+            partition: msg.partition,
+            offset: msg.offset,
+            rejected_at: now,
+        };
+        let key = format!("{}/{}/{}", msg.topic, msg.partition, msg.offset);
+        let commit = Commit {
+            idem_key: format!("input:{key}"),
+            kind: "dead_letter",
+            decision: None,
+            messages: vec![Output {
+                stream: Stream::DeadLetters,
+                key: key.clone(),
+                payload: serde_json::to_string(&letter).expect("dead letters serialise"),
+            }],
+            audit: AuditEvent {
+                schema: AUDIT_SCHEMA.into(),
+                chain: format!("{}/{}", msg.topic, msg.partition),
+                seq: 0,
+                prev_hash: String::new(),
+                hash: String::new(),
+                event_type: "input_rejected".into(),
+                actor: "unauthenticated".into(),
+                subject: String::new(),
+                resource: key,
+                action: "decode".into(),
+                outcome: "rejected".into(),
+                reasons: vec![crate::events::Reason::new(
+                    rejection.code,
+                    rejection.message,
+                )],
+                policy_version: self.policy.version().to_owned(),
+                request_digest: audit::digest(&msg.payload),
+                occurred_at: now,
+                trace_id: trace_id.to_owned(),
+            },
+            usage: None,
+            created_at: rfc3339(now),
+        };
+        self.store.commit(&commit).await
+    }
+
+    async fn decide(
+        &self,
+        msg: &InputMessage,
+        request: &AccessRequest,
+        token: Option<&str>,
+        now: DateTime<Utc>,
+        trace_id: &str,
+    ) -> Result<Committed, StoreError> {
+        let identity = match token {
+            Some(t) => self.verifier.verify(t),
+            None => Err(AuthError::Missing),
+        };
+        let period = period_of(now);
+        let used = match &identity {
+            Ok(p)
+                if self
+                    .policy
+                    .catalogue()
+                    .datasets
+                    .contains_key(&request.dataset) =>
+            {
+                self.store
+                    .usage_in_period(&p.subject, &request.dataset, &period)
+                    .await?
+            }
+            _ => 0,
+        };
+        let eval = pipeline::evaluate(&DecisionInput {
+            request,
+            identity: identity.as_ref(),
+            policy: &self.policy,
+            used,
+            now,
+            grant_ttl_secs: self.grant.ttl_secs,
+        });
+        let subject = identity
+            .as_ref()
+            .map(|p| p.subject.clone())
+            .unwrap_or_default();
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        let grant = self.grant_for(&eval, request, &subject, &decision_id, now);
+        let decision = Decision {
+            schema: DECISION_SCHEMA.into(),
+            decision_id: decision_id.clone(),
+            request_id: request.request_id.clone(),
+            subject: subject.clone(),
+            dataset: request.dataset.clone(),
+            operation: request.operation,
+            scenario: request.scenario.clone(),
+            outcome: eval.outcome,
+            reasons: eval.reasons.clone(),
+            matched_rules: eval.matched_rules.clone(),
+            obligations: eval.obligations.clone(),
+            grant,
+            policy_version: self.policy.version().to_owned(),
+            decided_at: now,
+            trace_id: trace_id.to_owned(),
+        };
+        let request_digest = audit::digest(&msg.payload);
+        let reason_code = eval.reasons.first().map(|r| r.code.clone());
+        let usage = eval.charge.as_ref().map(|c| UsageRecord {
+            schema: USAGE_SCHEMA.into(),
+            usage_id: uuid::Uuid::now_v7().to_string(),
+            request_id: request.request_id.clone(),
+            decision_id: decision_id.clone(),
+            subject: subject.clone(),
+            dataset: request.dataset.clone(),
+            scenario: request.scenario.clone(),
+            operation: request.operation,
+            purpose_class: request.purpose.class,
+            unit: c.unit,
+            quantity: c.quantity,
+            price_item: c.price_item.clone(),
+            unit_price_fen: c.unit_price_fen,
+            amount_fen: c.amount_fen,
+            fee_waived: c.fee_waived,
+            waiver_reason: c.waiver_reason.clone(),
+            period: period.clone(),
+            quota: c.quota,
+            recorded_at: now,
+        });
+        let event_type = if reason_code.as_deref() == Some("quota.exceeded") {
+            "quota_exceeded"
+        } else {
+            "decision"
+        };
+        let commit = Commit {
+            idem_key: format!("request:{}", request.request_id),
+            kind: "decision",
+            decision: Some(DecisionRow {
+                request_id: request.request_id.clone(),
+                decision_id,
+                subject: subject.clone(),
+                dataset: request.dataset.clone(),
+                scenario: request.scenario.clone(),
+                operation: request.operation.as_str().into(),
+                outcome: eval.outcome.as_str().into(),
+                reason_code,
+                policy_version: self.policy.version().to_owned(),
+                request_digest: request_digest.clone(),
+                decided_at: rfc3339(now),
+            }),
+            messages: vec![Output {
+                stream: Stream::Decisions,
+                key: if subject.is_empty() {
+                    "unauthenticated".into()
+                } else {
+                    subject.clone()
+                },
+                payload: serde_json::to_string(&decision).expect("decisions serialise"),
+            }],
+            audit: AuditEvent {
+                schema: AUDIT_SCHEMA.into(),
+                chain: format!("{}/{}", msg.topic, msg.partition),
+                seq: 0,
+                prev_hash: String::new(),
+                hash: String::new(),
+                event_type: event_type.into(),
+                actor: if subject.is_empty() {
+                    "unauthenticated".into()
+                } else {
+                    subject.clone()
+                },
+                subject,
+                resource: request.dataset.clone(),
+                action: request.operation.as_str().into(),
+                outcome: eval.outcome.as_str().into(),
+                reasons: eval.reasons,
+                policy_version: self.policy.version().to_owned(),
+                request_digest,
+                occurred_at: now,
+                trace_id: trace_id.to_owned(),
+            },
+            usage,
+            created_at: rfc3339(now),
+        };
+        self.store.commit(&commit).await
+    }
+
+    fn grant_for(
+        &self,
+        eval: &Evaluation,
+        r: &AccessRequest,
+        subject: &str,
+        decision_id: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Grant> {
+        if eval.outcome != Outcome::Approved {
+            return None;
+        }
+        let expires_at = eval.grant_expires_at?;
+        let holder = self
+            .policy
+            .catalogue()
+            .datasets
+            .get(&r.dataset)
+            .map(|d| d.holder.clone())
+            .unwrap_or_default();
+        let nbf = r.window.as_ref().map_or(now, |w| w.not_before.max(now));
+        let claims = GrantClaims {
+            iss: self.grant.issuer.clone(),
+            sub: subject.to_owned(),
+            aud: holder,
+            jti: decision_id.to_owned(),
+            iat: now.timestamp(),
+            nbf: nbf.timestamp(),
+            exp: expires_at.timestamp(),
+            request_id: r.request_id.clone(),
+            dataset: r.dataset.clone(),
+            scenario: r.scenario.clone(),
+            operation: r.operation.as_str().into(),
+            obligations: eval.obligations.clone(),
+            policy_version: self.policy.version().to_owned(),
+        };
+        Some(Grant {
+            token: self.grant_key.sign(&claims),
+            expires_at,
+            quota: eval.charge.as_ref().map(|c| c.quota),
+        })
+    }
+}
+
+impl Processor for DecisionService {
+    async fn process(&self, msg: &InputMessage) -> Result<Vec<OutgoingMessage>, ProcessError> {
+        let now = Utc::now();
+        let (trace_id, traceparent) = trace_context(msg);
+        let committed = match pipeline::decode(
+            &msg.payload,
+            msg.header("authorization"),
+            self.max_message_bytes,
+        ) {
+            Err(rejection) => {
+                info!(message = "input rejected", code = rejection.code, topic = %msg.topic, partition = msg.partition, offset = msg.offset);
+                self.dead_letter(msg, rejection, now, &trace_id).await?
+            }
+            Ok(decoded) => {
+                let key = format!("request:{}", decoded.request.request_id);
+                match self.store.find_outcome(&key).await? {
+                    Some(outputs) => Committed::Existing(outputs),
+                    None => {
+                        self.decide(
+                            msg,
+                            &decoded.request,
+                            decoded.token.as_deref(),
+                            now,
+                            &trace_id,
+                        )
+                        .await?
+                    }
+                }
+            }
+        };
+        if let Committed::Existing(_) = &committed {
+            debug!(message = "re-publishing stored outcome", topic = %msg.topic, partition = msg.partition, offset = msg.offset);
+        }
+        Ok(self.to_messages(committed.outputs(), &traceparent))
+    }
+}
