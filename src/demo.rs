@@ -361,11 +361,17 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
                 class,
             ),
             Mistake::ForgedSignature => {
-                // Flip one character of the signature.
-                let mut t = good.clone();
-                let last = t.pop().unwrap_or('A');
-                t.push(if last == 'A' { 'B' } else { 'A' });
-                req(Some(&t), scenario, dataset, op, class)
+                // Change one character inside the signature.
+                let mut t: Vec<char> = good.chars().collect();
+                let i = t.len() - 10;
+                t[i] = if t[i] == 'A' { 'B' } else { 'A' };
+                req(
+                    Some(&t.into_iter().collect::<String>()),
+                    scenario,
+                    dataset,
+                    op,
+                    class,
+                )
             }
             Mistake::NoToken => req(None, scenario, dataset, op, class),
             Mistake::WrongPurpose => {

@@ -449,7 +449,9 @@ impl Client {
             .map_err(|(e, _)| KafkaError::Client(e))
     }
 
-    /// A reader of `topics` from the earliest offset, in its own group.
+    /// A reader of every partition of `topics` from the beginning. It assigns
+    /// partitions itself instead of joining a group: no rebalance wait, and
+    /// it commits nothing. `group` only names the client.
     pub fn reader(&self, topics: &[&str], group: &str) -> Result<Reader, KafkaError> {
         let mut cfg = base_config(&self.settings, &self.bootstrap);
         cfg.set("group.id", group)
@@ -457,7 +459,22 @@ impl Client {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed");
         let consumer: StreamConsumer = cfg.create()?;
-        consumer.subscribe(topics)?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in topics {
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            for t in metadata.topics() {
+                if t.partitions().is_empty() {
+                    return Err(KafkaError::CreateTopic {
+                        topic: t.name().to_owned(),
+                        message: "topic has no partitions".into(),
+                    });
+                }
+                for p in t.partitions() {
+                    tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Beginning)?;
+                }
+            }
+        }
+        consumer.assign(&tpl)?;
         Ok(Reader { consumer })
     }
 }

@@ -1,1 +1,8 @@
+//! The one integration-test binary: tollgate running against Kafka and a
+//! database (embedded Kafka + SQLite by default; see helpers.rs for real
+//! services).
 
+mod binary;
+mod decisions;
+mod delivery;
+mod helpers;

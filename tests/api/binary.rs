@@ -1,0 +1,190 @@
+//! The real `tollgate` binary, configured the way an operator would.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tollgate::config::Settings;
+use tollgate::events::Outcome;
+use tollgate::kafka::Client;
+
+use crate::helpers::*;
+
+fn tollgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    // Settings come only from what each test sets.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TOLLGATE_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM");
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tollgate did not exit within {within:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn binary_configured_by_file_and_environment_decides_and_stops_cleanly_on_sigterm() {
+    let infra = infra().await;
+    let config = infra.dir.path().join("tollgate.toml");
+    let t = &infra.topics;
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+bootstrap_servers = "overridden-by-env:1"
+group_id = "{group}"
+create_topics = false
+[topics]
+requests = "{req}"
+decisions = "{dec}"
+audit = "{aud}"
+usage = "{use_}"
+dlq = "{dlq}"
+[database]
+url = "{db}"
+[policy]
+dir = "{pol}"
+[auth]
+public_keys = ["{key}"]
+issuers = ["{ISSUER}"]
+"#,
+            group = infra.group,
+            req = t.requests,
+            dec = t.decisions,
+            aud = t.audit,
+            use_ = t.usage,
+            dlq = t.dlq,
+            db = infra.database_url,
+            pol = repo_policies().display(),
+            key = infra.idp_public.display(),
+        ),
+    )
+    .unwrap();
+    let mut child = tollgate()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &infra.bootstrap)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
+    let token = infra.token(TRAVEL, &[], 600);
+    let body = request(
+        "bin-1",
+        Some(&token),
+        "smart-tourism",
+        "GX-610100-TOUR-0001",
+        "api_call",
+        "industry",
+    );
+    client
+        .produce(&t.requests, TRAVEL, body.to_string().as_bytes(), &[])
+        .await
+        .unwrap();
+    let reader = client.reader(&[&t.decisions], "bin-reader").unwrap();
+    let d = decision(&read_n(&reader, 1).await[0]);
+    assert_eq!(d.outcome, Outcome::Approved, "{:?}", d.reasons);
+
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn binary_without_kafka_configured_runs_an_embedded_cluster_others_can_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("idp.pub.pem");
+    let idp = tollgate::auth::SigningKey::generate("idp");
+    std::fs::write(&key, idp.public().to_pem()).unwrap();
+    let mut child = tollgate()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("TOLLGATE_POLICY__DIR", repo_policies())
+        .env(
+            "TOLLGATE_AUTH__PUBLIC_KEYS",
+            format!("[\"{}\"]", key.display()),
+        )
+        .env("TOLLGATE_AUTH__ISSUERS", format!("[\"{ISSUER}\"]"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let bootstrap = loop {
+        let line = lines
+            .next()
+            .expect("tollgate printed its embedded bootstrap address")
+            .unwrap();
+        if let Some(b) = line.strip_prefix("embedded kafka bootstrap: ") {
+            break b.to_owned();
+        }
+    };
+    assert!(
+        dir.path().join("tollgate.db").exists(),
+        "the default database is a SQLite file"
+    );
+
+    let client = Client::new(&Settings::default().kafka, &bootstrap).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let token = idp.sign(&tollgate::auth::Claims {
+        sub: RESCUE.into(),
+        iss: ISSUER.into(),
+        aud: serde_json::json!("tollgate"),
+        exp: now + 600,
+        nbf: None,
+        iat: Some(now),
+        jti: None,
+        roles: vec![],
+        qualifications: vec![],
+        name: None,
+    });
+    let body = request(
+        "emb-1",
+        Some(&token),
+        "highway-rescue",
+        "GX-610000-RESC-0006",
+        "api_call",
+        "public_governance",
+    );
+    client
+        .produce(
+            "tollgate.requests",
+            RESCUE,
+            body.to_string().as_bytes(),
+            &[],
+        )
+        .await
+        .unwrap();
+    let reader = client
+        .reader(&["tollgate.decisions"], "emb-reader")
+        .unwrap();
+    let d = decision(&read_n(&reader, 1).await[0]);
+    assert_eq!(d.outcome, Outcome::Approved, "{:?}", d.reasons);
+
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+}

@@ -1,0 +1,272 @@
+//! `spawn_app()`: a running tollgate on fresh topics and a fresh database.
+//!
+//! By default: the embedded Kafka (one per test) and a SQLite file. Pointed
+//! at real services by environment:
+//!   TEST_KAFKA_BOOTSTRAP=127.0.0.1:9092       a Kafka-protocol broker
+//!   TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432   a PostgreSQL server
+//!                                                (a database per test is created)
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::Connection;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tollgate::app::{App, AppError};
+use tollgate::auth::{Claims, SigningKey};
+use tollgate::config::{Settings, Topics};
+use tollgate::events::{AuditEvent, Decision, REQUEST_SCHEMA};
+use tollgate::kafka::embedded::EmbeddedKafka;
+use tollgate::kafka::{Client, InputMessage, Reader};
+
+pub const ISSUER: &str = "https://idp.test.tollgate";
+pub const TRAVEL: &str = "91610131MA6TG1L5X1";
+pub const RESCUE: &str = "91610000MA6W2QK30C";
+pub const MEDICINE: &str = "91110108MA01RX7C4G";
+
+/// How long a test waits for one output before it calls it missing.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Infra {
+    pub bootstrap: String,
+    pub database_url: String,
+    pub topics: Topics,
+    pub group: String,
+    /// Owned here so it outlives app restarts within one test.
+    _kafka: Option<EmbeddedKafka>,
+    pub dir: tempfile::TempDir,
+    pub idp: SigningKey,
+    pub idp_public: PathBuf,
+    /// Signs grants; its public half verifies them.
+    pub grant_key: SigningKey,
+    pub grant_key_path: PathBuf,
+}
+
+pub struct TestApp {
+    pub infra: Infra,
+    pub client: Client,
+    pub settings: Settings,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<Result<(), AppError>>>,
+}
+
+pub fn repo_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+async fn fresh_database(dir: &Path, id: &str) -> String {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(base) => {
+            let base = base.trim_end_matches('/');
+            let name = format!("tollgate_test_{id}");
+            let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+                .await
+                .expect("connect to PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut admin)
+                .await
+                .expect("create test database");
+            format!("{base}/{name}")
+        }
+        Err(_) => format!("sqlite://{}", dir.join("tollgate.db").display()),
+    }
+}
+
+pub async fn infra() -> Infra {
+    init_logs();
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let topics = Topics::with_suffix(&id);
+    let settings = Settings::default();
+    let (bootstrap, kafka) = match std::env::var("TEST_KAFKA_BOOTSTRAP") {
+        Ok(b) => {
+            tollgate::kafka::ensure_topics(&settings.kafka, &b, &topics.all())
+                .await
+                .expect("create topics");
+            (b, None)
+        }
+        Err(_) => {
+            let k = EmbeddedKafka::start(1).unwrap();
+            for t in topics.all() {
+                k.create_topic(t, 3).unwrap();
+            }
+            (k.bootstrap_servers().to_owned(), Some(k))
+        }
+    };
+    let database_url = fresh_database(dir.path(), &id).await;
+    let idp = SigningKey::generate("test-idp");
+    let idp_public = dir.path().join("test-idp.pub.pem");
+    std::fs::write(&idp_public, idp.public().to_pem()).unwrap();
+    let grant_key_path = dir.path().join("grants.pem");
+    std::fs::write(
+        &grant_key_path,
+        SigningKey::generate("grants").to_pkcs8_pem(),
+    )
+    .unwrap();
+    let grant_key = SigningKey::from_pem_file(&grant_key_path).unwrap();
+    Infra {
+        bootstrap,
+        database_url,
+        topics,
+        group: format!("tollgate-{id}"),
+        _kafka: kafka,
+        dir,
+        idp,
+        idp_public,
+        grant_key,
+        grant_key_path,
+    }
+}
+
+impl Infra {
+    /// Settings for a tollgate instance on this infrastructure.
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::default();
+        s.kafka.bootstrap_servers = Some(self.bootstrap.clone());
+        s.kafka.group_id = self.group.clone();
+        s.kafka.create_topics = false;
+        s.topics = self.topics.clone();
+        s.database.url = self.database_url.clone();
+        s.policy.dir = repo_policies();
+        s.auth.public_keys = vec![self.idp_public.clone()];
+        s.auth.issuers = vec![ISSUER.into()];
+        s.grant.signing_key = Some(self.grant_key_path.clone());
+        s.service.shutdown_grace_secs = 10;
+        s
+    }
+
+    pub fn token(&self, sub: &str, qualifications: &[&str], ttl: i64) -> String {
+        let now = chrono::Utc::now().timestamp();
+        self.idp.sign(&Claims {
+            sub: sub.into(),
+            iss: ISSUER.into(),
+            aud: serde_json::json!("tollgate"),
+            exp: now + ttl,
+            nbf: None,
+            iat: Some(now),
+            jti: Some(uuid::Uuid::new_v4().to_string()),
+            roles: vec!["data_user".into()],
+            qualifications: qualifications.iter().map(|q| (*q).to_owned()).collect(),
+            name: None,
+        })
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    let infra = infra().await;
+    let settings = infra.settings();
+    start(infra, settings).await
+}
+
+pub async fn start(infra: Infra, settings: Settings) -> TestApp {
+    let client = Client::new(&settings.kafka, &infra.bootstrap).unwrap();
+    let app = App::build(settings.clone()).await.expect("app builds");
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        infra,
+        client,
+        settings,
+        shutdown,
+        handle: Some(handle),
+    }
+}
+
+/// A v1 access request as JSON.
+pub fn request(
+    id: &str,
+    token: Option<&str>,
+    scenario: &str,
+    dataset: &str,
+    op: &str,
+    class: &str,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "schema": REQUEST_SCHEMA,
+        "request_id": id,
+        "dataset": dataset,
+        "operation": op,
+        "scenario": scenario,
+        "purpose": {"class": class, "statement": "integration test"},
+    });
+    if let Some(t) = token {
+        v["token"] = t.into();
+    }
+    v
+}
+
+impl TestApp {
+    pub async fn send(&self, key: &str, payload: &[u8]) {
+        self.client
+            .produce(&self.infra.topics.requests, key, payload, &[])
+            .await
+            .expect("produce");
+    }
+
+    pub async fn send_json(&self, v: &serde_json::Value) {
+        self.send("test", v.to_string().as_bytes()).await;
+    }
+
+    pub fn reader(&self, topic: &str) -> Reader {
+        self.client
+            .reader(&[topic], &format!("reader-{}", uuid::Uuid::new_v4()))
+            .unwrap()
+    }
+
+    /// Stops the instance (as SIGTERM would) and waits for it.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("app task").expect("app stopped cleanly");
+        }
+    }
+
+    /// Stops this instance and starts a new one on the same topics, group
+    /// and database.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        let TestApp {
+            infra, settings, ..
+        } = self;
+        start(infra, settings).await
+    }
+}
+
+/// Reads `n` messages (or fails after WAIT without one).
+pub async fn read_n(reader: &Reader, n: usize) -> Vec<InputMessage> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match reader.next(WAIT).await.expect("read") {
+            Some(m) => out.push(m),
+            None => panic!("only {} of {n} messages arrived", out.len()),
+        }
+    }
+    out
+}
+
+/// Asserts nothing more arrives for a short while.
+pub async fn assert_no_more(reader: &Reader) {
+    if let Some(m) = reader.next(Duration::from_secs(2)).await.expect("read") {
+        panic!(
+            "unexpected extra message: {}",
+            String::from_utf8_lossy(&m.payload)
+        );
+    }
+}
+
+pub fn decision(m: &InputMessage) -> Decision {
+    serde_json::from_slice(&m.payload).expect("a decision")
+}
+
+pub fn audit_event(m: &InputMessage) -> AuditEvent {
+    serde_json::from_slice(&m.payload).expect("an audit event")
+}
