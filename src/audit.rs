@@ -170,7 +170,12 @@ mod tests {
             subject: "91610131MA6TG1L5X1".into(),
             resource: "GX-610100-TOUR-0001".into(),
             action: "query".into(),
-            outcome: if n % 2 == 0 { "approved" } else { "denied" }.into(),
+            outcome: if n.is_multiple_of(2) {
+                "approved"
+            } else {
+                "denied"
+            }
+            .into(),
             reasons: vec![Reason::new("policy.no_matching_rule", "none")],
             policy_version: "sha256:abc".into(),
             request_digest: format!("{n:064}"),

@@ -464,8 +464,8 @@ async fn summarise(
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     let (mut received, mut dead, mut resent_same, mut resent_diff) = (0usize, 0u64, 0u64, 0u64);
     println!(
-        "{:<9} {:<15} {:<20} {:<40} {:<16} {}",
-        "request", "outcome", "scenario", "enterprise", "operation", "reason / charge"
+        "{:<9} {:<15} {:<20} {:<40} {:<16} reason / grant",
+        "request", "outcome", "scenario", "enterprise", "operation"
     );
     while received < expected {
         let Some(msg) = reader.next(Duration::from_secs(20)).await? else {

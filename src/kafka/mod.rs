@@ -338,10 +338,10 @@ pub async fn run<P: Processor>(
             message = "grace period ended with outputs unacknowledged; they will be re-delivered"
         ),
     }
-    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
-            warn!(message = "final offset commit failed", %error);
-        }
+    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
+        && error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset)
+    {
+        warn!(message = "final offset commit failed", %error);
     }
     let _ = producer.flush(rdkafka::util::Timeout::After(Duration::from_secs(5)));
     consumer.unsubscribe();
