@@ -24,10 +24,7 @@ pub enum AppError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("policy in {dir}: {source}")]
-    Policy {
-        dir: String,
-        source: crate::policy::PolicyError,
-    },
+    Policy { dir: String, source: crate::policy::PolicyError },
     #[error(transparent)]
     Keys(#[from] crate::auth::KeyError),
 }
@@ -48,10 +45,7 @@ impl App {
 
     /// As [`App::build`], with a ready-made token verifier instead of the
     /// configured key files (the demo acts as its own identity provider).
-    pub async fn build_with_verifier(
-        settings: Settings,
-        verifier: Option<Verifier>,
-    ) -> Result<App, AppError> {
+    pub async fn build_with_verifier(settings: Settings, verifier: Option<Verifier>) -> Result<App, AppError> {
         let (bootstrap, embedded) = match &settings.kafka.bootstrap_servers {
             Some(b) => (b.clone(), None),
             None => {
@@ -68,27 +62,17 @@ impl App {
                 // The mock cluster has no admin API.
                 Some(cluster) => {
                     for t in settings.topics.all() {
-                        cluster
-                            .create_topic(t, settings.kafka.partitions)
-                            .map_err(AppError::Embedded)?;
+                        cluster.create_topic(t, settings.kafka.partitions).map_err(AppError::Embedded)?;
                     }
                 }
-                None => {
-                    kafka::ensure_topics(&settings.kafka, &bootstrap, &settings.topics.all())
-                        .await?
-                }
+                None => kafka::ensure_topics(&settings.kafka, &bootstrap, &settings.topics.all()).await?,
             }
         }
 
-        let store =
-            Store::connect(&settings.database.url, settings.database.max_connections).await?;
-        let policy =
-            Policy::load(&settings.policy.dir)
-                .await
-                .map_err(|source| AppError::Policy {
-                    dir: settings.policy.dir.display().to_string(),
-                    source,
-                })?;
+        let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
+        let policy = Policy::load(&settings.policy.dir)
+            .await
+            .map_err(|source| AppError::Policy { dir: settings.policy.dir.display().to_string(), source })?;
         info!(message = "policy loaded", version = %policy.version(), rules = policy.rule_count(),
               datasets = policy.catalogue().datasets.len(), scenarios = policy.catalogue().scenarios.len());
 
@@ -119,13 +103,7 @@ impl App {
             topics: settings.topics.clone(),
             max_message_bytes: settings.service.max_message_bytes,
         };
-        Ok(App {
-            settings,
-            bootstrap,
-            embedded,
-            service,
-            pipeline,
-        })
+        Ok(App { settings, bootstrap, embedded, service, pipeline })
     }
 
     pub fn bootstrap_servers(&self) -> &str {
@@ -150,23 +128,10 @@ impl App {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        let App {
-            settings,
-            bootstrap,
-            embedded,
-            service,
-            pipeline,
-        } = self;
+        let App { settings, bootstrap, embedded, service, pipeline } = self;
         info!(message = "tollgate is consuming", %bootstrap, topic = %settings.topics.requests, group = %settings.kafka.group_id);
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
-        let result = kafka::run(
-            pipeline,
-            &service,
-            shutdown,
-            grace,
-            settings.service.max_in_flight,
-        )
-        .await;
+        let result = kafka::run(pipeline, &service, shutdown, grace, settings.service.max_in_flight).await;
         // The pool closes with its last handle; a caller may still hold one.
         drop(embedded);
         info!(message = "tollgate stopped");

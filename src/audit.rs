@@ -81,14 +81,8 @@ pub fn digest(bytes: &[u8]) -> String {
 pub enum ChainError {
     #[error("chain {chain} seq {seq}: hash does not match the event's content (changed record)")]
     Tampered { chain: String, seq: u64 },
-    #[error(
-        "chain {chain}: expected seq {expected} but found {found} (dropped or reordered record)"
-    )]
-    Gap {
-        chain: String,
-        expected: u64,
-        found: u64,
-    },
+    #[error("chain {chain}: expected seq {expected} but found {found} (dropped or reordered record)")]
+    Gap { chain: String, expected: u64, found: u64 },
     #[error("chain {chain} seq {seq}: prev_hash does not match the previous event's hash")]
     BrokenLink { chain: String, seq: u64 },
     #[error("chain {chain} seq {seq}: two different events with the same position")]
@@ -106,49 +100,32 @@ pub struct VerifyReport {
 /// Verifies events in the order they were read. Each chain must start at
 /// seq 1 and continue without gaps; an event identical to one already seen
 /// is a harmless re-publication.
-pub fn verify<'a>(
-    events: impl IntoIterator<Item = &'a AuditEvent>,
-) -> Result<VerifyReport, ChainError> {
+pub fn verify<'a>(events: impl IntoIterator<Item = &'a AuditEvent>) -> Result<VerifyReport, ChainError> {
     let mut report = VerifyReport::default();
     let mut seen: BTreeMap<(String, u64), String> = BTreeMap::new();
     for e in events {
         if compute_hash(e) != e.hash {
-            return Err(ChainError::Tampered {
-                chain: e.chain.clone(),
-                seq: e.seq,
-            });
+            return Err(ChainError::Tampered { chain: e.chain.clone(), seq: e.seq });
         }
         if let Some(h) = seen.get(&(e.chain.clone(), e.seq)) {
             if *h == e.hash {
                 report.duplicates += 1;
                 continue;
             }
-            return Err(ChainError::Conflict {
-                chain: e.chain.clone(),
-                seq: e.seq,
-            });
+            return Err(ChainError::Conflict { chain: e.chain.clone(), seq: e.seq });
         }
         let (expected, prev_hash) = match report.chains.get(&e.chain) {
             Some((n, h)) => (n + 1, h.as_str()),
             None => (1, GENESIS),
         };
         if e.seq != expected {
-            return Err(ChainError::Gap {
-                chain: e.chain.clone(),
-                expected,
-                found: e.seq,
-            });
+            return Err(ChainError::Gap { chain: e.chain.clone(), expected, found: e.seq });
         }
         if e.prev_hash != prev_hash {
-            return Err(ChainError::BrokenLink {
-                chain: e.chain.clone(),
-                seq: e.seq,
-            });
+            return Err(ChainError::BrokenLink { chain: e.chain.clone(), seq: e.seq });
         }
         seen.insert((e.chain.clone(), e.seq), e.hash.clone());
-        report
-            .chains
-            .insert(e.chain.clone(), (e.seq, e.hash.clone()));
+        report.chains.insert(e.chain.clone(), (e.seq, e.hash.clone()));
     }
     Ok(report)
 }
@@ -170,12 +147,7 @@ mod tests {
             subject: "91610131MA6TG1L5X1".into(),
             resource: "GX-610100-TOUR-0001".into(),
             action: "query".into(),
-            outcome: if n.is_multiple_of(2) {
-                "approved"
-            } else {
-                "denied"
-            }
-            .into(),
+            outcome: if n.is_multiple_of(2) { "approved" } else { "denied" }.into(),
             reasons: vec![Reason::new("policy.no_matching_rule", "none")],
             policy_version: "sha256:abc".into(),
             request_digest: format!("{n:064}"),
@@ -197,10 +169,7 @@ mod tests {
     #[test]
     fn canonical_encoding_sorts_keys_at_every_level() {
         let v = serde_json::json!({"b": 1, "a": {"d": [3, {"z": 1, "y": "é"}], "c": null}});
-        assert_eq!(
-            canonical(&v),
-            r#"{"a":{"c":null,"d":[3,{"y":"é","z":1}]},"b":1}"#
-        );
+        assert_eq!(canonical(&v), r#"{"a":{"c":null,"d":[3,{"y":"é","z":1}]},"b":1}"#);
     }
 
     #[test]
@@ -216,13 +185,7 @@ mod tests {
     fn changed_record_is_named() {
         let mut events = chain(5);
         events[3].outcome = "tampered".into();
-        assert_eq!(
-            verify(&events).unwrap_err(),
-            ChainError::Tampered {
-                chain: "tollgate.requests/0".into(),
-                seq: 4
-            }
-        );
+        assert_eq!(verify(&events).unwrap_err(), ChainError::Tampered { chain: "tollgate.requests/0".into(), seq: 4 });
     }
 
     #[test]
@@ -231,22 +194,11 @@ mod tests {
         events.remove(2);
         assert_eq!(
             verify(&events).unwrap_err(),
-            ChainError::Gap {
-                chain: "tollgate.requests/0".into(),
-                expected: 3,
-                found: 4
-            }
+            ChainError::Gap { chain: "tollgate.requests/0".into(), expected: 3, found: 4 }
         );
         let mut events = chain(5);
         events.swap(1, 2);
-        assert!(matches!(
-            verify(&events).unwrap_err(),
-            ChainError::Gap {
-                expected: 2,
-                found: 3,
-                ..
-            }
-        ));
+        assert!(matches!(verify(&events).unwrap_err(), ChainError::Gap { expected: 2, found: 3, .. }));
     }
 
     #[test]
@@ -256,10 +208,7 @@ mod tests {
         events[2].hash = compute_hash(&events[2]);
         assert_eq!(
             verify(&events).unwrap_err(),
-            ChainError::BrokenLink {
-                chain: "tollgate.requests/0".into(),
-                seq: 4
-            }
+            ChainError::BrokenLink { chain: "tollgate.requests/0".into(), seq: 4 }
         );
     }
 }

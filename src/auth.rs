@@ -68,10 +68,7 @@ impl AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("reading key file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("key file {path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -138,9 +135,7 @@ impl std::fmt::Debug for Verifier {
 /// upper-case letters without I, O, Z, S, V), with a check character.
 pub fn is_uscc(s: &str) -> bool {
     const ALPHABET: &str = "0123456789ABCDEFGHJKLMNPQRTUWXY";
-    const WEIGHTS: [u32; 17] = [
-        1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
-    ];
+    const WEIGHTS: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
     if s.len() != 18 {
         return false;
     }
@@ -160,14 +155,9 @@ pub fn is_uscc(s: &str) -> bool {
 /// Used by the demo and tests to make valid sample codes.
 pub fn uscc_with_check(first17: &str) -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
-    const WEIGHTS: [usize; 17] = [
-        1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
-    ];
-    let sum: usize = first17
-        .bytes()
-        .zip(WEIGHTS)
-        .map(|(b, w)| ALPHABET.iter().position(|&a| a == b).unwrap_or(0) * w)
-        .sum();
+    const WEIGHTS: [usize; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
+    let sum: usize =
+        first17.bytes().zip(WEIGHTS).map(|(b, w)| ALPHABET.iter().position(|&a| a == b).unwrap_or(0) * w).sum();
     let check = (31 - sum % 31) % 31;
     format!("{first17}{}", ALPHABET[check] as char)
 }
@@ -188,11 +178,7 @@ impl Verifier {
         if let Some(path) = &settings.jwks {
             keys.extend(load_jwks(path)?);
         }
-        if let Some(secret) = settings
-            .hs256_secret
-            .as_deref()
-            .filter(|_| settings.allow_hs256)
-        {
+        if let Some(secret) = settings.hs256_secret.as_deref().filter(|_| settings.allow_hs256) {
             keys.push(TrustedKey {
                 kid: None,
                 algorithms: vec![Algorithm::HS256],
@@ -255,10 +241,7 @@ impl Verifier {
             })
             .collect();
         if candidates.is_empty() {
-            return Err(AuthError::UnknownKey {
-                kid: header.kid.clone(),
-                alg: format!("{alg:?}"),
-            });
+            return Err(AuthError::UnknownKey { kid: header.kid.clone(), alg: format!("{alg:?}") });
         }
 
         let mut validation = Validation::new(alg);
@@ -293,11 +276,7 @@ fn header_alg(token: &str) -> Option<String> {
         .decode(first)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| {
-            v.get("alg")
-                .and_then(|a| a.as_str())
-                .map(|a| a.chars().take(16).collect())
-        })
+        .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(|a| a.chars().take(16).collect()))
 }
 
 fn map_jwt_error(kind: &ErrorKind) -> AuthError {
@@ -317,9 +296,7 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
 
 fn principal_from(claims: Claims) -> Result<Principal, AuthError> {
     if !is_uscc(&claims.sub) {
-        return Err(AuthError::InvalidSubject(
-            claims.sub.chars().take(32).collect(),
-        ));
+        return Err(AuthError::InvalidSubject(claims.sub.chars().take(32).collect()));
     }
     Ok(Principal {
         subject: claims.sub,
@@ -333,23 +310,14 @@ fn principal_from(claims: Claims) -> Result<Principal, AuthError> {
 
 /// A key file's kid is its name up to the first dot: `idp-1.pub.pem` is "idp-1".
 fn kid_from_path(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     name.split('.').next().unwrap_or_default().to_owned()
 }
 
 fn load_pem_key(path: &Path) -> Result<TrustedKey, KeyError> {
     let p = path.display().to_string();
-    let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-        path: p.clone(),
-        source,
-    })?;
-    let invalid = |e: jsonwebtoken::errors::Error| KeyError::Invalid {
-        path: p.clone(),
-        message: e.to_string(),
-    };
+    let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: p.clone(), source })?;
+    let invalid = |e: jsonwebtoken::errors::Error| KeyError::Invalid { path: p.clone(), message: e.to_string() };
     // One PEM "PUBLIC KEY" block can hold RSA, EC or Ed25519 keys; try each
     // family and keep the one that parses. The kid is the file stem so a
     // token can name its key.
@@ -368,24 +336,14 @@ fn load_pem_key(path: &Path) -> Result<TrustedKey, KeyError> {
         }
         k
     };
-    Ok(TrustedKey {
-        kid,
-        algorithms: algs,
-        key,
-    })
+    Ok(TrustedKey { kid, algorithms: algs, key })
 }
 
 fn load_jwks(path: &Path) -> Result<Vec<TrustedKey>, KeyError> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-        path: p.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: p.clone(), source })?;
     let set: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_str(&text).map_err(|e| KeyError::Invalid {
-            path: p.clone(),
-            message: e.to_string(),
-        })?;
+        serde_json::from_str(&text).map_err(|e| KeyError::Invalid { path: p.clone(), message: e.to_string() })?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         use jsonwebtoken::jwk::AlgorithmParameters as P;
@@ -398,21 +356,13 @@ fn load_jwks(path: &Path) -> Result<Vec<TrustedKey>, KeyError> {
             P::OctetKey(_) => {
                 return Err(KeyError::Invalid {
                     path: p,
-                    message:
-                        "symmetric (oct) keys are not accepted in a JWKS; use auth.hs256_secret"
-                            .into(),
+                    message: "symmetric (oct) keys are not accepted in a JWKS; use auth.hs256_secret".into(),
                 });
             }
         };
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Invalid {
-            path: p.clone(),
-            message: e.to_string(),
-        })?;
-        keys.push(TrustedKey {
-            kid: jwk.common.key_id.clone(),
-            algorithms,
-            key,
-        });
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Invalid { path: p.clone(), message: e.to_string() })?;
+        keys.push(TrustedKey { kid: jwk.common.key_id.clone(), algorithms, key });
     }
     Ok(keys)
 }
@@ -435,35 +385,20 @@ pub struct PublicKey {
 impl SigningKey {
     pub fn generate(kid: &str) -> Self {
         let mut rng = rand::rngs::OsRng;
-        SigningKey {
-            kid: kid.to_owned(),
-            inner: ed25519_dalek::SigningKey::generate(&mut rng),
-        }
+        SigningKey { kid: kid.to_owned(), inner: ed25519_dalek::SigningKey::generate(&mut rng) }
     }
 
     pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
         use ed25519_dalek::pkcs8::DecodePrivateKey;
         let p = path.display().to_string();
-        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: p.clone(),
-            source,
-        })?;
-        let inner =
-            ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Invalid {
-                path: p,
-                message: format!("not an Ed25519 PKCS#8 key: {e}"),
-            })?;
-        Ok(SigningKey {
-            kid: kid_from_path(path),
-            inner,
-        })
+        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: p.clone(), source })?;
+        let inner = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|e| KeyError::Invalid { path: p, message: format!("not an Ed25519 PKCS#8 key: {e}") })?;
+        Ok(SigningKey { kid: kid_from_path(path), inner })
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey {
-            kid: self.kid.clone(),
-            inner: self.inner.verifying_key(),
-        }
+        PublicKey { kid: self.kid.clone(), inner: self.inner.verifying_key() }
     }
 
     pub fn to_pkcs8_pem(&self) -> String {
@@ -476,10 +411,7 @@ impl SigningKey {
 
     fn encoding_key(&self) -> EncodingKey {
         use ed25519_dalek::pkcs8::EncodePrivateKey;
-        let der = self
-            .inner
-            .to_pkcs8_der()
-            .expect("an Ed25519 key always encodes");
+        let der = self.inner.to_pkcs8_der().expect("an Ed25519 key always encodes");
         EncodingKey::from_ed_der(der.as_bytes())
     }
 
@@ -487,8 +419,7 @@ impl SigningKey {
     pub fn sign<T: Serialize>(&self, claims: &T) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding_key())
-            .expect("EdDSA signing does not fail")
+        jsonwebtoken::encode(&header, claims, &self.encoding_key()).expect("EdDSA signing does not fail")
     }
 }
 
@@ -561,9 +492,7 @@ mod tests {
     #[test]
     fn valid_token_yields_principal_from_claims() {
         let (key, verifier) = setup();
-        let p = verifier
-            .verify(&key.sign(&claims(&sample_uscc(), 300)))
-            .unwrap();
+        let p = verifier.verify(&key.sign(&claims(&sample_uscc(), 300))).unwrap();
         assert_eq!(p.subject, sample_uscc());
         assert!(p.roles.contains("data_user"));
         assert!(p.qualifications.contains("medical_research"));
@@ -572,16 +501,10 @@ mod tests {
     #[test]
     fn expired_token_is_rejected_beyond_leeway() {
         let (key, verifier) = setup();
-        let err = verifier
-            .verify(&key.sign(&claims(&sample_uscc(), -120)))
-            .unwrap_err();
+        let err = verifier.verify(&key.sign(&claims(&sample_uscc(), -120))).unwrap_err();
         assert_eq!(err.code(), "auth.token_expired");
         // Within the 30 s leeway it still passes.
-        assert!(
-            verifier
-                .verify(&key.sign(&claims(&sample_uscc(), -10)))
-                .is_ok()
-        );
+        assert!(verifier.verify(&key.sign(&claims(&sample_uscc(), -10))).is_ok());
     }
 
     #[test]
@@ -589,10 +512,7 @@ mod tests {
         let (key, verifier) = setup();
         let mut c = claims(&sample_uscc(), 600);
         c.nbf = Some(chrono::Utc::now().timestamp() + 300);
-        assert_eq!(
-            verifier.verify(&key.sign(&c)).unwrap_err().code(),
-            "auth.token_not_yet_valid"
-        );
+        assert_eq!(verifier.verify(&key.sign(&c)).unwrap_err().code(), "auth.token_not_yet_valid");
     }
 
     #[test]
@@ -600,25 +520,17 @@ mod tests {
         let (key, verifier) = setup();
         let mut c = claims(&sample_uscc(), 300);
         c.iss = "https://evil.example".into();
-        assert_eq!(
-            verifier.verify(&key.sign(&c)).unwrap_err().code(),
-            "auth.wrong_issuer"
-        );
+        assert_eq!(verifier.verify(&key.sign(&c)).unwrap_err().code(), "auth.wrong_issuer");
         let mut c = claims(&sample_uscc(), 300);
         c.aud = serde_json::json!("someone-else");
-        assert_eq!(
-            verifier.verify(&key.sign(&c)).unwrap_err().code(),
-            "auth.wrong_audience"
-        );
+        assert_eq!(verifier.verify(&key.sign(&c)).unwrap_err().code(), "auth.wrong_audience");
     }
 
     #[test]
     fn token_signed_by_another_key_with_same_kid_is_rejected() {
         let (_, verifier) = setup();
         let other = SigningKey::generate("idp-1");
-        let err = verifier
-            .verify(&other.sign(&claims(&sample_uscc(), 300)))
-            .unwrap_err();
+        let err = verifier.verify(&other.sign(&claims(&sample_uscc(), 300))).unwrap_err();
         assert_eq!(err.code(), "auth.bad_signature");
     }
 
@@ -626,9 +538,7 @@ mod tests {
     fn unknown_kid_is_rejected_without_trying_other_keys() {
         let (_, verifier) = setup();
         let other = SigningKey::generate("injected");
-        let err = verifier
-            .verify(&other.sign(&claims(&sample_uscc(), 300)))
-            .unwrap_err();
+        let err = verifier.verify(&other.sign(&claims(&sample_uscc(), 300))).unwrap_err();
         assert_eq!(err.code(), "auth.unknown_key");
     }
 
@@ -636,56 +546,33 @@ mod tests {
     fn alg_none_and_hs256_are_rejected() {
         use base64::Engine;
         let (_, verifier) = setup();
-        let b64 = |v: serde_json::Value| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-        };
+        let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let body = b64(serde_json::to_value(claims(&sample_uscc(), 300)).unwrap());
-        let none = format!(
-            "{}.{}.",
-            b64(serde_json::json!({"alg": "none", "typ": "JWT"})),
-            body
-        );
-        assert_eq!(
-            verifier.verify(&none).unwrap_err().code(),
-            "auth.algorithm_not_allowed"
-        );
+        let none = format!("{}.{}.", b64(serde_json::json!({"alg": "none", "typ": "JWT"})), body);
+        assert_eq!(verifier.verify(&none).unwrap_err().code(), "auth.algorithm_not_allowed");
         let hs = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims(&sample_uscc(), 300),
             &EncodingKey::from_secret(b"guessable"),
         )
         .unwrap();
-        assert_eq!(
-            verifier.verify(&hs).unwrap_err().code(),
-            "auth.algorithm_not_allowed"
-        );
+        assert_eq!(verifier.verify(&hs).unwrap_err().code(), "auth.algorithm_not_allowed");
     }
 
     #[test]
     fn subject_must_be_a_uscc() {
         let (key, verifier) = setup();
-        let err = verifier
-            .verify(&key.sign(&claims("alice", 300)))
-            .unwrap_err();
+        let err = verifier.verify(&key.sign(&claims("alice", 300))).unwrap_err();
         assert_eq!(err.code(), "auth.invalid_subject");
     }
 
     #[test]
     fn garbage_and_huge_tokens_are_rejected() {
         let (_, verifier) = setup();
-        assert_eq!(
-            verifier.verify("not-a-jwt").unwrap_err().code(),
-            "auth.token_malformed"
-        );
-        assert_eq!(
-            verifier.verify("a.b.c").unwrap_err().code(),
-            "auth.token_malformed"
-        );
+        assert_eq!(verifier.verify("not-a-jwt").unwrap_err().code(), "auth.token_malformed");
+        assert_eq!(verifier.verify("a.b.c").unwrap_err().code(), "auth.token_malformed");
         let huge = "x".repeat(100_000);
-        assert_eq!(
-            verifier.verify(&huge).unwrap_err().code(),
-            "auth.token_too_large"
-        );
+        assert_eq!(verifier.verify(&huge).unwrap_err().code(), "auth.token_too_large");
     }
 
     #[test]
@@ -704,9 +591,7 @@ mod tests {
         // A token without a kid is tried against every key of its algorithm.
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = None;
-        let token =
-            jsonwebtoken::encode(&header, &claims(&sample_uscc(), 300), &key.encoding_key())
-                .unwrap();
+        let token = jsonwebtoken::encode(&header, &claims(&sample_uscc(), 300), &key.encoding_key()).unwrap();
         assert!(verifier.verify(&token).is_ok());
     }
 }

@@ -115,13 +115,7 @@ impl Topics {
     }
 
     pub fn all(&self) -> [&str; 5] {
-        [
-            &self.requests,
-            &self.decisions,
-            &self.audit,
-            &self.usage,
-            &self.dlq,
-        ]
+        [&self.requests, &self.decisions, &self.audit, &self.usage, &self.dlq]
     }
 }
 
@@ -135,10 +129,7 @@ pub struct DatabaseSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        DatabaseSettings {
-            url: "sqlite://tollgate.db".into(),
-            max_connections: 8,
-        }
+        DatabaseSettings { url: "sqlite://tollgate.db".into(), max_connections: 8 }
     }
 }
 
@@ -186,9 +177,7 @@ pub struct PolicySettings {
 
 impl Default for PolicySettings {
     fn default() -> Self {
-        PolicySettings {
-            dir: PathBuf::from("policies"),
-        }
+        PolicySettings { dir: PathBuf::from("policies") }
     }
 }
 
@@ -204,11 +193,7 @@ pub struct GrantSettings {
 
 impl Default for GrantSettings {
     fn default() -> Self {
-        GrantSettings {
-            signing_key: None,
-            issuer: "tollgate".into(),
-            ttl_secs: 3600,
-        }
+        GrantSettings { signing_key: None, issuer: "tollgate".into(), ttl_secs: 3600 }
     }
 }
 
@@ -230,11 +215,7 @@ impl Settings {
             fig = fig.merge(Toml::file_exact(path));
         }
         // TOLLGATE_LOG_FORMAT and TOLLGATE_CONFIG_FILE are read before settings.
-        fig = fig.merge(
-            Env::prefixed("TOLLGATE_")
-                .ignore(&["log_format", "config_file"])
-                .split("__"),
-        );
+        fig = fig.merge(Env::prefixed("TOLLGATE_").ignore(&["log_format", "config_file"]).split("__"));
         let mut settings: Settings = fig.extract().map_err(Box::new)?;
         settings.kafka.normalise_property_keys();
         Ok(settings)
@@ -246,10 +227,7 @@ impl KafkaSettings {
     /// underscores, so `_` is read as `.`.
     fn normalise_property_keys(&mut self) {
         for map in [&mut self.properties, &mut self.consumer, &mut self.producer] {
-            *map = std::mem::take(map)
-                .into_iter()
-                .map(|(k, v)| (k.replace('_', "."), v))
-                .collect();
+            *map = std::mem::take(map).into_iter().map(|(k, v)| (k.replace('_', "."), v)).collect();
         }
     }
 }
@@ -275,25 +253,13 @@ mod tests {
                 "#,
             )?;
             jail.set_env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", "env:9092");
-            jail.set_env(
-                "TOLLGATE_KAFKA__PROPERTIES__SASL_MECHANISM",
-                "SCRAM-SHA-512",
-            );
+            jail.set_env("TOLLGATE_KAFKA__PROPERTIES__SASL_MECHANISM", "SCRAM-SHA-512");
             let s = Settings::load(Some(Path::new("tollgate.toml"))).expect("loads");
             assert_eq!(s.kafka.bootstrap_servers.as_deref(), Some("env:9092"));
             assert_eq!(s.kafka.group_id, "from-file");
             assert_eq!(s.database.url, "postgres://file/db");
-            assert_eq!(
-                s.kafka
-                    .properties
-                    .get("security.protocol")
-                    .map(String::as_str),
-                Some("SASL_SSL")
-            );
-            assert_eq!(
-                s.kafka.properties.get("sasl.mechanism").map(String::as_str),
-                Some("SCRAM-SHA-512")
-            );
+            assert_eq!(s.kafka.properties.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+            assert_eq!(s.kafka.properties.get("sasl.mechanism").map(String::as_str), Some("SCRAM-SHA-512"));
             assert_eq!(s.topics.requests, "tollgate.requests");
             Ok(())
         });
@@ -302,10 +268,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_not_silently_ignored() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "tollgate.toml",
-                "[kafka]\nbootstrap_server = \"typo:9092\"\n",
-            )?;
+            jail.create_file("tollgate.toml", "[kafka]\nbootstrap_server = \"typo:9092\"\n")?;
             assert!(Settings::load(Some(Path::new("tollgate.toml"))).is_err());
             Ok(())
         });

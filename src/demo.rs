@@ -26,6 +26,8 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Print every decision (otherwise a progress line per 50).
     pub verbose: bool,
+    /// Keep the SQLite database here instead of in a temporary directory.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 struct Enterprise {
@@ -33,13 +35,7 @@ struct Enterprise {
     uscc: &'static str,
     qualifications: &'static [&'static str],
     /// (scenario, dataset, operation, purpose class, purpose statement)
-    usual: &'static [(
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-    )],
+    usual: &'static [(&'static str, &'static str, &'static str, &'static str, &'static str)],
 }
 
 const ENTERPRISES: &[Enterprise] = &[
@@ -55,20 +51,8 @@ const ENTERPRISES: &[Enterprise] = &[
                 "industry",
                 "visitor-flow forecasts for itinerary recommendations",
             ),
-            (
-                "smart-tourism",
-                "GX-610100-TOUR-0001",
-                "api_call",
-                "industry",
-                "live crowding alerts in the travel app",
-            ),
-            (
-                "smart-tourism",
-                "GX-610000-METE-0003",
-                "api_call",
-                "industry",
-                "weather-aware route suggestions",
-            ),
+            ("smart-tourism", "GX-610100-TOUR-0001", "api_call", "industry", "live crowding alerts in the travel app"),
+            ("smart-tourism", "GX-610000-METE-0003", "api_call", "industry", "weather-aware route suggestions"),
         ],
     },
     Enterprise {
@@ -125,20 +109,8 @@ const ENTERPRISES: &[Enterprise] = &[
         uscc: "91440300MA5G0P8N2A",
         qualifications: &[],
         usual: &[
-            (
-                "smart-agriculture",
-                "GX-440300-AGRI-0009",
-                "query",
-                "industry",
-                "fertiliser recommendations per parcel",
-            ),
-            (
-                "smart-agriculture",
-                "GX-610000-METE-0003",
-                "download",
-                "industry",
-                "frost warnings for orchards",
-            ),
+            ("smart-agriculture", "GX-440300-AGRI-0009", "query", "industry", "fertiliser recommendations per parcel"),
+            ("smart-agriculture", "GX-610000-METE-0003", "download", "industry", "frost warnings for orchards"),
             (
                 "low-altitude-economy",
                 "GX-440300-GEOS-0014",
@@ -164,13 +136,7 @@ const ENTERPRISES: &[Enterprise] = &[
         name: "National Environmental Monitoring Centre",
         uscc: "12100000400012345P",
         qualifications: &[],
-        usual: &[(
-            "eco-governance",
-            "GX-320500-ENVM-0013",
-            "download",
-            "public_welfare",
-            "open air-quality report",
-        )],
+        usual: &[("eco-governance", "GX-320500-ENVM-0013", "download", "public_welfare", "open air-quality report")],
     },
     Enterprise {
         name: "Chengdu Traffic Brain",
@@ -184,13 +150,7 @@ const ENTERPRISES: &[Enterprise] = &[
                 "public_governance",
                 "adaptive green-wave timing on arterials",
             ),
-            (
-                "smart-tourism",
-                "GX-610100-TOUR-0001",
-                "query",
-                "industry",
-                "tourist coach routing",
-            ),
+            ("smart-tourism", "GX-610100-TOUR-0001", "query", "industry", "tourist coach routing"),
         ],
     },
 ];
@@ -243,11 +203,7 @@ fn token(key: &SigningKey, e: &Enterprise, exp_offset: i64, quals: bool) -> Stri
         iat: Some(now),
         jti: Some(uuid::Uuid::new_v4().to_string()),
         roles: vec!["data_user".into()],
-        qualifications: if quals {
-            e.qualifications.iter().map(|q| (*q).to_owned()).collect()
-        } else {
-            vec![]
-        },
+        qualifications: if quals { e.qualifications.iter().map(|q| (*q).to_owned()).collect() } else { vec![] },
         name: Some(e.name.into()),
     })
 }
@@ -284,18 +240,27 @@ fn yuan(fen: i64) -> String {
 pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()> {
     let cluster = EmbeddedKafka::start(1).map_err(|e| anyhow::anyhow!("embedded kafka: {e}"))?;
     let bootstrap = cluster.bootstrap_servers().to_owned();
-    let data_dir = tempfile::Builder::new()
-        .prefix("tollgate-demo-")
-        .tempdir()?;
-    let db_path = data_dir.path().join("tollgate.db");
+    let temp = tempfile::Builder::new().prefix("tollgate-demo-").tempdir()?;
+    let data_dir = match &opts.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => temp.path().to_owned(),
+    };
+    let db_path = data_dir.join("tollgate.db");
+    if db_path.exists() {
+        anyhow::bail!("{} exists already: the demo starts from an empty database", db_path.display());
+    }
     settings.kafka.bootstrap_servers = Some(bootstrap.clone());
     settings.database.url = format!("sqlite://{}", db_path.display());
     for t in settings.topics.all() {
-        cluster
-            .create_topic(t, settings.kafka.partitions)
-            .map_err(|e| anyhow::anyhow!(e))?;
+        cluster.create_topic(t, settings.kafka.partitions).map_err(|e| anyhow::anyhow!(e))?;
     }
     settings.kafka.create_topics = false;
+    let grant_key = temp.path().join("grants.pem");
+    std::fs::write(&grant_key, SigningKey::generate("demo-grants").to_pkcs8_pem())?;
+    settings.grant.signing_key = Some(grant_key);
 
     let idp = SigningKey::generate("demo-idp");
     let verifier = Verifier::for_ed25519(&idp.public(), ISSUER, "tollgate");
@@ -307,29 +272,19 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     println!("  SQLite           {}", db_path.display());
     let app = App::build_with_verifier(settings.clone(), Some(verifier)).await?;
     println!("  policy           {}", app.policy_version());
-    println!(
-        "  enterprises      {}   scenarios in use: {}",
-        ENTERPRISES.len(),
-        {
-            let mut s: Vec<&str> = ENTERPRISES
-                .iter()
-                .flat_map(|e| e.usual.iter().map(|u| u.0))
-                .collect();
-            s.sort();
-            s.dedup();
-            s.len()
-        }
-    );
+    println!("  enterprises      {}   scenarios in use: {}", ENTERPRISES.len(), {
+        let mut s: Vec<&str> = ENTERPRISES.iter().flat_map(|e| e.usual.iter().map(|u| u.0)).collect();
+        s.sort();
+        s.dedup();
+        s.len()
+    });
     println!();
     let store = app.store().clone();
     let shutdown = CancellationToken::new();
     let service = tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
     let client = Client::new(&settings.kafka, &bootstrap)?;
-    let reader = client.reader(
-        &[&settings.topics.decisions, &settings.topics.dlq],
-        "tollgate-demo-reader",
-    )?;
+    let reader = client.reader(&[&settings.topics.decisions, &settings.topics.dlq], "tollgate-demo-reader")?;
 
     let mut rng = StdRng::seed_from_u64(opts.seed);
     // request id -> (mistake, enterprise name); originals kept for re-sends.
@@ -353,39 +308,21 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
         };
         let payload = match mistake {
             Mistake::None => req(Some(&good), scenario, dataset, op, class),
-            Mistake::ExpiredToken => req(
-                Some(&token(&idp, e, -3600, true)),
-                scenario,
-                dataset,
-                op,
-                class,
-            ),
+            Mistake::ExpiredToken => req(Some(&token(&idp, e, -3600, true)), scenario, dataset, op, class),
             Mistake::ForgedSignature => {
                 // Change one character inside the signature.
                 let mut t: Vec<char> = good.chars().collect();
                 let i = t.len() - 10;
                 t[i] = if t[i] == 'A' { 'B' } else { 'A' };
-                req(
-                    Some(&t.into_iter().collect::<String>()),
-                    scenario,
-                    dataset,
-                    op,
-                    class,
-                )
+                req(Some(&t.into_iter().collect::<String>()), scenario, dataset, op, class)
             }
             Mistake::NoToken => req(None, scenario, dataset, op, class),
             Mistake::WrongPurpose => {
-                let other = if class == "industry" {
-                    "public_welfare"
-                } else {
-                    "industry"
-                };
+                let other = if class == "industry" { "public_welfare" } else { "industry" };
                 req(Some(&good), scenario, dataset, op, other)
             }
             Mistake::ForbiddenOperation => req(Some(&good), scenario, dataset, "download", class),
-            Mistake::OutsideScenario => {
-                req(Some(&good), scenario, "GX-610000-HWAY-0005", "query", class)
-            }
+            Mistake::OutsideScenario => req(Some(&good), scenario, "GX-610000-HWAY-0005", "query", class),
             Mistake::UnknownDataset => req(Some(&good), scenario, "GX-999999-NONE-0000", op, class),
             Mistake::CoreData => req(Some(&good), scenario, "GX-610000-POPU-0015", "query", class),
             Mistake::MissingQualification => req(
@@ -401,9 +338,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
             Mistake::Resend => {
                 // The same bytes again, as a client retry would send them.
                 let (payload, key) = originals[rng.gen_range(0..originals.len())].clone();
-                client
-                    .produce(&settings.topics.requests, key, payload.as_bytes(), &[])
-                    .await?;
+                client.produce(&settings.topics.requests, key, payload.as_bytes(), &[]).await?;
                 expected += 1;
                 continue;
             }
@@ -413,9 +348,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
             originals.push((payload.clone(), e.uscc));
         }
         expected += 1;
-        client
-            .produce(&settings.topics.requests, e.uscc, payload.as_bytes(), &[])
-            .await?;
+        client.produce(&settings.topics.requests, e.uscc, payload.as_bytes(), &[]).await?;
         if let Some(iv) = interval {
             tokio::time::sleep(iv).await;
         }
@@ -429,18 +362,14 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     let events = store.audit_events().await?;
     let report = crate::audit::verify(&events);
     println!();
-    println!(
-        "usage: {records} records, {quantity} units, {} billed (public use waived)",
-        yuan(amount)
-    );
+    println!("usage: {records} records, {quantity} units, {} billed (public use waived)", yuan(amount));
     match report {
-        Ok(r) => println!(
-            "audit: {} events on {} chain(s), hash chain verified",
-            events.len(),
-            r.chains.len()
-        ),
+        Ok(r) => println!("audit: {} events on {} chain(s), hash chain verified", events.len(), r.chains.len()),
         Err(e) => println!("audit: CHAIN BROKEN: {e}"),
     }
+    // Clients first: the cluster going away under them is an error.
+    drop(reader);
+    drop(client);
     drop(cluster);
     Ok(())
 }
@@ -477,10 +406,7 @@ async fn summarise(
         if let Ok(letter) = serde_json::from_str::<DeadLetter>(&text) {
             dead += 1;
             if verbose {
-                println!(
-                    "{:<9} {:<15} {:<20} {:<40} {:<16} {}",
-                    "-", "DEAD LETTER", "-", "-", "-", letter.error.code
-                );
+                println!("{:<9} {:<15} {:<20} {:<40} {:<16} {}", "-", "DEAD LETTER", "-", "-", "-", letter.error.code);
             }
             continue;
         }
@@ -492,15 +418,8 @@ async fn summarise(
                 resent_diff += 1
             }
             if verbose {
-                let same = if *prev == text {
-                    "original decision, same bytes"
-                } else {
-                    "DIFFERENT DECISION"
-                };
-                println!(
-                    "{:<9} {:<15} {:<20} {:<40} {:<16} {}",
-                    d.request_id, "re-sent", d.scenario, "", "", same
-                );
+                let same = if *prev == text { "original decision, same bytes" } else { "DIFFERENT DECISION" };
+                println!("{:<9} {:<15} {:<20} {:<40} {:<16} {}", d.request_id, "re-sent", d.scenario, "", "", same);
             }
             continue;
         }
@@ -510,17 +429,11 @@ async fn summarise(
         let detail = match d.outcome {
             crate::events::Outcome::Approved => {
                 t.approved += 1;
-                let obligations = if d.obligations.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", d.obligations.join(", "))
-                };
+                let obligations =
+                    if d.obligations.is_empty() { String::new() } else { format!(" [{}]", d.obligations.join(", ")) };
                 format!(
                     "grant until {}{}",
-                    d.grant
-                        .as_ref()
-                        .map(|g| g.expires_at.format("%H:%M").to_string())
-                        .unwrap_or_default(),
+                    d.grant.as_ref().map(|g| g.expires_at.format("%H:%MZ").to_string()).unwrap_or_default(),
                     obligations
                 )
             }
@@ -551,10 +464,7 @@ async fn summarise(
     }
     let secs = started.elapsed().as_secs_f64();
     println!();
-    println!(
-        "{:<22} {:>9} {:>7} {:>8}",
-        "scenario", "approved", "denied", "pending"
-    );
+    println!("{:<22} {:>9} {:>7} {:>8}", "scenario", "approved", "denied", "pending");
     let mut totals = Tally::default();
     for (s, t) in &per_scenario {
         println!("{s:<22} {:>9} {:>7} {:>8}", t.approved, t.denied, t.pending);
@@ -562,10 +472,7 @@ async fn summarise(
         totals.denied += t.denied;
         totals.pending += t.pending;
     }
-    println!(
-        "{:<22} {:>9} {:>7} {:>8}",
-        "total", totals.approved, totals.denied, totals.pending
-    );
+    println!("{:<22} {:>9} {:>7} {:>8}", "total", totals.approved, totals.denied, totals.pending);
     println!();
     println!("denials by reason:");
     for (code, n) in &reasons {

@@ -142,10 +142,7 @@ pub struct Reason {
 
 impl Reason {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        Reason {
-            code: code.to_owned(),
-            message: message.into(),
-        }
+        Reason { code: code.to_owned(), message: message.into() }
     }
 }
 

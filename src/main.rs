@@ -35,6 +35,9 @@ enum Command {
         /// Print progress instead of every decision.
         #[arg(long)]
         quiet: bool,
+        /// Keep the demo's SQLite database in this directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Audit trail tools.
     Audit {
@@ -80,11 +83,7 @@ enum AuditCommand {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo prints its own narrative; logs would drown it.
-    let default_log = if matches!(cli.command, Command::Demo { .. }) {
-        "warn"
-    } else {
-        "info,rdkafka=warn,sqlx=warn"
-    };
+    let default_log = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info,rdkafka=warn,sqlx=warn" };
     tollgate::telemetry::init(default_log);
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -111,37 +110,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown).await?;
             Ok(())
         }
-        Command::Demo {
-            requests,
-            rate,
-            seed,
-            quiet,
-        } => {
+        Command::Demo { requests, rate, seed, quiet, data_dir } => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let opts = tollgate::demo::DemoOptions {
-                requests,
-                rate,
-                seed,
-                verbose: !quiet,
-            };
+            let opts = tollgate::demo::DemoOptions { requests, rate, seed, verbose: !quiet, data_dir };
             tollgate::demo::run(settings, opts).await
         }
-        Command::Audit {
-            command: AuditCommand::Verify,
-        } => {
+        Command::Audit { command: AuditCommand::Verify } => {
             let settings = Settings::load(cli.config.as_deref())?;
             let store = tollgate::store::Store::connect(&settings.database.url, 1).await?;
             let events = store.audit_events().await?;
-            let report =
-                tollgate::audit::verify(&events).context("audit chain verification failed")?;
+            let report = tollgate::audit::verify(&events).context("audit chain verification failed")?;
             for (chain, (seq, head)) in &report.chains {
                 println!("{chain}: {seq} events, head {head}");
             }
-            println!(
-                "ok: {} events on {} chain(s) verified",
-                events.len(),
-                report.chains.len()
-            );
+            println!("ok: {} events on {} chain(s) verified", events.len(), report.chains.len());
             Ok(())
         }
         Command::Keygen { out, name } => {
@@ -154,15 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}\n{}", private.display(), public.display());
             Ok(())
         }
-        Command::Token {
-            key,
-            sub,
-            iss,
-            aud,
-            roles,
-            qualifications,
-            ttl,
-        } => {
+        Command::Token { key, sub, iss, aud, roles, qualifications, ttl } => {
             let key = SigningKey::from_pem_file(&key)?;
             let now = chrono::Utc::now().timestamp();
             let claims = Claims {
@@ -187,8 +161,8 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -90,10 +90,7 @@ impl PriceItem {
         match self.unit {
             Unit::Call => Some(1),
             Unit::Record => volume.and_then(|v| v.records).filter(|&r| r > 0),
-            Unit::Megabyte => volume
-                .and_then(|v| v.bytes)
-                .filter(|&b| b > 0)
-                .map(|b| b.div_ceil(1 << 20)),
+            Unit::Megabyte => volume.and_then(|v| v.bytes).filter(|&b| b > 0).map(|b| b.div_ceil(1 << 20)),
         }
     }
 
@@ -120,8 +117,7 @@ impl PriceItem {
             }
         }
         Charge {
-            unit_price_fen: first_price
-                .unwrap_or_else(|| self.tiers.last().map_or(0, |t| t.unit_price_fen)),
+            unit_price_fen: first_price.unwrap_or_else(|| self.tiers.last().map_or(0, |t| t.unit_price_fen)),
             amount_fen: amount,
         }
     }
@@ -141,18 +137,9 @@ mod tests {
             item: "tour-flow-api".into(),
             unit: Unit::Call,
             tiers: vec![
-                Tier {
-                    up_to: Some(100),
-                    unit_price_fen: 50,
-                },
-                Tier {
-                    up_to: Some(1000),
-                    unit_price_fen: 30,
-                },
-                Tier {
-                    up_to: None,
-                    unit_price_fen: 10,
-                },
+                Tier { up_to: Some(100), unit_price_fen: 50 },
+                Tier { up_to: Some(1000), unit_price_fen: 30 },
+                Tier { up_to: None, unit_price_fen: 10 },
             ],
             cap_fen: 80,
             monthly_quota: 10_000,
@@ -162,29 +149,11 @@ mod tests {
     #[test]
     fn progressive_price_spans_tiers() {
         let p = tiered();
-        assert_eq!(
-            p.charge(0, 1),
-            Charge {
-                unit_price_fen: 50,
-                amount_fen: 50
-            }
-        );
+        assert_eq!(p.charge(0, 1), Charge { unit_price_fen: 50, amount_fen: 50 });
         // 10 units at 50, then 5 at 30.
-        assert_eq!(
-            p.charge(90, 15),
-            Charge {
-                unit_price_fen: 50,
-                amount_fen: 10 * 50 + 5 * 30
-            }
-        );
+        assert_eq!(p.charge(90, 15), Charge { unit_price_fen: 50, amount_fen: 10 * 50 + 5 * 30 });
         // From 999: one at 30, then 9 at 10.
-        assert_eq!(
-            p.charge(999, 10),
-            Charge {
-                unit_price_fen: 30,
-                amount_fen: 30 + 90
-            }
-        );
+        assert_eq!(p.charge(999, 10), Charge { unit_price_fen: 30, amount_fen: 30 + 90 });
         assert_eq!(p.charge(5000, 3).amount_fen, 30);
     }
 
@@ -194,21 +163,9 @@ mod tests {
         assert_eq!(p.quantity(None), Some(1));
         p.unit = Unit::Record;
         assert_eq!(p.quantity(None), None);
-        assert_eq!(
-            p.quantity(Some(&Volume {
-                records: Some(250),
-                bytes: None
-            })),
-            Some(250)
-        );
+        assert_eq!(p.quantity(Some(&Volume { records: Some(250), bytes: None })), Some(250));
         p.unit = Unit::Megabyte;
-        assert_eq!(
-            p.quantity(Some(&Volume {
-                records: None,
-                bytes: Some((1 << 20) + 1)
-            })),
-            Some(2)
-        );
+        assert_eq!(p.quantity(Some(&Volume { records: None, bytes: Some((1 << 20) + 1) })), Some(2));
     }
 
     #[test]

@@ -20,10 +20,7 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Rejection {
-            code,
-            message: message.into(),
-        }
+        Rejection { code, message: message.into() }
     }
 }
 
@@ -43,11 +40,7 @@ const MAX_FIELDS: usize = 200;
 /// a [`Rejection`]; a well-formed request with bad *content* (an unknown
 /// dataset, a bad token) is decided and denied instead, so the requester
 /// gets a reason on the decisions topic.
-pub fn decode(
-    payload: &[u8],
-    authorization: Option<&[u8]>,
-    max_bytes: usize,
-) -> Result<DecodedRequest, Rejection> {
+pub fn decode(payload: &[u8], authorization: Option<&[u8]>, max_bytes: usize) -> Result<DecodedRequest, Rejection> {
     if payload.len() > max_bytes {
         return Err(Rejection::new(
             "input.too_large",
@@ -56,37 +49,28 @@ pub fn decode(
     }
     let text = std::str::from_utf8(payload)
         .map_err(|e| Rejection::new("input.invalid_utf8", format!("payload is not UTF-8: {e}")))?;
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| Rejection::new("input.invalid_json", e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Rejection::new("input.invalid_json", e.to_string()))?;
     match value.get("schema").and_then(|s| s.as_str()) {
         Some(REQUEST_SCHEMA) => {}
         Some(other) => {
             return Err(Rejection::new(
                 "input.unsupported_schema",
-                format!(
-                    "schema {:?} is not supported; expected {REQUEST_SCHEMA}",
-                    truncate(other, 64)
-                ),
+                format!("schema {:?} is not supported; expected {REQUEST_SCHEMA}", truncate(other, 64)),
             ));
         }
         None => {
-            return Err(Rejection::new(
-                "input.missing_schema",
-                format!("no schema field; expected {REQUEST_SCHEMA}"),
-            ));
+            return Err(Rejection::new("input.missing_schema", format!("no schema field; expected {REQUEST_SCHEMA}")));
         }
     }
     // Parse the text again rather than the Value: serde_json rejects
     // duplicate keys only when deserialising a struct from text.
-    let request: AccessRequest = serde_json::from_str(text)
-        .map_err(|e| Rejection::new("input.invalid_request", e.to_string()))?;
+    let request: AccessRequest =
+        serde_json::from_str(text).map_err(|e| Rejection::new("input.invalid_request", e.to_string()))?;
     validate_shape(&request)?;
     let header_token = authorization
         .and_then(|h| std::str::from_utf8(h).ok())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
         .map(|t| t.trim().to_owned());
     let token = request.token.clone().or(header_token);
     Ok(DecodedRequest { request, token })
@@ -97,8 +81,7 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 fn validate_shape(r: &AccessRequest) -> Result<(), Rejection> {
-    let id_ok =
-        |s: &str| !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
+    let id_ok = |s: &str| !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
     if !id_ok(&r.request_id) {
         return Err(Rejection::new(
             "input.invalid_request",
@@ -107,10 +90,7 @@ fn validate_shape(r: &AccessRequest) -> Result<(), Rejection> {
     }
     for (name, v) in [("dataset", &r.dataset), ("scenario", &r.scenario)] {
         if v.len() > MAX_FIELD_LEN {
-            return Err(Rejection::new(
-                "input.invalid_request",
-                format!("{name} is longer than {MAX_FIELD_LEN}"),
-            ));
+            return Err(Rejection::new("input.invalid_request", format!("{name} is longer than {MAX_FIELD_LEN}")));
         }
     }
     if r.purpose.statement.len() > MAX_STATEMENT_LEN {
@@ -120,10 +100,7 @@ fn validate_shape(r: &AccessRequest) -> Result<(), Rejection> {
         ));
     }
     if r.fields.len() > MAX_FIELDS || r.fields.iter().any(|f| f.len() > MAX_FIELD_LEN) {
-        return Err(Rejection::new(
-            "input.invalid_request",
-            "too many or too long fields",
-        ));
+        return Err(Rejection::new("input.invalid_request", "too many or too long fields"));
     }
     Ok(())
 }
@@ -193,10 +170,7 @@ pub fn evaluate(input: &DecisionInput<'_>) -> Evaluation {
     };
     if let Some(w) = &r.window {
         if w.not_after <= w.not_before {
-            return Evaluation::deny(
-                "request.invalid_window",
-                "window.not_after must be later than window.not_before",
-            );
+            return Evaluation::deny("request.invalid_window", "window.not_after must be later than window.not_before");
         }
         if w.not_after < now {
             return Evaluation::deny(
@@ -209,63 +183,41 @@ pub fn evaluate(input: &DecisionInput<'_>) -> Evaluation {
     let Some(scenario) = catalogue.scenarios.get(&r.scenario) else {
         return Evaluation::deny(
             "catalog.unknown_scenario",
-            format!(
-                "scenario {:?} is not an approved scenario",
-                truncate(&r.scenario, 64)
-            ),
+            format!("scenario {:?} is not an approved scenario", truncate(&r.scenario, 64)),
         );
     };
     if end_of_day(scenario.authorized_until) < now {
         return Evaluation::deny(
             "catalog.scenario_lapsed",
-            format!(
-                "authorization of scenario {} ended on {}",
-                scenario.code, scenario.authorized_until
-            ),
+            format!("authorization of scenario {} ended on {}", scenario.code, scenario.authorized_until),
         );
     }
     let Some(dataset) = catalogue.datasets.get(&r.dataset) else {
         return Evaluation::deny(
             "catalog.unknown_dataset",
-            format!(
-                "no registered dataset has code {:?}",
-                truncate(&r.dataset, 64)
-            ),
+            format!("no registered dataset has code {:?}", truncate(&r.dataset, 64)),
         );
     };
     if end_of_day(dataset.registered_until) < now {
         return Evaluation::deny(
             "catalog.registration_expired",
-            format!(
-                "registration of {} expired on {}",
-                dataset.code, dataset.registered_until
-            ),
+            format!("registration of {} expired on {}", dataset.code, dataset.registered_until),
         );
     }
     if dataset.grade == Grade::Core {
         return Evaluation::deny(
             "policy.core_data",
-            format!(
-                "{} is core data, which is never authorized for operation",
-                dataset.code
-            ),
+            format!("{} is core data, which is never authorized for operation", dataset.code),
         );
     }
     if !scenario.purposes.contains(&r.purpose.class) {
         return Evaluation::deny(
             "policy.purpose_not_allowed",
-            format!(
-                "purpose class {} does not fit scenario {}",
-                r.purpose.class.as_str(),
-                scenario.code
-            ),
+            format!("purpose class {} does not fit scenario {}", r.purpose.class.as_str(), scenario.code),
         );
     }
     if r.purpose.statement.trim().is_empty() {
-        return Evaluation::deny(
-            "policy.purpose_not_stated",
-            "purpose.statement must say what the data is for",
-        );
+        return Evaluation::deny("policy.purpose_not_stated", "purpose.statement must say what the data is for");
     }
     let missing: Vec<&str> = dataset
         .requires_qualifications
@@ -276,31 +228,18 @@ pub fn evaluate(input: &DecisionInput<'_>) -> Evaluation {
     if !missing.is_empty() {
         return Evaluation::deny(
             "policy.qualification_missing",
-            format!(
-                "{} requires qualification(s): {}",
-                dataset.code,
-                missing.join(", ")
-            ),
+            format!("{} requires qualification(s): {}", dataset.code, missing.join(", ")),
         );
     }
-    let verdict =
-        match input
-            .policy
-            .authorize(&principal.subject, &r.scenario, &r.dataset, r.operation)
-        {
-            Ok(v) => v,
-            Err(e) => return Evaluation::deny("policy.evaluation_error", e.to_string()),
-        };
+    let verdict = match input.policy.authorize(&principal.subject, &r.scenario, &r.dataset, r.operation) {
+        Ok(v) => v,
+        Err(e) => return Evaluation::deny("policy.evaluation_error", e.to_string()),
+    };
     if !verdict.allowed {
         let mut eval = if verdict.denied_by_rule {
             Evaluation::deny(
                 "policy.denied_by_rule",
-                format!(
-                    "{} on {} in {} is denied by rule",
-                    r.operation.as_str(),
-                    dataset.code,
-                    scenario.code
-                ),
+                format!("{} on {} in {} is denied by rule", r.operation.as_str(), dataset.code, scenario.code),
             )
         } else {
             Evaluation::deny(
@@ -322,21 +261,14 @@ pub fn evaluate(input: &DecisionInput<'_>) -> Evaluation {
     let Some(quantity) = price.quantity(r.volume.as_ref()) else {
         return Evaluation::deny(
             "request.volume_required",
-            format!(
-                "{} is metered per {:?}; volume must say how much",
-                dataset.code, price.unit
-            )
-            .to_lowercase(),
+            format!("{} is metered per {:?}; volume must say how much", dataset.code, price.unit).to_lowercase(),
         );
     };
     let limit = price.monthly_quota;
     if input.used.saturating_add(quantity) > limit {
         let mut eval = Evaluation::deny(
             "quota.exceeded",
-            format!(
-                "{quantity} more would exceed the monthly quota of {limit} (used {})",
-                input.used
-            ),
+            format!("{quantity} more would exceed the monthly quota of {limit} (used {})", input.used),
         );
         eval.matched_rules = verdict.matched_rules;
         return eval;
@@ -351,23 +283,14 @@ pub fn evaluate(input: &DecisionInput<'_>) -> Evaluation {
         unit_price_fen: charge.unit_price_fen,
         amount_fen: if fee_waived { 0 } else { charge.amount_fen },
         fee_waived,
-        waiver_reason: fee_waived.then(|| {
-            format!(
-                "{} use is free of charge (NDRC 2025 pricing notice)",
-                r.purpose.class.as_str()
-            )
-        }),
-        quota: Quota {
-            limit,
-            used: used_after,
-            remaining: limit - used_after,
-        },
+        waiver_reason: fee_waived
+            .then(|| format!("{} use is free of charge (NDRC 2025 pricing notice)", r.purpose.class.as_str())),
+        quota: Quota { limit, used: used_after, remaining: limit - used_after },
     };
 
     let mut grant_expires_at = now + chrono::Duration::seconds(input.grant_ttl_secs);
-    grant_expires_at = grant_expires_at
-        .min(end_of_day(dataset.registered_until))
-        .min(end_of_day(scenario.authorized_until));
+    grant_expires_at =
+        grant_expires_at.min(end_of_day(dataset.registered_until)).min(end_of_day(scenario.authorized_until));
     if let Some(w) = &r.window {
         grant_expires_at = grant_expires_at.min(w.not_after);
     }
@@ -437,10 +360,7 @@ mod tests {
             dataset: dataset.into(),
             operation: op,
             scenario: scenario.into(),
-            purpose: Purpose {
-                class,
-                statement: "a stated purpose".into(),
-            },
+            purpose: Purpose { class, statement: "a stated purpose".into() },
             fields: vec![],
             volume: None,
             window: None,
@@ -453,14 +373,7 @@ mod tests {
     }
 
     fn eval(policy: &Policy, p: &Principal, r: &AccessRequest, used: u64) -> Evaluation {
-        evaluate(&DecisionInput {
-            request: r,
-            identity: Ok(p),
-            policy,
-            used,
-            now: now(),
-            grant_ttl_secs: 3600,
-        })
+        evaluate(&DecisionInput { request: r, identity: Ok(p), policy, used, now: now(), grant_ttl_secs: 3600 })
     }
 
     fn code(e: &Evaluation) -> &str {
@@ -470,23 +383,12 @@ mod tests {
     #[tokio::test]
     async fn admitted_enterprise_is_approved_and_charged_progressively() {
         let policy = shipped().await;
-        let r = request(
-            "smart-tourism",
-            "GX-610100-TOUR-0001",
-            Operation::Query,
-            PurposeClass::Industry,
-        );
+        let r = request("smart-tourism", "GX-610100-TOUR-0001", Operation::Query, PurposeClass::Industry);
         let e = eval(&policy, &principal(TRAVEL, &[]), &r, 9_999);
         assert_eq!(e.outcome, Outcome::Approved, "{:?}", e.reasons);
-        assert_eq!(
-            e.matched_rules,
-            vec!["p, tourism-developer, smart-tourism, tourism-data, query, allow"]
-        );
+        assert_eq!(e.matched_rules, vec!["p, tourism-developer, smart-tourism, tourism-data, query, allow"]);
         let c = e.charge.unwrap();
-        assert_eq!(
-            (c.quantity, c.unit_price_fen, c.amount_fen, c.fee_waived),
-            (1, 50, 50, false)
-        );
+        assert_eq!((c.quantity, c.unit_price_fen, c.amount_fen, c.fee_waived), (1, 50, 50, false));
         assert_eq!(c.quota.remaining, 100_000 - 10_000);
         // The 10 001st call of the month is in the second tier.
         let e = eval(&policy, &principal(TRAVEL, &[]), &r, 10_000);
@@ -497,12 +399,7 @@ mod tests {
     #[tokio::test]
     async fn public_governance_use_is_free_but_metered() {
         let policy = shipped().await;
-        let r = request(
-            "highway-rescue",
-            "GX-610000-HWAY-0004",
-            Operation::Query,
-            PurposeClass::PublicGovernance,
-        );
+        let r = request("highway-rescue", "GX-610000-HWAY-0004", Operation::Query, PurposeClass::PublicGovernance);
         let e = eval(&policy, &principal(RESCUE, &[]), &r, 0);
         assert_eq!(e.outcome, Outcome::Approved, "{:?}", e.reasons);
         let c = e.charge.unwrap();
@@ -523,94 +420,40 @@ mod tests {
         use Operation::*;
         use PurposeClass::*;
         let cases: Vec<(&Principal, AccessRequest, &str)> = vec![
-            (
-                &travel,
-                request("smart-tourism", "GX-610000-POPU-0015", Query, Industry),
-                "policy.core_data",
-            ),
+            (&travel, request("smart-tourism", "GX-610000-POPU-0015", Query, Industry), "policy.core_data"),
             (
                 &travel,
                 request("smart-tourism", "GX-610100-TOUR-0001", Query, PublicWelfare),
                 "policy.purpose_not_allowed",
             ),
+            (&travel, request("mars-colony", "GX-610100-TOUR-0001", Query, Industry), "catalog.unknown_scenario"),
+            (&travel, request("smart-tourism", "GX-000000-NONE-0000", Query, Industry), "catalog.unknown_dataset"),
+            (&travel, request("smart-tourism", "GX-610100-TOUR-0001", Download, Industry), "policy.no_matching_rule"),
             (
                 &travel,
-                request("mars-colony", "GX-610100-TOUR-0001", Query, Industry),
-                "catalog.unknown_scenario",
-            ),
-            (
-                &travel,
-                request("smart-tourism", "GX-000000-NONE-0000", Query, Industry),
-                "catalog.unknown_dataset",
-            ),
-            (
-                &travel,
-                request("smart-tourism", "GX-610100-TOUR-0001", Download, Industry),
-                "policy.no_matching_rule",
-            ),
-            (
-                &travel,
-                request(
-                    "highway-rescue",
-                    "GX-610000-HWAY-0004",
-                    Query,
-                    PublicGovernance,
-                ),
+                request("highway-rescue", "GX-610000-HWAY-0004", Query, PublicGovernance),
                 "policy.no_matching_rule",
             ),
             // Important data: the scenario grant allows api_call, the grade rule denies it.
             (
                 &rescue,
-                request(
-                    "highway-rescue",
-                    "GX-610000-HWAY-0004",
-                    ApiCall,
-                    PublicGovernance,
-                ),
+                request("highway-rescue", "GX-610000-HWAY-0004", ApiCall, PublicGovernance),
                 "policy.denied_by_rule",
             ),
             // Sensitive personal information: privacy computing only.
-            (
-                &doctor,
-                request("precision-medicine", "GX-110000-HLTH-0007", Query, Industry),
-                "policy.denied_by_rule",
-            ),
+            (&doctor, request("precision-medicine", "GX-110000-HLTH-0007", Query, Industry), "policy.denied_by_rule"),
             (
                 &unqualified,
-                request(
-                    "precision-medicine",
-                    "GX-110000-HLTH-0007",
-                    PrivacyCompute,
-                    Industry,
-                ),
+                request("precision-medicine", "GX-110000-HLTH-0007", PrivacyCompute, Industry),
                 "policy.qualification_missing",
             ),
             // Metered per record, but no volume given.
-            (
-                &travel,
-                request("smart-tourism", "GX-610100-TRAN-0002", Query, Industry),
-                "request.volume_required",
-            ),
+            (&travel, request("smart-tourism", "GX-610100-TRAN-0002", Query, Industry), "request.volume_required"),
         ];
         for (p, r, want) in cases {
             let e = eval(&policy, p, &r, 0);
-            assert_eq!(
-                e.outcome,
-                Outcome::Denied,
-                "{} {} {:?}",
-                r.scenario,
-                r.dataset,
-                r.operation
-            );
-            assert_eq!(
-                code(&e),
-                want,
-                "{} {} {:?}: {:?}",
-                r.scenario,
-                r.dataset,
-                r.operation,
-                e.reasons
-            );
+            assert_eq!(e.outcome, Outcome::Denied, "{} {} {:?}", r.scenario, r.dataset, r.operation);
+            assert_eq!(code(&e), want, "{} {} {:?}: {:?}", r.scenario, r.dataset, r.operation, e.reasons);
             assert!(e.charge.is_none() && e.grant_expires_at.is_none());
         }
     }
@@ -618,17 +461,10 @@ mod tests {
     #[tokio::test]
     async fn deny_rule_is_reported_among_matched_rules() {
         let policy = shipped().await;
-        let r = request(
-            "highway-rescue",
-            "GX-610000-HWAY-0004",
-            Operation::ApiCall,
-            PurposeClass::PublicGovernance,
-        );
+        let r = request("highway-rescue", "GX-610000-HWAY-0004", Operation::ApiCall, PurposeClass::PublicGovernance);
         let e = eval(&policy, &principal(RESCUE, &[]), &r, 0);
         assert!(
-            e.matched_rules
-                .iter()
-                .any(|m| m == "p, *, *, grade:important, api_call, deny"),
+            e.matched_rules.iter().any(|m| m == "p, *, *, grade:important, api_call, deny"),
             "{:?}",
             e.matched_rules
         );
@@ -637,12 +473,7 @@ mod tests {
     #[tokio::test]
     async fn quota_is_enforced_per_period() {
         let policy = shipped().await;
-        let r = request(
-            "precision-medicine",
-            "GX-110000-HLTH-0007",
-            Operation::PrivacyCompute,
-            PurposeClass::Industry,
-        );
+        let r = request("precision-medicine", "GX-110000-HLTH-0007", Operation::PrivacyCompute, PurposeClass::Industry);
         let p = principal(MEDICINE, &["medical_research"]);
         assert_eq!(eval(&policy, &p, &r, 999).outcome, Outcome::Approved);
         let e = eval(&policy, &p, &r, 1000);
@@ -652,12 +483,7 @@ mod tests {
     #[tokio::test]
     async fn auth_failure_and_bad_windows_are_denied_first() {
         let policy = shipped().await;
-        let r = request(
-            "smart-tourism",
-            "GX-610100-TOUR-0001",
-            Operation::Query,
-            PurposeClass::Industry,
-        );
+        let r = request("smart-tourism", "GX-610100-TOUR-0001", Operation::Query, PurposeClass::Industry);
         let err = AuthError::Expired;
         let e = evaluate(&DecisionInput {
             request: &r,
@@ -676,36 +502,19 @@ mod tests {
             not_after: now() - chrono::Duration::days(1),
         });
         assert_eq!(code(&eval(&policy, &p, &r2, 0)), "request.window_lapsed");
-        r2.window = Some(Window {
-            not_before: now(),
-            not_after: now(),
-        });
+        r2.window = Some(Window { not_before: now(), not_after: now() });
         assert_eq!(code(&eval(&policy, &p, &r2, 0)), "request.invalid_window");
         // A window shorter than the TTL bounds the grant.
-        r2.window = Some(Window {
-            not_before: now(),
-            not_after: now() + chrono::Duration::minutes(5),
-        });
+        r2.window = Some(Window { not_before: now(), not_after: now() + chrono::Duration::minutes(5) });
         let e = eval(&policy, &p, &r2, 0);
-        assert_eq!(
-            e.grant_expires_at,
-            Some(now() + chrono::Duration::minutes(5))
-        );
+        assert_eq!(e.grant_expires_at, Some(now() + chrono::Duration::minutes(5)));
     }
 
     #[tokio::test]
     async fn record_metering_uses_the_requested_volume() {
         let policy = shipped().await;
-        let mut r = request(
-            "smart-tourism",
-            "GX-610100-TRAN-0002",
-            Operation::Query,
-            PurposeClass::Industry,
-        );
-        r.volume = Some(Volume {
-            records: Some(1200),
-            bytes: None,
-        });
+        let mut r = request("smart-tourism", "GX-610100-TRAN-0002", Operation::Query, PurposeClass::Industry);
+        r.volume = Some(Volume { records: Some(1200), bytes: None });
         let e = eval(&policy, &principal(TRAVEL, &[]), &r, 0);
         let c = e.charge.expect("approved");
         assert_eq!((c.quantity, c.amount_fen), (1200, 1200));
@@ -728,16 +537,8 @@ mod tests {
             (br#"{"schema":"tollgate.access_request/v1","request_id":"r1","subject":"91610131MA6TG1L5X1","dataset":"d","operation":"query","scenario":"s","purpose":{"class":"industry","statement":"x"}}"#, "input.invalid_request"),
         ];
         for (input, want) in cases {
-            assert_eq!(
-                decode(input, None, 1024).unwrap_err().code,
-                want,
-                "{}",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(decode(input, None, 1024).unwrap_err().code, want, "{}", String::from_utf8_lossy(input));
         }
-        assert_eq!(
-            decode(ok.as_bytes(), None, 10).unwrap_err().code,
-            "input.too_large"
-        );
+        assert_eq!(decode(ok.as_bytes(), None, 10).unwrap_err().code, "input.too_large");
     }
 }

@@ -15,8 +15,8 @@ use crate::audit;
 use crate::auth::{AuthError, SigningKey, Verifier};
 use crate::config::{GrantSettings, Topics};
 use crate::events::{
-    AUDIT_SCHEMA, AccessRequest, AuditEvent, DEAD_LETTER_SCHEMA, DECISION_SCHEMA, DeadLetter,
-    DeadLetterError, Decision, Grant, Outcome, USAGE_SCHEMA, UsageRecord,
+    AUDIT_SCHEMA, AccessRequest, AuditEvent, DEAD_LETTER_SCHEMA, DECISION_SCHEMA, DeadLetter, DeadLetterError,
+    Decision, Grant, Outcome, USAGE_SCHEMA, UsageRecord,
 };
 use crate::kafka::{InputMessage, OutgoingMessage, ProcessError, Processor};
 use crate::metering::period_of;
@@ -55,11 +55,7 @@ pub struct DecisionService {
 
 impl From<StoreError> for ProcessError {
     fn from(e: StoreError) -> Self {
-        if e.is_retryable() {
-            ProcessError::Retryable(e.to_string())
-        } else {
-            ProcessError::Fatal(e.to_string())
-        }
+        if e.is_retryable() { ProcessError::Retryable(e.to_string()) } else { ProcessError::Fatal(e.to_string()) }
     }
 }
 
@@ -73,19 +69,12 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 fn trace_context(msg: &InputMessage) -> (String, String) {
     let propagator = TraceContextPropagator::new();
     let mut carrier = std::collections::HashMap::new();
-    if let Some(tp) = msg
-        .header("traceparent")
-        .and_then(|v| std::str::from_utf8(v).ok())
-    {
+    if let Some(tp) = msg.header("traceparent").and_then(|v| std::str::from_utf8(v).ok()) {
         carrier.insert("traceparent".to_owned(), tp.to_owned());
     }
     let parent = propagator.extract(&carrier);
     let parent_span = parent.span().span_context().clone();
-    let trace_id = if parent_span.is_valid() {
-        parent_span.trace_id()
-    } else {
-        TraceId::from_bytes(rand::random())
-    };
+    let trace_id = if parent_span.is_valid() { parent_span.trace_id() } else { TraceId::from_bytes(rand::random()) };
     let span = SpanContext::new(
         trace_id,
         SpanId::from_bytes(rand::random()),
@@ -94,14 +83,8 @@ fn trace_context(msg: &InputMessage) -> (String, String) {
         TraceState::default(),
     );
     let mut out = std::collections::HashMap::new();
-    propagator.inject_context(
-        &opentelemetry::Context::new().with_remote_span_context(span),
-        &mut out,
-    );
-    (
-        trace_id.to_string(),
-        out.remove("traceparent").unwrap_or_default(),
-    )
+    propagator.inject_context(&opentelemetry::Context::new().with_remote_span_context(span), &mut out);
+    (trace_id.to_string(), out.remove("traceparent").unwrap_or_default())
 }
 
 impl DecisionService {
@@ -138,15 +121,8 @@ impl DecisionService {
             schema: DEAD_LETTER_SCHEMA.into(),
             payload_base64: b64.encode(&msg.payload),
             key_base64: msg.key.as_ref().map(|k| b64.encode(k)),
-            headers: msg
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), b64.encode(v)))
-                .collect(),
-            error: DeadLetterError {
-                code: rejection.code.into(),
-                message: rejection.message.clone(),
-            },
+            headers: msg.headers.iter().map(|(k, v)| (k.clone(), b64.encode(v))).collect(),
+            error: DeadLetterError { code: rejection.code.into(), message: rejection.message.clone() },
             source_topic: msg.topic.clone(),
             partition: msg.partition,
             offset: msg.offset,
@@ -174,10 +150,7 @@ impl DecisionService {
                 resource: key,
                 action: "decode".into(),
                 outcome: "rejected".into(),
-                reasons: vec![crate::events::Reason::new(
-                    rejection.code,
-                    rejection.message,
-                )],
+                reasons: vec![crate::events::Reason::new(rejection.code, rejection.message)],
                 policy_version: self.policy.version().to_owned(),
                 request_digest: audit::digest(&msg.payload),
                 occurred_at: now,
@@ -203,16 +176,8 @@ impl DecisionService {
         };
         let period = period_of(now);
         let used = match &identity {
-            Ok(p)
-                if self
-                    .policy
-                    .catalogue()
-                    .datasets
-                    .contains_key(&request.dataset) =>
-            {
-                self.store
-                    .usage_in_period(&p.subject, &request.dataset, &period)
-                    .await?
+            Ok(p) if self.policy.catalogue().datasets.contains_key(&request.dataset) => {
+                self.store.usage_in_period(&p.subject, &request.dataset, &period).await?
             }
             _ => 0,
         };
@@ -224,10 +189,7 @@ impl DecisionService {
             now,
             grant_ttl_secs: self.grant.ttl_secs,
         });
-        let subject = identity
-            .as_ref()
-            .map(|p| p.subject.clone())
-            .unwrap_or_default();
+        let subject = identity.as_ref().map(|p| p.subject.clone()).unwrap_or_default();
         let decision_id = uuid::Uuid::now_v7().to_string();
         let grant = self.grant_for(&eval, request, &subject, &decision_id, now);
         let decision = Decision {
@@ -270,11 +232,7 @@ impl DecisionService {
             quota: c.quota,
             recorded_at: now,
         });
-        let event_type = if reason_code.as_deref() == Some("quota.exceeded") {
-            "quota_exceeded"
-        } else {
-            "decision"
-        };
+        let event_type = if reason_code.as_deref() == Some("quota.exceeded") { "quota_exceeded" } else { "decision" };
         let commit = Commit {
             idem_key: format!("request:{}", request.request_id),
             kind: "decision",
@@ -293,11 +251,7 @@ impl DecisionService {
             }),
             messages: vec![Output {
                 stream: Stream::Decisions,
-                key: if subject.is_empty() {
-                    "unauthenticated".into()
-                } else {
-                    subject.clone()
-                },
+                key: if subject.is_empty() { "unauthenticated".into() } else { subject.clone() },
                 payload: serde_json::to_string(&decision).expect("decisions serialise"),
             }],
             audit: AuditEvent {
@@ -307,11 +261,7 @@ impl DecisionService {
                 prev_hash: String::new(),
                 hash: String::new(),
                 event_type: event_type.into(),
-                actor: if subject.is_empty() {
-                    "unauthenticated".into()
-                } else {
-                    subject.clone()
-                },
+                actor: if subject.is_empty() { "unauthenticated".into() } else { subject.clone() },
                 subject,
                 resource: request.dataset.clone(),
                 action: request.operation.as_str().into(),
@@ -340,13 +290,7 @@ impl DecisionService {
             return None;
         }
         let expires_at = eval.grant_expires_at?;
-        let holder = self
-            .policy
-            .catalogue()
-            .datasets
-            .get(&r.dataset)
-            .map(|d| d.holder.clone())
-            .unwrap_or_default();
+        let holder = self.policy.catalogue().datasets.get(&r.dataset).map(|d| d.holder.clone()).unwrap_or_default();
         let nbf = r.window.as_ref().map_or(now, |w| w.not_before.max(now));
         let claims = GrantClaims {
             iss: self.grant.issuer.clone(),
@@ -363,11 +307,7 @@ impl DecisionService {
             obligations: eval.obligations.clone(),
             policy_version: self.policy.version().to_owned(),
         };
-        Some(Grant {
-            token: self.grant_key.sign(&claims),
-            expires_at,
-            quota: eval.charge.as_ref().map(|c| c.quota),
-        })
+        Some(Grant { token: self.grant_key.sign(&claims), expires_at, quota: eval.charge.as_ref().map(|c| c.quota) })
     }
 }
 
@@ -375,11 +315,7 @@ impl Processor for DecisionService {
     async fn process(&self, msg: &InputMessage) -> Result<Vec<OutgoingMessage>, ProcessError> {
         let now = Utc::now();
         let (trace_id, traceparent) = trace_context(msg);
-        let committed = match pipeline::decode(
-            &msg.payload,
-            msg.header("authorization"),
-            self.max_message_bytes,
-        ) {
+        let committed = match pipeline::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes) {
             Err(rejection) => {
                 info!(message = "input rejected", code = rejection.code, topic = %msg.topic, partition = msg.partition, offset = msg.offset);
                 self.dead_letter(msg, rejection, now, &trace_id).await?
@@ -388,16 +324,7 @@ impl Processor for DecisionService {
                 let key = format!("request:{}", decoded.request.request_id);
                 match self.store.find_outcome(&key).await? {
                     Some(outputs) => Committed::Existing(outputs),
-                    None => {
-                        self.decide(
-                            msg,
-                            &decoded.request,
-                            decoded.token.as_deref(),
-                            now,
-                            &trace_id,
-                        )
-                        .await?
-                    }
+                    None => self.decide(msg, &decoded.request, decoded.token.as_deref(), now, &trace_id).await?,
                 }
             }
         };

@@ -9,11 +9,7 @@ use std::thread::JoinHandle;
 use rdkafka::mocking::MockCluster;
 
 enum Command {
-    CreateTopic {
-        name: String,
-        partitions: i32,
-        reply: mpsc::Sender<Result<(), String>>,
-    },
+    CreateTopic { name: String, partitions: i32, reply: mpsc::Sender<Result<(), String>> },
     Stop,
 }
 
@@ -27,9 +23,7 @@ pub struct EmbeddedKafka {
 
 impl std::fmt::Debug for EmbeddedKafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedKafka")
-            .field("bootstrap", &self.bootstrap)
-            .finish()
+        f.debug_struct("EmbeddedKafka").field("bootstrap", &self.bootstrap).finish()
     }
 }
 
@@ -50,16 +44,8 @@ impl EmbeddedKafka {
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                 while let Ok(cmd) = rx.recv() {
                     match cmd {
-                        Command::CreateTopic {
-                            name,
-                            partitions,
-                            reply,
-                        } => {
-                            let _ = reply.send(
-                                cluster
-                                    .create_topic(&name, partitions, 1)
-                                    .map_err(|e| e.to_string()),
-                            );
+                        Command::CreateTopic { name, partitions, reply } => {
+                            let _ = reply.send(cluster.create_topic(&name, partitions, 1).map_err(|e| e.to_string()));
                         }
                         Command::Stop => break,
                     }
@@ -67,11 +53,7 @@ impl EmbeddedKafka {
             })
             .map_err(|e| e.to_string())?;
         let bootstrap = ready_rx.recv().map_err(|e| e.to_string())??;
-        Ok(EmbeddedKafka {
-            bootstrap,
-            commands: tx,
-            thread: Some(thread),
-        })
+        Ok(EmbeddedKafka { bootstrap, commands: tx, thread: Some(thread) })
     }
 
     pub fn bootstrap_servers(&self) -> &str {
@@ -81,14 +63,9 @@ impl EmbeddedKafka {
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), String> {
         let (reply, rx) = mpsc::channel();
         self.commands
-            .send(Command::CreateTopic {
-                name: name.to_owned(),
-                partitions,
-                reply,
-            })
+            .send(Command::CreateTopic { name: name.to_owned(), partitions, reply })
             .map_err(|_| "embedded kafka has stopped".to_owned())?;
-        rx.recv()
-            .map_err(|_| "embedded kafka has stopped".to_owned())?
+        rx.recv().map_err(|_| "embedded kafka has stopped".to_owned())?
     }
 }
 

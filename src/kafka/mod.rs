@@ -18,9 +18,7 @@ use futures_util::stream::FuturesOrdered;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -37,19 +35,9 @@ pub enum KafkaError {
     #[error("creating topic {topic}: {message}")]
     CreateTopic { topic: String, message: String },
     #[error("output for {topic}/{partition}@{offset} was not delivered: {message}")]
-    Delivery {
-        topic: String,
-        partition: i32,
-        offset: i64,
-        message: String,
-    },
+    Delivery { topic: String, partition: i32, offset: i64, message: String },
     #[error("processing {topic}/{partition}@{offset} failed for good: {message}")]
-    Processing {
-        topic: String,
-        partition: i32,
-        offset: i64,
-        message: String,
-    },
+    Processing { topic: String, partition: i32, offset: i64, message: String },
 }
 
 /// A consumed message, detached from the client.
@@ -65,10 +53,7 @@ pub struct InputMessage {
 
 impl InputMessage {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 }
 
@@ -93,10 +78,7 @@ pub enum ProcessError {
 /// Turns one input into the messages to publish. Must be idempotent per
 /// input: called again for a re-delivered input, it returns the same bytes.
 pub trait Processor: Send + Sync + 'static {
-    fn process(
-        &self,
-        msg: &InputMessage,
-    ) -> impl Future<Output = Result<Vec<OutgoingMessage>, ProcessError>> + Send;
+    fn process(&self, msg: &InputMessage) -> impl Future<Output = Result<Vec<OutgoingMessage>, ProcessError>> + Send;
 }
 
 fn base_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
@@ -110,10 +92,7 @@ fn base_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
 
 pub fn producer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
     let mut cfg = base_config(settings, bootstrap);
-    cfg.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "300000");
+    cfg.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "300000");
     for (k, v) in &settings.producer {
         cfg.set(k, v);
     }
@@ -137,21 +116,11 @@ pub fn consumer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfi
 }
 
 /// Creates each missing topic. An existing topic is left as it is.
-pub async fn ensure_topics(
-    settings: &KafkaSettings,
-    bootstrap: &str,
-    topics: &[&str],
-) -> Result<(), KafkaError> {
+pub async fn ensure_topics(settings: &KafkaSettings, bootstrap: &str, topics: &[&str]) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = base_config(settings, bootstrap).create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| {
-            NewTopic::new(
-                t,
-                settings.partitions,
-                TopicReplication::Fixed(settings.replication_factor),
-            )
-        })
+        .map(|t| NewTopic::new(t, settings.partitions, TopicReplication::Fixed(settings.replication_factor)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics(new.iter(), &opts).await? {
@@ -159,10 +128,7 @@ pub async fn ensure_topics(
             Ok(topic) => info!(message = "created topic", %topic),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(KafkaError::CreateTopic {
-                    topic,
-                    message: code.to_string(),
-                });
+                return Err(KafkaError::CreateTopic { topic, message: code.to_string() });
             }
         }
     }
@@ -196,11 +162,7 @@ impl ConsumerContext for LoopContext {
 }
 
 fn describe(tpl: &TopicPartitionList) -> String {
-    tpl.elements()
-        .iter()
-        .map(|e| format!("{}/{}", e.topic(), e.partition()))
-        .collect::<Vec<_>>()
-        .join(",")
+    tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
 }
 
 pub struct Pipeline {
@@ -209,11 +171,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(
-        settings: &KafkaSettings,
-        bootstrap: &str,
-        input_topic: &str,
-    ) -> Result<Self, KafkaError> {
+    pub fn new(settings: &KafkaSettings, bootstrap: &str, input_topic: &str) -> Result<Self, KafkaError> {
         let consumer: StreamConsumer<LoopContext> =
             consumer_config(settings, bootstrap).create_with_context(LoopContext)?;
         consumer.subscribe(&[input_topic])?;
@@ -227,15 +185,9 @@ type Position = (String, i32, i64);
 fn to_record<'a>(m: &'a OutgoingMessage) -> FutureRecord<'a, String, String> {
     let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
     for (k, v) in &m.headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
+        headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
     }
-    FutureRecord::to(&m.topic)
-        .key(&m.key)
-        .payload(&m.payload)
-        .headers(headers)
+    FutureRecord::to(&m.topic).key(&m.key).payload(&m.payload).headers(headers)
 }
 
 /// Publishes `outputs` in order and resolves when all are acknowledged.
@@ -252,12 +204,7 @@ async fn deliver(
     }
     for ack in futures_util::future::join_all(acks).await {
         if let Err((e, _)) = ack {
-            return Err(KafkaError::Delivery {
-                topic: pos.0,
-                partition: pos.1,
-                offset: pos.2,
-                message: e.to_string(),
-            });
+            return Err(KafkaError::Delivery { topic: pos.0, partition: pos.1, offset: pos.2, message: e.to_string() });
         }
     }
     Ok(pos)
@@ -266,16 +213,7 @@ async fn deliver(
 fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> InputMessage {
     let headers = m
         .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
+        .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
         .unwrap_or_default();
     InputMessage {
         topic: m.topic().to_owned(),
@@ -334,9 +272,7 @@ pub async fn run<P: Processor>(
     match tokio::time::timeout(grace, drain).await {
         Ok(Err(e)) if result.is_ok() => result = Err(e),
         Ok(_) => {}
-        Err(_) => warn!(
-            message = "grace period ended with outputs unacknowledged; they will be re-delivered"
-        ),
+        Err(_) => warn!(message = "grace period ended with outputs unacknowledged; they will be re-delivered"),
     }
     if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
         && error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset)
@@ -348,10 +284,7 @@ pub async fn run<P: Processor>(
     result
 }
 
-fn on_delivered(
-    consumer: &StreamConsumer<LoopContext>,
-    done: Result<Position, KafkaError>,
-) -> Result<(), KafkaError> {
+fn on_delivered(consumer: &StreamConsumer<LoopContext>, done: Result<Position, KafkaError>) -> Result<(), KafkaError> {
     let (topic, partition, offset) = done?;
     // Fails only when the partition was revoked meanwhile; its next owner
     // re-processes the input idempotently.
@@ -414,11 +347,7 @@ pub struct Client {
 impl Client {
     pub fn new(settings: &KafkaSettings, bootstrap: &str) -> Result<Self, KafkaError> {
         let producer = producer_config(settings, bootstrap).create()?;
-        Ok(Client {
-            producer,
-            settings: settings.clone(),
-            bootstrap: bootstrap.to_owned(),
-        })
+        Ok(Client { producer, settings: settings.clone(), bootstrap: bootstrap.to_owned() })
     }
 
     pub async fn produce(
@@ -430,20 +359,11 @@ impl Client {
     ) -> Result<(i32, i64), KafkaError> {
         let mut hs = OwnedHeaders::new_with_capacity(headers.len());
         for (k, v) in headers {
-            hs = hs.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
+            hs = hs.insert(Header { key: k, value: Some(v.as_bytes()) });
         }
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(hs);
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(hs);
         self.producer
-            .send(
-                record,
-                rdkafka::util::Timeout::After(Duration::from_secs(30)),
-            )
+            .send(record, rdkafka::util::Timeout::After(Duration::from_secs(30)))
             .await
             .map(|d| (d.partition, d.offset))
             .map_err(|(e, _)| KafkaError::Client(e))

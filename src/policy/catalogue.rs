@@ -93,9 +93,7 @@ pub enum CatalogueError {
     Parse(String),
     #[error("catalogue.toml: {kind} {code} is listed twice")]
     Duplicate { kind: &'static str, code: String },
-    #[error(
-        "catalogue.toml: dataset code {0} is not of the form GX-<6 digits>-<DOMAIN>-<4 digits>"
-    )]
+    #[error("catalogue.toml: dataset code {0} is not of the form GX-<6 digits>-<DOMAIN>-<4 digits>")]
     BadCode(String),
     #[error("catalogue.toml: scenario {0} allows no purpose class")]
     NoPurpose(String),
@@ -115,18 +113,14 @@ pub fn is_unified_code(code: &str) -> bool {
 
 impl Catalogue {
     pub fn parse(text: &str) -> Result<Self, CatalogueError> {
-        let file: CatalogueFile =
-            toml::from_str(text).map_err(|e| CatalogueError::Parse(e.to_string()))?;
+        let file: CatalogueFile = toml::from_str(text).map_err(|e| CatalogueError::Parse(e.to_string()))?;
         let mut cat = Catalogue::default();
         for s in file.scenarios {
             if s.purposes.is_empty() {
                 return Err(CatalogueError::NoPurpose(s.code));
             }
             if cat.scenarios.contains_key(&s.code) {
-                return Err(CatalogueError::Duplicate {
-                    kind: "scenario",
-                    code: s.code,
-                });
+                return Err(CatalogueError::Duplicate { kind: "scenario", code: s.code });
             }
             cat.scenarios.insert(s.code.clone(), s);
         }
@@ -136,10 +130,7 @@ impl Catalogue {
             }
             d.price.validate()?;
             if cat.datasets.contains_key(&d.code) {
-                return Err(CatalogueError::Duplicate {
-                    kind: "dataset",
-                    code: d.code,
-                });
+                return Err(CatalogueError::Duplicate { kind: "dataset", code: d.code });
             }
             cat.datasets.insert(d.code.clone(), d);
         }

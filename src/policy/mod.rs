@@ -20,10 +20,7 @@ pub const CATALOGUE_FILE: &str = "catalogue.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("reading {file}: {source}")]
-    Io {
-        file: String,
-        source: std::io::Error,
-    },
+    Io { file: String, source: std::io::Error },
     #[error("{file}: {message}")]
     Invalid { file: String, message: String },
     #[error("{0}")]
@@ -53,18 +50,12 @@ pub struct Policy {
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy")
-            .field("version", &self.version)
-            .field("rules", &self.rule_count)
-            .finish()
+        f.debug_struct("Policy").field("version", &self.version).field("rules", &self.rule_count).finish()
     }
 }
 
 fn read(dir: &Path, file: &str) -> Result<String, PolicyError> {
-    std::fs::read_to_string(dir.join(file)).map_err(|source| PolicyError::Io {
-        file: file.into(),
-        source,
-    })
+    std::fs::read_to_string(dir.join(file)).map_err(|source| PolicyError::Io { file: file.into(), source })
 }
 
 /// sha256 over each file's name, length and bytes, so moving text from one
@@ -89,25 +80,14 @@ impl Policy {
         Self::from_texts(&model, &rules, &catalogue_text).await
     }
 
-    pub async fn from_texts(
-        model: &str,
-        rules: &str,
-        catalogue_text: &str,
-    ) -> Result<Policy, PolicyError> {
-        let version = version_of(&[
-            (MODEL_FILE, model),
-            (POLICY_FILE, rules),
-            (CATALOGUE_FILE, catalogue_text),
-        ]);
+    pub async fn from_texts(model: &str, rules: &str, catalogue_text: &str) -> Result<Policy, PolicyError> {
+        let version = version_of(&[(MODEL_FILE, model), (POLICY_FILE, rules), (CATALOGUE_FILE, catalogue_text)]);
         let catalogue = Catalogue::parse(catalogue_text)?;
         let rule_count = validate_rules(rules, &catalogue)?;
 
         let model = DefaultModel::from_str(model)
             .await
-            .map_err(|e| PolicyError::Invalid {
-                file: MODEL_FILE.into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| PolicyError::Invalid { file: MODEL_FILE.into(), message: e.to_string() })?;
         let mut all_rules = rules.to_owned();
         all_rules.push('\n');
         for line in catalogue.derived_groupings() {
@@ -116,16 +96,8 @@ impl Policy {
         }
         let enforcer = Enforcer::new(model, StringAdapter::new(all_rules))
             .await
-            .map_err(|e| PolicyError::Invalid {
-                file: POLICY_FILE.into(),
-                message: e.to_string(),
-            })?;
-        let policy = Policy {
-            version,
-            catalogue,
-            enforcer,
-            rule_count,
-        };
+            .map_err(|e| PolicyError::Invalid { file: POLICY_FILE.into(), message: e.to_string() })?;
+        let policy = Policy { version, catalogue, enforcer, rule_count };
         // Evaluate once so a matcher that only fails at run time (an unknown
         // function, a type error) is rejected at load, not on live traffic.
         policy.authorize("000000000000000000", "probe", "probe", Operation::Query)?;
@@ -157,17 +129,9 @@ impl Policy {
             .enforcer
             .enforce_ex((subject, scenario, dataset, op.as_str()))
             .map_err(|e| PolicyError::Eval(e.to_string()))?;
-        let denied_by_rule =
-            !allowed && rules.iter().any(|r| r.last().is_some_and(|e| e == "deny"));
-        let matched_rules = rules
-            .into_iter()
-            .map(|r| format!("p, {}", r.join(", ")))
-            .collect();
-        Ok(CasbinVerdict {
-            allowed,
-            matched_rules,
-            denied_by_rule,
-        })
+        let denied_by_rule = !allowed && rules.iter().any(|r| r.last().is_some_and(|e| e == "deny"));
+        let matched_rules = rules.into_iter().map(|r| format!("p, {}", r.join(", "))).collect();
+        Ok(CasbinVerdict { allowed, matched_rules, denied_by_rule })
     }
 }
 
@@ -190,29 +154,19 @@ fn validate_rules(rules: &str, catalogue: &Catalogue) -> Result<usize, PolicyErr
     }
     let mut count = 0;
     for (line, f) in &parsed {
-        let err = |message: String| PolicyError::Rule {
-            line: *line,
-            message,
-        };
+        let err = |message: String| PolicyError::Rule { line: *line, message };
         match f.first().copied() {
             Some("p") => {
                 count += 1;
                 if f.len() != 6 {
-                    return Err(err(format!(
-                        "expected 6 fields (p, sub, dom, obj, act, eft), found {}",
-                        f.len()
-                    )));
+                    return Err(err(format!("expected 6 fields (p, sub, dom, obj, act, eft), found {}", f.len())));
                 }
                 let (dom, obj, act, eft) = (f[2], f[3], f[4], f[5]);
                 if dom != "*" && !catalogue.scenarios.contains_key(dom) {
                     return Err(err(format!("unknown scenario {dom}")));
                 }
                 let builtin = obj.starts_with("grade:") || obj.starts_with("pi:");
-                if obj != "*"
-                    && !builtin
-                    && !groups.contains(obj)
-                    && !catalogue.datasets.contains_key(obj)
-                {
+                if obj != "*" && !builtin && !groups.contains(obj) && !catalogue.datasets.contains_key(obj) {
                     return Err(err(format!("unknown dataset or dataset group {obj}")));
                 }
                 if act != "*" && !Operation::ALL.iter().any(|o| o.as_str() == act) {

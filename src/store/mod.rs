@@ -132,9 +132,7 @@ impl Store {
             .connect_with(options)
             .await?;
         if sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&pool)
-                .await?;
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
         MIGRATOR.run(&pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => StoreError::from(e),
@@ -158,17 +156,11 @@ impl Store {
             .bind(idem_key)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| decode_outputs(&r.try_get::<String, _>(0)?))
-            .transpose()
+        row.map(|r| decode_outputs(&r.try_get::<String, _>(0)?)).transpose()
     }
 
     /// Units of `dataset` that `subject` consumed in `period`.
-    pub async fn usage_in_period(
-        &self,
-        subject: &str,
-        dataset: &str,
-        period: &str,
-    ) -> Result<u64, StoreError> {
+    pub async fn usage_in_period(&self, subject: &str, dataset: &str, period: &str) -> Result<u64, StoreError> {
         let row = sqlx::query(
             "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM usage_records \
              WHERE subject = $1 AND dataset = $2 AND period = $3",
@@ -205,27 +197,17 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         if let Some(row) = existing {
-            return Ok(Committed::Existing(decode_outputs(
-                &row.try_get::<String, _>(0)?,
-            )?));
+            return Ok(Committed::Existing(decode_outputs(&row.try_get::<String, _>(0)?)?));
         }
-        let head = sqlx::query(
-            "SELECT seq, hash FROM audit_events WHERE chain = $1 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(&c.audit.chain)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_events WHERE chain = $1 ORDER BY seq DESC LIMIT 1")
+            .bind(&c.audit.chain)
+            .fetch_optional(&mut *tx)
+            .await?;
         let prev = head
-            .map(|r| {
-                Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)? as u64, r.try_get::<String, _>(1)?))
-            })
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)? as u64, r.try_get::<String, _>(1)?)))
             .transpose()?;
-        let audit = crate::audit::seal(
-            c.audit.clone(),
-            prev.as_ref().map(|(s, h)| (*s, h.as_str())),
-        );
-        let audit_json =
-            serde_json::to_string(&audit).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        let audit = crate::audit::seal(c.audit.clone(), prev.as_ref().map(|(s, h)| (*s, h.as_str())));
+        let audit_json = serde_json::to_string(&audit).map_err(|e| StoreError::Fatal(e.to_string()))?;
         sqlx::query(
             "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -241,11 +223,7 @@ impl Store {
         .await?;
 
         let mut outputs = c.messages.clone();
-        outputs.push(Output {
-            stream: Stream::Audit,
-            key: audit.chain.clone(),
-            payload: audit_json,
-        });
+        outputs.push(Output { stream: Stream::Audit, key: audit.chain.clone(), payload: audit_json });
 
         if let Some(d) = &c.decision {
             sqlx::query(
@@ -284,51 +262,37 @@ impl Store {
             .bind(u.recorded_at.to_rfc3339())
             .execute(&mut *tx)
             .await?;
-            outputs.push(Output {
-                stream: Stream::Usage,
-                key: u.subject.clone(),
-                payload: body,
-            });
+            outputs.push(Output { stream: Stream::Usage, key: u.subject.clone(), payload: body });
         }
-        let encoded =
-            serde_json::to_string(&outputs).map_err(|e| StoreError::Fatal(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO outcomes (idem_key, kind, outputs, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&c.idem_key)
-        .bind(c.kind)
-        .bind(&encoded)
-        .bind(&c.created_at)
-        .execute(&mut *tx)
-        .await?;
+        let encoded = serde_json::to_string(&outputs).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        sqlx::query("INSERT INTO outcomes (idem_key, kind, outputs, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&c.idem_key)
+            .bind(c.kind)
+            .bind(&encoded)
+            .bind(&c.created_at)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Committed::New(outputs))
     }
 
     /// Every audit event, chain by chain in sequence order.
     pub async fn audit_events(&self) -> Result<Vec<AuditEvent>, StoreError> {
-        let rows = sqlx::query("SELECT body FROM audit_events ORDER BY chain, seq")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query("SELECT body FROM audit_events ORDER BY chain, seq").fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let body: String = r.try_get(0)?;
-                serde_json::from_str(&body)
-                    .map_err(|e| StoreError::Fatal(format!("audit row: {e}")))
+                serde_json::from_str(&body).map_err(|e| StoreError::Fatal(format!("audit row: {e}")))
             })
             .collect()
     }
 
     /// Count of decisions per outcome.
     pub async fn decision_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome ORDER BY outcome",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
-            .collect()
+        let rows = sqlx::query("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome ORDER BY outcome")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?))).collect()
     }
 
     /// (records, total quantity, total amount in fen) of all usage.
@@ -344,6 +308,5 @@ impl Store {
 }
 
 fn decode_outputs(text: &str) -> Result<Vec<Output>, StoreError> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Fatal(format!("stored outputs do not decode: {e}")))
+    serde_json::from_str(text).map_err(|e| StoreError::Fatal(format!("stored outputs do not decode: {e}")))
 }

@@ -23,11 +23,7 @@ fn tollgate() -> Command {
 }
 
 fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success();
     assert!(ok, "kill -TERM");
 }
 
@@ -94,18 +90,8 @@ issuers = ["{ISSUER}"]
 
     let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
     let token = infra.token(TRAVEL, &[], 600);
-    let body = request(
-        "bin-1",
-        Some(&token),
-        "smart-tourism",
-        "GX-610100-TOUR-0001",
-        "api_call",
-        "industry",
-    );
-    client
-        .produce(&t.requests, TRAVEL, body.to_string().as_bytes(), &[])
-        .await
-        .unwrap();
+    let body = request("bin-1", Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "api_call", "industry");
+    client.produce(&t.requests, TRAVEL, body.to_string().as_bytes(), &[]).await.unwrap();
     let reader = client.reader(&[&t.decisions], "bin-reader").unwrap();
     let d = decision(&read_n(&reader, 1).await[0]);
     assert_eq!(d.outcome, Outcome::Approved, "{:?}", d.reasons);
@@ -125,28 +111,19 @@ async fn binary_without_kafka_configured_runs_an_embedded_cluster_others_can_rea
         .arg("serve")
         .current_dir(dir.path())
         .env("TOLLGATE_POLICY__DIR", repo_policies())
-        .env(
-            "TOLLGATE_AUTH__PUBLIC_KEYS",
-            format!("[\"{}\"]", key.display()),
-        )
+        .env("TOLLGATE_AUTH__PUBLIC_KEYS", format!("[\"{}\"]", key.display()))
         .env("TOLLGATE_AUTH__ISSUERS", format!("[\"{ISSUER}\"]"))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let bootstrap = loop {
-        let line = lines
-            .next()
-            .expect("tollgate printed its embedded bootstrap address")
-            .unwrap();
+        let line = lines.next().expect("tollgate printed its embedded bootstrap address").unwrap();
         if let Some(b) = line.strip_prefix("embedded kafka bootstrap: ") {
             break b.to_owned();
         }
     };
-    assert!(
-        dir.path().join("tollgate.db").exists(),
-        "the default database is a SQLite file"
-    );
+    assert!(dir.path().join("tollgate.db").exists(), "the default database is a SQLite file");
 
     let client = Client::new(&Settings::default().kafka, &bootstrap).unwrap();
     let now = chrono::Utc::now().timestamp();
@@ -162,26 +139,9 @@ async fn binary_without_kafka_configured_runs_an_embedded_cluster_others_can_rea
         qualifications: vec![],
         name: None,
     });
-    let body = request(
-        "emb-1",
-        Some(&token),
-        "highway-rescue",
-        "GX-610000-RESC-0006",
-        "api_call",
-        "public_governance",
-    );
-    client
-        .produce(
-            "tollgate.requests",
-            RESCUE,
-            body.to_string().as_bytes(),
-            &[],
-        )
-        .await
-        .unwrap();
-    let reader = client
-        .reader(&["tollgate.decisions"], "emb-reader")
-        .unwrap();
+    let body = request("emb-1", Some(&token), "highway-rescue", "GX-610000-RESC-0006", "api_call", "public_governance");
+    client.produce("tollgate.requests", RESCUE, body.to_string().as_bytes(), &[]).await.unwrap();
+    let reader = client.reader(&["tollgate.decisions"], "emb-reader").unwrap();
     let d = decision(&read_n(&reader, 1).await[0]);
     assert_eq!(d.outcome, Outcome::Approved, "{:?}", d.reasons);
 

@@ -8,33 +8,19 @@ use crate::helpers::*;
 async fn redelivered_request_gets_its_original_decision_byte_for_byte() {
     let app = spawn_app().await;
     let token = app.infra.token(TRAVEL, &[], 600);
-    let body = request(
-        "r-twice",
-        Some(&token),
-        "smart-tourism",
-        "GX-610100-TOUR-0001",
-        "query",
-        "industry",
-    )
-    .to_string();
+    let body =
+        request("r-twice", Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry").to_string();
     app.send(TRAVEL, body.as_bytes()).await;
     app.send(TRAVEL, body.as_bytes()).await;
 
     let decisions = read_n(&app.reader(&app.infra.topics.decisions), 2).await;
-    assert_eq!(
-        decisions[0].payload, decisions[1].payload,
-        "same decision, same bytes"
-    );
+    assert_eq!(decisions[0].payload, decisions[1].payload, "same decision, same bytes");
     assert_eq!(decision(&decisions[0]).outcome, Outcome::Approved);
 
     // Usage and audit are re-published identically, never recorded twice.
     let usage = read_n(&app.reader(&app.infra.topics.usage), 2).await;
     assert_eq!(usage[0].payload, usage[1].payload);
-    let audit: Vec<_> = read_n(&app.reader(&app.infra.topics.audit), 2)
-        .await
-        .iter()
-        .map(audit_event)
-        .collect();
+    let audit: Vec<_> = read_n(&app.reader(&app.infra.topics.audit), 2).await.iter().map(audit_event).collect();
     let report = tollgate::audit::verify(&audit).unwrap();
     assert_eq!(report.duplicates, 1);
 }
@@ -57,38 +43,21 @@ async fn restart_mid_stream_loses_nothing_and_decides_nothing_twice() {
         let m = read_n(&reader, 1).await.remove(0);
         let d = decision(&m);
         seen += 1;
-        by_request
-            .entry(d.request_id.clone())
-            .or_default()
-            .insert(d.decision_id.clone());
+        by_request.entry(d.request_id.clone()).or_default().insert(d.decision_id.clone());
         bytes.entry(d.request_id).or_default().insert(m.payload);
         assert!(seen < 400, "far more decisions than requests");
     }
     for (id, decisions) in &by_request {
         assert_eq!(decisions.len(), 1, "{id} was decided more than once");
-        assert_eq!(
-            bytes[id].len(),
-            1,
-            "{id} was re-published with different bytes"
-        );
+        assert_eq!(bytes[id].len(), 1, "{id} was re-published with different bytes");
     }
     // Every usage record belongs to exactly one approval: the ledger in the
     // topic matches the decisions.
     let usage = read_n(&app.reader(&app.infra.topics.usage), 75).await;
-    let ids: BTreeSet<String> = usage
-        .iter()
-        .map(|m| {
-            serde_json::from_slice::<UsageRecord>(&m.payload)
-                .unwrap()
-                .request_id
-        })
-        .collect();
+    let ids: BTreeSet<String> =
+        usage.iter().map(|m| serde_json::from_slice::<UsageRecord>(&m.payload).unwrap().request_id).collect();
     assert!(ids.len() >= 75);
-    let audit: Vec<_> = read_n(&app.reader(&app.infra.topics.audit), 75)
-        .await
-        .iter()
-        .map(audit_event)
-        .collect();
+    let audit: Vec<_> = read_n(&app.reader(&app.infra.topics.audit), 75).await.iter().map(audit_event).collect();
     tollgate::audit::verify(&audit).expect("audit chains verify across the restart");
 }
 
@@ -102,11 +71,7 @@ async fn monthly_quota_is_enforced_from_the_usage_ledger() {
         std::fs::copy(repo_policies().join(f), dir.join(f)).unwrap();
     }
     let catalogue = std::fs::read_to_string(repo_policies().join("catalogue.toml")).unwrap();
-    let patched = catalogue.replacen(
-        "cap_fen = 80, monthly_quota = 100000",
-        "cap_fen = 80, monthly_quota = 2",
-        1,
-    );
+    let patched = catalogue.replacen("cap_fen = 80, monthly_quota = 100000", "cap_fen = 80, monthly_quota = 2", 1);
     assert_ne!(patched, catalogue);
     std::fs::write(dir.join("catalogue.toml"), patched).unwrap();
     let mut settings = infra.settings();
@@ -130,29 +95,16 @@ async fn monthly_quota_is_enforced_from_the_usage_ledger() {
         outcomes.push(decision(&read_n(&reader, 1).await[0]));
     }
     assert_eq!(outcomes[0].outcome, Outcome::Approved);
-    assert_eq!(
-        outcomes[1].grant.as_ref().unwrap().quota.unwrap().remaining,
-        0
-    );
+    assert_eq!(outcomes[1].grant.as_ref().unwrap().quota.unwrap().remaining, 0);
     assert_eq!(outcomes[2].reasons[0].code, "quota.exceeded");
-    let audit: Vec<_> = read_n(&app.reader(&app.infra.topics.audit), 3)
-        .await
-        .iter()
-        .map(audit_event)
-        .collect();
+    let audit: Vec<_> = read_n(&app.reader(&app.infra.topics.audit), 3).await.iter().map(audit_event).collect();
     assert!(audit.iter().any(|e| e.event_type == "quota_exceeded"));
 }
 
 async fn send_batch(app: &TestApp, token: &str, range: std::ops::Range<usize>) {
     for i in range {
-        let body = request(
-            &format!("r-{i:03}"),
-            Some(token),
-            "smart-tourism",
-            "GX-610100-TOUR-0001",
-            "query",
-            "industry",
-        );
+        let body =
+            request(&format!("r-{i:03}"), Some(token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
         app.send(TRAVEL, body.to_string().as_bytes()).await;
     }
 }

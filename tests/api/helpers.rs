@@ -56,9 +56,7 @@ pub fn repo_policies() -> PathBuf {
 
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
 }
@@ -68,13 +66,9 @@ async fn fresh_database(dir: &Path, id: &str) -> String {
         Ok(base) => {
             let base = base.trim_end_matches('/');
             let name = format!("tollgate_test_{id}");
-            let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-                .await
-                .expect("connect to PostgreSQL");
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut admin)
-                .await
-                .expect("create test database");
+            let mut admin =
+                sqlx::PgConnection::connect(&format!("{base}/postgres")).await.expect("connect to PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
             format!("{base}/{name}")
         }
         Err(_) => format!("sqlite://{}", dir.join("tollgate.db").display()),
@@ -89,9 +83,7 @@ pub async fn infra() -> Infra {
     let settings = Settings::default();
     let (bootstrap, kafka) = match std::env::var("TEST_KAFKA_BOOTSTRAP") {
         Ok(b) => {
-            tollgate::kafka::ensure_topics(&settings.kafka, &b, &topics.all())
-                .await
-                .expect("create topics");
+            tollgate::kafka::ensure_topics(&settings.kafka, &b, &topics.all()).await.expect("create topics");
             (b, None)
         }
         Err(_) => {
@@ -107,11 +99,7 @@ pub async fn infra() -> Infra {
     let idp_public = dir.path().join("test-idp.pub.pem");
     std::fs::write(&idp_public, idp.public().to_pem()).unwrap();
     let grant_key_path = dir.path().join("grants.pem");
-    std::fs::write(
-        &grant_key_path,
-        SigningKey::generate("grants").to_pkcs8_pem(),
-    )
-    .unwrap();
+    std::fs::write(&grant_key_path, SigningKey::generate("grants").to_pkcs8_pem()).unwrap();
     let grant_key = SigningKey::from_pem_file(&grant_key_path).unwrap();
     Infra {
         bootstrap,
@@ -172,13 +160,7 @@ pub async fn start(infra: Infra, settings: Settings) -> TestApp {
     let app = App::build(settings.clone()).await.expect("app builds");
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    TestApp {
-        infra,
-        client,
-        settings,
-        shutdown,
-        handle: Some(handle),
-    }
+    TestApp { infra, client, settings, shutdown, handle: Some(handle) }
 }
 
 /// A v1 access request as JSON.
@@ -206,10 +188,7 @@ pub fn request(
 
 impl TestApp {
     pub async fn send(&self, key: &str, payload: &[u8]) {
-        self.client
-            .produce(&self.infra.topics.requests, key, payload, &[])
-            .await
-            .expect("produce");
+        self.client.produce(&self.infra.topics.requests, key, payload, &[]).await.expect("produce");
     }
 
     pub async fn send_json(&self, v: &serde_json::Value) {
@@ -217,9 +196,7 @@ impl TestApp {
     }
 
     pub fn reader(&self, topic: &str) -> Reader {
-        self.client
-            .reader(&[topic], &format!("reader-{}", uuid::Uuid::new_v4()))
-            .unwrap()
+        self.client.reader(&[topic], &format!("reader-{}", uuid::Uuid::new_v4())).unwrap()
     }
 
     /// Stops the instance (as SIGTERM would) and waits for it.
@@ -234,9 +211,7 @@ impl TestApp {
     /// and database.
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
-        let TestApp {
-            infra, settings, ..
-        } = self;
+        let TestApp { infra, settings, .. } = self;
         start(infra, settings).await
     }
 }
@@ -256,10 +231,7 @@ pub async fn read_n(reader: &Reader, n: usize) -> Vec<InputMessage> {
 /// Asserts nothing more arrives for a short while.
 pub async fn assert_no_more(reader: &Reader) {
     if let Some(m) = reader.next(Duration::from_secs(2)).await.expect("read") {
-        panic!(
-            "unexpected extra message: {}",
-            String::from_utf8_lossy(&m.payload)
-        );
+        panic!("unexpected extra message: {}", String::from_utf8_lossy(&m.payload));
     }
 }
 
