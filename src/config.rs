@@ -23,8 +23,6 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServiceSettings {
-    /// Names this instance in logs and audit events; defaults to the host name.
-    pub instance_id: String,
     /// How long in-flight work may take to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
     /// Inputs larger than this go to the dead-letter topic unread.
@@ -36,7 +34,6 @@ pub struct ServiceSettings {
 impl Default for ServiceSettings {
     fn default() -> Self {
         ServiceSettings {
-            instance_id: std::env::var("HOSTNAME").unwrap_or_else(|_| "tollgate-1".into()),
             shutdown_grace_secs: 30,
             max_message_bytes: 64 * 1024,
             max_in_flight: 1000,
