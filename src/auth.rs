@@ -594,4 +594,109 @@ mod tests {
         let token = jsonwebtoken::encode(&header, &claims(&sample_uscc(), 300), &key.encoding_key()).unwrap();
         assert!(verifier.verify(&token).is_ok());
     }
+
+    fn settings_with_key(dir: &Path, file: &str, pem: &str) -> AuthSettings {
+        let path = dir.join(file);
+        std::fs::write(&path, pem).unwrap();
+        AuthSettings {
+            public_keys: vec![path],
+            issuers: vec![ISS.into()],
+            audience: vec![AUD.into()],
+            ..AuthSettings::default()
+        }
+    }
+
+    #[test]
+    fn rs256_tokens_verify_and_hs256_signed_with_the_rsa_public_key_does_not() {
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
+        let dir = tempfile::tempdir().unwrap();
+        let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
+        let public_pem = private.to_public_key().to_public_key_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+        let private_pem = private.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+        let verifier = Verifier::from_settings(&settings_with_key(dir.path(), "rsa-1.pub.pem", &public_pem)).unwrap();
+
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        let key = EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(&header, &claims(&sample_uscc(), 300), &key).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().subject, sample_uscc());
+
+        // The classic confusion attack: HMAC keyed with the public key.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("rsa-1".into());
+        let forged = jsonwebtoken::encode(
+            &header,
+            &claims(&sample_uscc(), 300),
+            &EncodingKey::from_secret(public_pem.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(verifier.verify(&forged).unwrap_err().code(), "auth.algorithm_not_allowed");
+    }
+
+    #[test]
+    fn es256_tokens_verify_from_a_pem_key() {
+        use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
+        let dir = tempfile::tempdir().unwrap();
+        let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let public_pem = secret.public_key().to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        let private_pem = secret.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        let verifier = Verifier::from_settings(&settings_with_key(dir.path(), "ec-1.pub.pem", &public_pem)).unwrap();
+        let key = EncodingKey::from_ec_pem(private_pem.as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(&sample_uscc(), 300), &key).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().subject, sample_uscc());
+        // An EdDSA token is not accepted by an ES256-only key set.
+        let ed = SigningKey::generate("ec-1");
+        assert_eq!(
+            verifier.verify(&ed.sign(&claims(&sample_uscc(), 300))).unwrap_err().code(),
+            "auth.algorithm_not_allowed"
+        );
+    }
+
+    #[test]
+    fn jwks_keys_are_selected_by_kid_and_symmetric_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SigningKey::generate("key-a");
+        let b = SigningKey::generate("key-b");
+        let jwks = serde_json::json!({"keys": [a.public().to_jwk(), b.public().to_jwk()]});
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        let settings = AuthSettings {
+            jwks: Some(path.clone()),
+            issuers: vec![ISS.into()],
+            audience: vec![AUD.into()],
+            ..AuthSettings::default()
+        };
+        let verifier = Verifier::from_settings(&settings).unwrap();
+        assert!(verifier.verify(&a.sign(&claims(&sample_uscc(), 300))).is_ok());
+        assert!(verifier.verify(&b.sign(&claims(&sample_uscc(), 300))).is_ok());
+        assert_eq!(
+            verifier.verify(&SigningKey::generate("key-c").sign(&claims(&sample_uscc(), 300))).unwrap_err().code(),
+            "auth.unknown_key"
+        );
+
+        std::fs::write(&path, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"s"}]}"#).unwrap();
+        assert!(matches!(Verifier::from_settings(&settings), Err(KeyError::Invalid { .. })));
+    }
+
+    #[test]
+    fn hs256_works_only_when_explicitly_enabled() {
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(&sample_uscc(), 300),
+            &EncodingKey::from_secret(b"a long shared secret"),
+        )
+        .unwrap();
+        let mut settings = AuthSettings {
+            issuers: vec![ISS.into()],
+            audience: vec![AUD.into()],
+            hs256_secret: Some("a long shared secret".into()),
+            ..AuthSettings::default()
+        };
+        assert_eq!(
+            Verifier::from_settings(&settings).unwrap().verify(&token).unwrap_err().code(),
+            "auth.algorithm_not_allowed"
+        );
+        settings.allow_hs256 = true;
+        assert!(Verifier::from_settings(&settings).unwrap().verify(&token).is_ok());
+    }
 }

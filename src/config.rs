@@ -33,11 +33,7 @@ pub struct ServiceSettings {
 
 impl Default for ServiceSettings {
     fn default() -> Self {
-        ServiceSettings {
-            shutdown_grace_secs: 30,
-            max_message_bytes: 64 * 1024,
-            max_in_flight: 1000,
-        }
+        ServiceSettings { shutdown_grace_secs: 30, max_message_bytes: 64 * 1024, max_in_flight: 1000 }
     }
 }
 

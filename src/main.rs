@@ -75,8 +75,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Re-verify every hash chain in the database; names the first bad record.
-    Verify,
+    /// Re-verify every hash chain; names the first changed, dropped or
+    /// reordered record. Reads the database, or the audit topic with --kafka.
+    Verify {
+        /// Read the audit topic (kafka.bootstrap_servers, topics.audit) instead of the database.
+        #[arg(long)]
+        kafka: bool,
+    },
 }
 
 #[tokio::main]
@@ -115,10 +120,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = tollgate::demo::DemoOptions { requests, rate, seed, verbose: !quiet, data_dir };
             tollgate::demo::run(settings, opts).await
         }
-        Command::Audit { command: AuditCommand::Verify } => {
+        Command::Audit { command: AuditCommand::Verify { kafka } } => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let store = tollgate::store::Store::connect(&settings.database.url, 1).await?;
-            let events = store.audit_events().await?;
+            let events = if kafka {
+                let bootstrap =
+                    settings.kafka.bootstrap_servers.as_deref().context("--kafka needs kafka.bootstrap_servers")?;
+                let client = tollgate::kafka::Client::new(&settings.kafka, bootstrap)?;
+                let messages = client.read_to_end(&settings.topics.audit).await?;
+                messages
+                    .iter()
+                    .map(|m| {
+                        serde_json::from_slice::<tollgate::events::AuditEvent>(&m.payload)
+                            .with_context(|| format!("{}/{}@{} is not an audit event", m.topic, m.partition, m.offset))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            } else {
+                tollgate::store::Store::connect(&settings.database.url, 1).await?.audit_events().await?
+            };
             let report = tollgate::audit::verify(&events).context("audit chain verification failed")?;
             for (chain, (seq, head)) in &report.chains {
                 println!("{chain}: {seq} events, head {head}");

@@ -399,6 +399,40 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Everything in `topic` now: each partition read from the beginning up
+    /// to the high watermark seen at the start, in partition order.
+    pub async fn read_to_end(&self, topic: &str) -> Result<Vec<InputMessage>, KafkaError> {
+        let reader = self.reader(&[topic], "tollgate-read-to-end")?;
+        let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
+        let metadata = reader.consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                let (low, high) = reader.consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                if high > low {
+                    remaining.insert(p.id(), high);
+                }
+            }
+        }
+        let mut by_partition: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
+        while !remaining.is_empty() {
+            let Some(m) = reader.next(Duration::from_secs(30)).await? else {
+                return Err(KafkaError::Delivery {
+                    topic: topic.to_owned(),
+                    partition: *remaining.keys().next().unwrap_or(&0),
+                    offset: -1,
+                    message: "no progress reading to the high watermark for 30 s".into(),
+                });
+            };
+            if remaining.get(&m.partition).is_some_and(|high| m.offset + 1 >= *high) {
+                remaining.remove(&m.partition);
+            }
+            by_partition.entry(m.partition).or_default().push(m);
+        }
+        Ok(by_partition.into_values().flatten().collect())
+    }
+}
+
 pub struct Reader {
     consumer: StreamConsumer,
 }

@@ -148,3 +148,49 @@ async fn binary_without_kafka_configured_runs_an_embedded_cluster_others_can_rea
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 }
+
+#[tokio::test]
+async fn audit_verify_passes_on_an_intact_trail_and_names_a_tampered_record() {
+    let mut app = spawn_app().await;
+    let token = app.infra.token(TRAVEL, &[], 600);
+    for i in 0..3 {
+        // One key, so one partition and one chain of three events.
+        let body =
+            request(&format!("a-{i}"), Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
+        app.send(TRAVEL, body.to_string().as_bytes()).await;
+    }
+    let _ = read_n(&app.reader(&app.infra.topics.audit), 3).await;
+    app.stop().await;
+
+    let verify = |from_kafka: bool| {
+        let mut c = tollgate();
+        c.args(["audit", "verify"])
+            .env("TOLLGATE_DATABASE__URL", &app.infra.database_url)
+            .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &app.infra.bootstrap)
+            .env("TOLLGATE_TOPICS__AUDIT", &app.infra.topics.audit);
+        if from_kafka {
+            c.arg("--kafka");
+        }
+        c.output().unwrap()
+    };
+    let out = verify(false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 events"));
+    let out = verify(true);
+    assert!(out.status.success(), "from the topic: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Rewrite the outcome of the second event, as an insider with database access might.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.infra.database_url).await.unwrap();
+    let changed =
+        sqlx::query("UPDATE audit_events SET body = REPLACE(body, '\"approved\"', '\"denied\"') WHERE seq = 2")
+            .execute(&pool)
+            .await
+            .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    pool.close().await;
+    let out = verify(false);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("seq 2") && stderr.contains("changed record"), "{stderr}");
+}
