@@ -32,8 +32,6 @@ pub struct Infra {
     pub database_url: String,
     pub topics: Topics,
     pub group: String,
-    /// Owned here so it outlives app restarts within one test.
-    _kafka: Option<EmbeddedKafka>,
     pub dir: tempfile::TempDir,
     pub idp: SigningKey,
     pub idp_public: PathBuf,
@@ -61,6 +59,14 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// One embedded cluster for the whole test binary (tests isolate by topic
+/// and group). It lives until the process exits, so clients that tests leave
+/// behind never see their broker vanish.
+fn embedded_kafka() -> &'static EmbeddedKafka {
+    static CLUSTER: std::sync::OnceLock<EmbeddedKafka> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| EmbeddedKafka::start(1).expect("embedded kafka starts"))
+}
+
 async fn fresh_database(dir: &Path, id: &str) -> String {
     match std::env::var("TEST_DATABASE_URL") {
         Ok(base) => {
@@ -81,17 +87,17 @@ pub async fn infra() -> Infra {
     let dir = tempfile::tempdir().unwrap();
     let topics = Topics::with_suffix(&id);
     let settings = Settings::default();
-    let (bootstrap, kafka) = match std::env::var("TEST_KAFKA_BOOTSTRAP") {
+    let bootstrap = match std::env::var("TEST_KAFKA_BOOTSTRAP") {
         Ok(b) => {
             tollgate::kafka::ensure_topics(&settings.kafka, &b, &topics.all()).await.expect("create topics");
-            (b, None)
+            b
         }
         Err(_) => {
-            let k = EmbeddedKafka::start(1).unwrap();
+            let k = embedded_kafka();
             for t in topics.all() {
                 k.create_topic(t, 3).unwrap();
             }
-            (k.bootstrap_servers().to_owned(), Some(k))
+            k.bootstrap_servers().to_owned()
         }
     };
     let database_url = fresh_database(dir.path(), &id).await;
@@ -106,7 +112,6 @@ pub async fn infra() -> Infra {
         database_url,
         topics,
         group: format!("tollgate-{id}"),
-        _kafka: kafka,
         dir,
         idp,
         idp_public,
@@ -213,6 +218,13 @@ impl TestApp {
         self.stop().await;
         let TestApp { infra, settings, .. } = self;
         start(infra, settings).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // A test that did not stop its app still lets it wind down.
+        self.shutdown.cancel();
     }
 }
 
