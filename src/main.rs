@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use std::io::Read;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,11 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Policy authoring: check, test, explain, what-if.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -70,6 +77,48 @@ enum Command {
         /// Lifetime in seconds (negative: already expired).
         #[arg(long, default_value_t = 3600, allow_hyphen_values = true)]
         ttl: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse, validate against the catalogue, and lint.
+    Check {
+        /// Policy directory (default: policy.dir from configuration).
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the test cases in DIR/tests/*.toml.
+    Test {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decide one probe ({"principal": …, "request": …}) and show why.
+    Explain {
+        /// JSON file with the probe; - for standard input.
+        request: PathBuf,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One decision per line of a JSON-lines file of probes (what-if).
+    Eval {
+        /// JSON-lines file; - for standard input.
+        #[arg(long)]
+        requests: PathBuf,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Plain Casbin: lines are JSON arrays in the model's request order,
+        /// decided by --model and --policy alone; prints true/false.
+        #[arg(long, requires_all = ["model", "policy"])]
+        raw: bool,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
 }
 
@@ -120,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = tollgate::demo::DemoOptions { requests, rate, seed, verbose: !quiet, data_dir };
             tollgate::demo::run(settings, opts).await
         }
+        Command::Policy { command } => policy_command(cli.config.as_deref(), command).await,
         Command::Audit { command: AuditCommand::Verify { kafka } } => {
             let settings = Settings::load(cli.config.as_deref())?;
             let events = if kafka {
@@ -173,6 +223,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn input(path: &std::path::Path) -> anyhow::Result<Box<dyn std::io::BufRead>> {
+    Ok(if path == std::path::Path::new("-") {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+        ))
+    })
+}
+
+async fn policy_command(config: Option<&std::path::Path>, command: PolicyCommand) -> anyhow::Result<()> {
+    use tollgate::policy::cli;
+    let default_dir = || Settings::load(config).map(|s| s.policy.dir);
+    let (report, json) = match command {
+        PolicyCommand::Check { dir, json } => (cli::check(&dir.map_or_else(default_dir, Ok)?).await, json),
+        PolicyCommand::Test { dir, json } => (cli::test(&dir.map_or_else(default_dir, Ok)?).await, json),
+        PolicyCommand::Explain { request, dir, json } => {
+            let mut text = String::new();
+            input(&request)?.read_to_string(&mut text)?;
+            let probe: tollgate::policy::testing::Probe =
+                serde_json::from_str(&text).context("the probe must be {\"principal\": …, \"request\": …}")?;
+            (cli::explain(&dir.map_or_else(default_dir, Ok)?, &probe).await?, json)
+        }
+        PolicyCommand::Eval { requests, dir, raw, model, policy } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match (raw, model, policy) {
+                (true, Some(m), Some(p)) => cli::eval_raw(&m, &p, input(&requests)?, &mut out).await?,
+                _ => cli::eval(&dir.map_or_else(default_dir, Ok)?, input(&requests)?, &mut out).await?,
+            };
+            return Ok(());
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.json)?);
+    } else {
+        print!("{}", report.human);
+    }
+    if report.ok { Ok(()) } else { Err(anyhow::anyhow!("policy {}", if json { "failed" } else { "failed (see above)" })) }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -2,6 +2,9 @@
 //! identified by one content hash (the `policy_version` in every decision).
 
 pub mod catalogue;
+pub mod cli;
+pub mod lint;
+pub mod testing;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -46,6 +49,8 @@ pub struct Policy {
     catalogue: Catalogue,
     enforcer: Enforcer,
     rule_count: usize,
+    /// policy.csv as parsed: (line number, fields), comments dropped.
+    lines: Vec<(usize, Vec<String>)>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -83,7 +88,8 @@ impl Policy {
     pub async fn from_texts(model: &str, rules: &str, catalogue_text: &str) -> Result<Policy, PolicyError> {
         let version = version_of(&[(MODEL_FILE, model), (POLICY_FILE, rules), (CATALOGUE_FILE, catalogue_text)]);
         let catalogue = Catalogue::parse(catalogue_text)?;
-        let rule_count = validate_rules(rules, &catalogue)?;
+        let lines = parse_lines(rules);
+        let rule_count = validate_rules(&lines, &catalogue)?;
 
         let model = DefaultModel::from_str(model)
             .await
@@ -97,7 +103,7 @@ impl Policy {
         let enforcer = Enforcer::new(model, StringAdapter::new(all_rules))
             .await
             .map_err(|e| PolicyError::Invalid { file: POLICY_FILE.into(), message: e.to_string() })?;
-        let policy = Policy { version, catalogue, enforcer, rule_count };
+        let policy = Policy { version, catalogue, enforcer, rule_count, lines };
         // Evaluate once so a matcher that only fails at run time (an unknown
         // function, a type error) is rejected at load, not on live traffic.
         policy.authorize("000000000000000000", "probe", "probe", Operation::Query)?;
@@ -114,6 +120,40 @@ impl Policy {
 
     pub fn rule_count(&self) -> usize {
         self.rule_count
+    }
+
+    /// The rules of policy.csv as `(line, fields)`, without comments.
+    pub fn lines(&self) -> &[(usize, Vec<String>)] {
+        &self.lines
+    }
+
+    /// Each rule normalised to `p, a, b, …`, for diffs between versions.
+    pub fn rule_set(&self) -> BTreeSet<String> {
+        self.lines.iter().map(|(_, f)| f.join(", ")).collect()
+    }
+
+    /// Roles `subject` holds in `scenario`, transitively, from `g` lines.
+    pub fn roles_of(&self, subject: &str, scenario: &str) -> BTreeSet<String> {
+        closure(subject, self.lines.iter().filter(|(_, f)| f[0] == "g" && f.len() == 4 && f[3] == scenario).map(|(_, f)| (&f[1], &f[2])))
+    }
+
+    /// Groups `dataset` belongs to, transitively: `g2` lines plus the grade
+    /// and personal-information groups derived from the catalogue.
+    pub fn groups_of(&self, dataset: &str) -> BTreeSet<String> {
+        let derived: Vec<Vec<String>> = self
+            .catalogue
+            .derived_groupings()
+            .iter()
+            .map(|l| l.split(',').map(|s| s.trim().to_owned()).collect())
+            .collect();
+        let edges = self
+            .lines
+            .iter()
+            .map(|(_, f)| f)
+            .chain(derived.iter())
+            .filter(|f| f[0] == "g2" && f.len() == 3)
+            .map(|f| (&f[1], &f[2]));
+        closure(dataset, edges)
     }
 
     /// Asks Casbin whether `subject` may perform `op` on `dataset` within
@@ -135,25 +175,41 @@ impl Policy {
     }
 }
 
+fn closure<'a>(start: &str, edges: impl Iterator<Item = (&'a String, &'a String)>) -> BTreeSet<String> {
+    let edges: Vec<(&String, &String)> = edges.collect();
+    let mut found = BTreeSet::new();
+    let mut todo = vec![start.to_owned()];
+    while let Some(x) = todo.pop() {
+        for (from, to) in &edges {
+            if **from == x && found.insert((*to).clone()) {
+                todo.push((*to).clone());
+            }
+        }
+    }
+    found
+}
+
+pub(crate) fn parse_lines(rules: &str) -> Vec<(usize, Vec<String>)> {
+    rules
+        .lines()
+        .enumerate()
+        .filter_map(|(i, raw)| {
+            let line = raw.trim();
+            (!line.is_empty() && !line.starts_with('#'))
+                .then(|| (i + 1, line.split(',').map(|s| s.trim().to_owned()).collect()))
+        })
+        .collect()
+}
+
 /// Rules must name things that exist: a scenario (domain) or dataset that is
 /// not in the catalogue is almost always a typo that would silently never
 /// match. Returns the number of `p` rules.
-fn validate_rules(rules: &str, catalogue: &Catalogue) -> Result<usize, PolicyError> {
-    let mut groups: BTreeSet<String> = BTreeSet::new();
-    let mut parsed = Vec::new();
-    for (i, raw) in rules.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        if fields.first() == Some(&"g2") && fields.len() >= 3 {
-            groups.insert(fields[2].to_owned());
-        }
-        parsed.push((i + 1, fields));
-    }
+fn validate_rules(parsed: &[(usize, Vec<String>)], catalogue: &Catalogue) -> Result<usize, PolicyError> {
+    let groups: BTreeSet<&str> =
+        parsed.iter().filter(|(_, f)| f[0] == "g2" && f.len() >= 3).map(|(_, f)| f[2].as_str()).collect();
     let mut count = 0;
-    for (line, f) in &parsed {
+    for (line, f) in parsed {
+        let f: Vec<&str> = f.iter().map(String::as_str).collect();
         let err = |message: String| PolicyError::Rule { line: *line, message };
         match f.first().copied() {
             Some("p") => {

@@ -1,0 +1,262 @@
+//! The policy author's commands: check, test, explain, eval. Each returns a
+//! report that prints for people or serialises as JSON, and says whether it
+//! passed (the process exits non-zero when not).
+
+use std::io::BufRead;
+use std::path::Path;
+
+use casbin::{CoreApi, Enforcer};
+use serde::Serialize;
+
+use super::lint::{Finding, lint};
+use super::testing::{CaseResult, Probe, run_tests};
+use super::{Policy, PolicyError};
+use crate::events::{Outcome, Reason};
+
+pub struct Report {
+    pub ok: bool,
+    pub human: String,
+    pub json: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct CheckJson<'a> {
+    ok: bool,
+    version: Option<&'a str>,
+    rules: usize,
+    datasets: usize,
+    scenarios: usize,
+    error: Option<String>,
+    findings: &'a [Finding],
+}
+
+pub async fn check(dir: &Path) -> Report {
+    match Policy::load(dir).await {
+        Err(e) => Report {
+            ok: false,
+            human: format!("✗ {}: {e}\n", dir.display()),
+            json: serde_json::to_value(CheckJson {
+                ok: false,
+                version: None,
+                rules: 0,
+                datasets: 0,
+                scenarios: 0,
+                error: Some(e.to_string()),
+                findings: &[],
+            })
+            .expect("serialises"),
+        },
+        Ok(policy) => {
+            let findings = lint(&policy);
+            let mut human = String::new();
+            for f in &findings {
+                human.push_str(&format!("policy.csv:{}: {}: {}\n", f.line, f.code, f.message));
+            }
+            let ok = findings.is_empty();
+            human.push_str(&format!(
+                "{} {}: {} rules, {} datasets, {} scenarios, version {}{}\n",
+                if ok { "✓" } else { "✗" },
+                dir.display(),
+                policy.rule_count(),
+                policy.catalogue().datasets.len(),
+                policy.catalogue().scenarios.len(),
+                policy.version(),
+                if ok { String::new() } else { format!(", {} finding(s)", findings.len()) }
+            ));
+            let json = serde_json::to_value(CheckJson {
+                ok,
+                version: Some(policy.version()),
+                rules: policy.rule_count(),
+                datasets: policy.catalogue().datasets.len(),
+                scenarios: policy.catalogue().scenarios.len(),
+                error: None,
+                findings: &findings,
+            })
+            .expect("serialises");
+            Report { ok, human, json }
+        }
+    }
+}
+
+pub async fn test(dir: &Path) -> Report {
+    let failed = |message: String| Report {
+        ok: false,
+        human: format!("✗ {message}\n"),
+        json: serde_json::json!({"ok": false, "error": message}),
+    };
+    let policy = match Policy::load(dir).await {
+        Ok(p) => p,
+        Err(e) => return failed(format!("{}: {e}", dir.display())),
+    };
+    let results: Vec<CaseResult> = match run_tests(&policy, dir) {
+        Ok(r) => r,
+        Err(e) => return failed(e.to_string()),
+    };
+    let passed = results.iter().filter(|r| r.passed).count();
+    let mut human = String::new();
+    for r in &results {
+        if r.passed {
+            human.push_str(&format!("PASS {}: {}\n", r.file, r.name));
+        } else {
+            human.push_str(&format!("FAIL {}: {}\n", r.file, r.name));
+            for f in &r.failures {
+                human.push_str(&format!("     {f}\n"));
+            }
+        }
+    }
+    let ok = passed == results.len() && !results.is_empty();
+    if results.is_empty() {
+        human.push_str(&format!("no test cases in {}\n", dir.join("tests").display()));
+    }
+    human.push_str(&format!("{passed} passed, {} failed\n", results.len() - passed));
+    Report { ok, human, json: serde_json::json!({"ok": ok, "passed": passed, "failed": results.len() - passed, "results": results}) }
+}
+
+#[derive(Serialize)]
+struct Explanation {
+    outcome: Outcome,
+    reasons: Vec<Reason>,
+    matched_rules: Vec<String>,
+    obligations: Vec<String>,
+    amount_fen: Option<i64>,
+    subject_roles: Vec<String>,
+    dataset_groups: Vec<String>,
+    candidate_rules: Vec<String>,
+    policy_version: String,
+}
+
+/// The decision for one probe, with the rules that matched, or the rules
+/// that could have and why they did not.
+pub async fn explain(dir: &Path, probe: &Probe) -> Result<Report, PolicyError> {
+    let policy = Policy::load(dir).await?;
+    let eval = probe.evaluate(&policy, chrono::Utc::now());
+    let r = &probe.request;
+    let roles = policy.roles_of(&probe.principal.sub, &r.scenario);
+    let groups = policy.groups_of(&r.dataset);
+    let mut subjects: Vec<&str> = vec!["*", probe.principal.sub.as_str()];
+    subjects.extend(roles.iter().map(String::as_str));
+    let candidates: Vec<String> = policy
+        .lines()
+        .iter()
+        .filter(|(_, f)| f[0] == "p" && f.len() == 6)
+        .filter(|(_, f)| subjects.contains(&f[1].as_str()) && (f[2] == "*" || f[2] == r.scenario))
+        .map(|(line, f)| {
+            let mut why = Vec::new();
+            if f[3] != "*" && f[3] != r.dataset && !groups.contains(&f[3]) {
+                why.push(format!("{} is not in {}", r.dataset, f[3]));
+            }
+            if f[4] != "*" && f[4] != r.operation.as_str() {
+                why.push(format!("operation is {}, not {}", r.operation.as_str(), f[4]));
+            }
+            let why = if why.is_empty() { String::new() } else { format!("   ({})", why.join("; ")) };
+            format!("policy.csv:{line}: {}{why}", f.join(", "))
+        })
+        .collect();
+    let ex = Explanation {
+        outcome: eval.outcome,
+        reasons: eval.reasons.clone(),
+        matched_rules: eval.matched_rules.clone(),
+        obligations: eval.obligations.clone(),
+        amount_fen: eval.charge.as_ref().map(|c| c.amount_fen),
+        subject_roles: roles.iter().cloned().collect(),
+        dataset_groups: groups.iter().cloned().collect(),
+        candidate_rules: candidates,
+        policy_version: policy.version().to_owned(),
+    };
+    let mut h = String::new();
+    h.push_str(&format!(
+        "{} {} {} on {} in {} ({})\n",
+        ex.outcome.as_str().to_uppercase(),
+        probe.principal.sub,
+        r.operation.as_str(),
+        r.dataset,
+        r.scenario,
+        r.purpose.as_str()
+    ));
+    for reason in &ex.reasons {
+        h.push_str(&format!("  reason   {}: {}\n", reason.code, reason.message));
+    }
+    for m in &ex.matched_rules {
+        h.push_str(&format!("  matched  {m}\n"));
+    }
+    if !ex.obligations.is_empty() {
+        h.push_str(&format!("  obliged  {}\n", ex.obligations.join(", ")));
+    }
+    if let Some(a) = ex.amount_fen {
+        h.push_str(&format!("  charge   {a} fen\n"));
+    }
+    h.push_str(&format!(
+        "  subject roles in {}: {}\n",
+        r.scenario,
+        if roles.is_empty() { "none (not admitted to this scenario)".into() } else { ex.subject_roles.join(", ") }
+    ));
+    h.push_str(&format!("  dataset groups: {}\n", ex.dataset_groups.join(", ")));
+    if ex.matched_rules.is_empty() {
+        h.push_str("  rules for this subject, its roles and everyone in this scenario (none matched):\n");
+        for c in &ex.candidate_rules {
+            h.push_str(&format!("    {c}\n"));
+        }
+    }
+    let json = serde_json::to_value(&ex).expect("serialises");
+    Ok(Report { ok: true, human: h, json })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("line {line}: {message}")]
+    Line { line: usize, message: String },
+    #[error("reading requests: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    #[error("casbin: {0}")]
+    Casbin(String),
+}
+
+/// One decision per probe line (JSON), written as one JSON object per line.
+pub async fn eval(dir: &Path, input: impl BufRead, out: &mut impl std::io::Write) -> Result<usize, EvalError> {
+    let policy = Policy::load(dir).await?;
+    let now = chrono::Utc::now();
+    let mut n = 0;
+    for (i, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let probe: Probe = serde_json::from_str(&line).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?;
+        let e = probe.evaluate(&policy, now);
+        let v = serde_json::json!({
+            "outcome": e.outcome,
+            "reasons": e.reasons,
+            "matched_rules": e.matched_rules,
+            "obligations": e.obligations,
+            "amount_fen": e.charge.as_ref().map(|c| c.amount_fen),
+        });
+        writeln!(out, "{v}")?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Raw Casbin: any model and policy file, requests as JSON arrays of strings
+/// in the model's request order; prints `true`/`false` per line. No
+/// catalogue, no tollgate rules: the engine alone, for comparison with
+/// other Casbin implementations.
+pub async fn eval_raw(model: &Path, rules: &Path, input: impl BufRead, out: &mut impl std::io::Write) -> Result<usize, EvalError> {
+    let model = casbin::DefaultModel::from_file(model).await.map_err(|e| EvalError::Casbin(e.to_string()))?;
+    let enforcer = Enforcer::new(model, casbin::FileAdapter::new(rules.to_path_buf()))
+        .await
+        .map_err(|e| EvalError::Casbin(e.to_string()))?;
+    let mut n = 0;
+    for (i, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let args: Vec<String> = serde_json::from_str(&line).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?;
+        let allowed = enforcer.enforce(args).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?;
+        writeln!(out, "{allowed}")?;
+        n += 1;
+    }
+    Ok(n)
+}
