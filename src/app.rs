@@ -2,8 +2,10 @@
 //! database, policy, keys); `run_until_stopped` runs the decision loop until
 //! the shutdown token is cancelled.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -11,7 +13,7 @@ use tracing::{info, warn};
 use crate::auth::{SigningKey, Verifier};
 use crate::config::Settings;
 use crate::kafka::{self, Pipeline, embedded::EmbeddedKafka};
-use crate::policy::Policy;
+use crate::reload::{PolicyStatus, Reloader};
 use crate::service::DecisionService;
 use crate::store::Store;
 
@@ -23,8 +25,8 @@ pub enum AppError {
     Embedded(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("policy in {dir}: {source}")]
-    Policy { dir: String, source: crate::policy::PolicyError },
+    #[error("policy in {dir}: {message}")]
+    Policy { dir: String, message: String },
     #[error(transparent)]
     Keys(#[from] crate::auth::KeyError),
 }
@@ -36,6 +38,8 @@ pub struct App {
     embedded: Option<EmbeddedKafka>,
     service: DecisionService,
     pipeline: Pipeline,
+    reloader: Reloader,
+    status: Arc<Mutex<PolicyStatus>>,
 }
 
 impl App {
@@ -70,9 +74,11 @@ impl App {
         }
 
         let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
-        let policy = Policy::load(&settings.policy.dir)
+        // The same checks as a reload, tests included: nothing unvalidated is
+        // ever in force, at start-up either.
+        let policy = crate::reload::build_checked(&settings.policy.dir)
             .await
-            .map_err(|source| AppError::Policy { dir: settings.policy.dir.display().to_string(), source })?;
+            .map_err(|message| AppError::Policy { dir: settings.policy.dir.display().to_string(), message })?;
         info!(message = "policy loaded", version = %policy.version(), rules = policy.rule_count(),
               datasets = policy.catalogue().datasets.len(), scenarios = policy.catalogue().scenarios.len());
 
@@ -94,8 +100,25 @@ impl App {
             }
         };
         let pipeline = Pipeline::new(&settings.kafka, &bootstrap, &settings.topics.requests)?;
+        let status = Arc::new(Mutex::new(PolicyStatus {
+            version: policy.version().to_owned(),
+            loaded_at: Some(chrono::Utc::now()),
+            ..PolicyStatus::default()
+        }));
+        let current = Arc::new(ArcSwap::from_pointee(policy));
+        let reloader = Reloader {
+            dir: settings.policy.dir.clone(),
+            current: current.clone(),
+            status: status.clone(),
+            store: store.clone(),
+            client: kafka::Client::new(&settings.kafka, &bootstrap)?,
+            audit_topic: settings.topics.audit.clone(),
+            instance_id: settings.service.instance_id.clone(),
+            debounce: Duration::from_millis(settings.policy.debounce_ms),
+            watch: settings.policy.watch,
+        };
         let service = DecisionService {
-            policy: Arc::new(policy),
+            policy: current,
             verifier,
             store,
             grant_key,
@@ -103,7 +126,7 @@ impl App {
             topics: settings.topics.clone(),
             max_message_bytes: settings.service.max_message_bytes,
         };
-        Ok(App { settings, bootstrap, embedded, service, pipeline })
+        Ok(App { settings, bootstrap, embedded, service, pipeline, reloader, status })
     }
 
     pub fn bootstrap_servers(&self) -> &str {
@@ -118,8 +141,13 @@ impl App {
         &self.service.store
     }
 
-    pub fn policy_version(&self) -> &str {
-        self.service.policy.version()
+    pub fn policy_version(&self) -> String {
+        self.service.policy.load().version().to_owned()
+    }
+
+    /// The policy in force, reloads and rejections; shared with the reloader.
+    pub fn policy_status(&self) -> Arc<Mutex<PolicyStatus>> {
+        self.status.clone()
     }
 
     /// The public key data hosts use to verify grants, as a JWK.
@@ -128,10 +156,16 @@ impl App {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        let App { settings, bootstrap, embedded, service, pipeline } = self;
-        info!(message = "tollgate is consuming", %bootstrap, topic = %settings.topics.requests, group = %settings.kafka.group_id);
+        let App { settings, bootstrap, embedded, service, pipeline, reloader, status: _ } = self;
+        info!(message = "tollgate is consuming", %bootstrap, topic = %settings.topics.requests, group = %settings.kafka.group_id,
+              instance = %settings.service.instance_id);
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
+        // The reloader stops with the service, also when the loop fails.
+        let reload_stop = shutdown.child_token();
+        let reloading = tokio::spawn(reloader.run(reload_stop.clone()));
         let result = kafka::run(pipeline, &service, shutdown, grace, settings.service.max_in_flight).await;
+        reload_stop.cancel();
+        let _ = reloading.await;
         // The pool closes with its last handle; a caller may still hold one.
         drop(embedded);
         info!(message = "tollgate stopped");

@@ -23,6 +23,9 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServiceSettings {
+    /// Names this instance in logs and in its policy audit chain
+    /// (`policy/<instance_id>`); defaults to the host name.
+    pub instance_id: String,
     /// How long in-flight work may take to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
     /// Inputs larger than this go to the dead-letter topic unread.
@@ -33,7 +36,12 @@ pub struct ServiceSettings {
 
 impl Default for ServiceSettings {
     fn default() -> Self {
-        ServiceSettings { shutdown_grace_secs: 30, max_message_bytes: 64 * 1024, max_in_flight: 1000 }
+        ServiceSettings {
+            instance_id: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "tollgate".into()),
+            shutdown_grace_secs: 30,
+            max_message_bytes: 64 * 1024,
+            max_in_flight: 1000,
+        }
     }
 }
 
@@ -164,13 +172,17 @@ impl Default for AuthSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicySettings {
-    /// Holds model.conf, policy.csv and catalogue.toml.
+    /// Holds model.conf, policy.csv, catalogue.toml and tests/.
     pub dir: PathBuf,
+    /// Reload on file changes (and always on SIGHUP).
+    pub watch: bool,
+    /// Quiet time after the last change before a reload starts.
+    pub debounce_ms: u64,
 }
 
 impl Default for PolicySettings {
     fn default() -> Self {
-        PolicySettings { dir: PathBuf::from("policies") }
+        PolicySettings { dir: PathBuf::from("policies"), watch: true, debounce_ms: 500 }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod metering;
 pub mod pipeline;
 pub mod policy;
+pub mod reload;
 pub mod service;
 pub mod store;
 pub mod telemetry;

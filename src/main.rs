@@ -262,7 +262,11 @@ async fn policy_command(config: Option<&std::path::Path>, command: PolicyCommand
     } else {
         print!("{}", report.human);
     }
-    if report.ok { Ok(()) } else { Err(anyhow::anyhow!("policy {}", if json { "failed" } else { "failed (see above)" })) }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("policy {}", if json { "failed" } else { "failed (see above)" }))
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use opentelemetry::propagation::TextMapPropagator;
@@ -44,7 +46,9 @@ pub struct GrantClaims {
 }
 
 pub struct DecisionService {
-    pub policy: Arc<Policy>,
+    /// The policy in force; swapped whole by the reloader, read once per
+    /// input so one decision never mixes two versions.
+    pub policy: Arc<ArcSwap<Policy>>,
     pub verifier: Verifier,
     pub store: Store,
     pub grant_key: SigningKey,
@@ -111,6 +115,7 @@ impl DecisionService {
 
     async fn dead_letter(
         &self,
+        policy: &Policy,
         msg: &InputMessage,
         rejection: Rejection,
         now: DateTime<Utc>,
@@ -151,7 +156,7 @@ impl DecisionService {
                 action: "decode".into(),
                 outcome: "rejected".into(),
                 reasons: vec![crate::events::Reason::new(rejection.code, rejection.message)],
-                policy_version: self.policy.version().to_owned(),
+                policy_version: policy.version().to_owned(),
                 request_digest: audit::digest(&msg.payload),
                 occurred_at: now,
                 trace_id: trace_id.to_owned(),
@@ -164,6 +169,7 @@ impl DecisionService {
 
     async fn decide(
         &self,
+        policy: &Policy,
         msg: &InputMessage,
         request: &AccessRequest,
         token: Option<&str>,
@@ -176,7 +182,7 @@ impl DecisionService {
         };
         let period = period_of(now);
         let used = match &identity {
-            Ok(p) if self.policy.catalogue().datasets.contains_key(&request.dataset) => {
+            Ok(p) if policy.catalogue().datasets.contains_key(&request.dataset) => {
                 self.store.usage_in_period(&p.subject, &request.dataset, &period).await?
             }
             _ => 0,
@@ -184,14 +190,14 @@ impl DecisionService {
         let eval = pipeline::evaluate(&DecisionInput {
             request,
             identity: identity.as_ref(),
-            policy: &self.policy,
+            policy,
             used,
             now,
             grant_ttl_secs: self.grant.ttl_secs,
         });
         let subject = identity.as_ref().map(|p| p.subject.clone()).unwrap_or_default();
         let decision_id = uuid::Uuid::now_v7().to_string();
-        let grant = self.grant_for(&eval, request, &subject, &decision_id, now);
+        let grant = self.grant_for(policy, &eval, request, &subject, &decision_id, now);
         let decision = Decision {
             schema: DECISION_SCHEMA.into(),
             decision_id: decision_id.clone(),
@@ -205,7 +211,7 @@ impl DecisionService {
             matched_rules: eval.matched_rules.clone(),
             obligations: eval.obligations.clone(),
             grant,
-            policy_version: self.policy.version().to_owned(),
+            policy_version: policy.version().to_owned(),
             decided_at: now,
             trace_id: trace_id.to_owned(),
         };
@@ -245,7 +251,7 @@ impl DecisionService {
                 operation: request.operation.as_str().into(),
                 outcome: eval.outcome.as_str().into(),
                 reason_code,
-                policy_version: self.policy.version().to_owned(),
+                policy_version: policy.version().to_owned(),
                 request_digest: request_digest.clone(),
                 decided_at: rfc3339(now),
             }),
@@ -267,7 +273,7 @@ impl DecisionService {
                 action: request.operation.as_str().into(),
                 outcome: eval.outcome.as_str().into(),
                 reasons: eval.reasons,
-                policy_version: self.policy.version().to_owned(),
+                policy_version: policy.version().to_owned(),
                 request_digest,
                 occurred_at: now,
                 trace_id: trace_id.to_owned(),
@@ -280,6 +286,7 @@ impl DecisionService {
 
     fn grant_for(
         &self,
+        policy: &Policy,
         eval: &Evaluation,
         r: &AccessRequest,
         subject: &str,
@@ -290,7 +297,7 @@ impl DecisionService {
             return None;
         }
         let expires_at = eval.grant_expires_at?;
-        let holder = self.policy.catalogue().datasets.get(&r.dataset).map(|d| d.holder.clone()).unwrap_or_default();
+        let holder = policy.catalogue().datasets.get(&r.dataset).map(|d| d.holder.clone()).unwrap_or_default();
         let nbf = r.window.as_ref().map_or(now, |w| w.not_before.max(now));
         let claims = GrantClaims {
             iss: self.grant.issuer.clone(),
@@ -305,7 +312,7 @@ impl DecisionService {
             scenario: r.scenario.clone(),
             operation: r.operation.as_str().into(),
             obligations: eval.obligations.clone(),
-            policy_version: self.policy.version().to_owned(),
+            policy_version: policy.version().to_owned(),
         };
         Some(Grant { token: self.grant_key.sign(&claims), expires_at, quota: eval.charge.as_ref().map(|c| c.quota) })
     }
@@ -315,16 +322,19 @@ impl Processor for DecisionService {
     async fn process(&self, msg: &InputMessage) -> Result<Vec<OutgoingMessage>, ProcessError> {
         let now = Utc::now();
         let (trace_id, traceparent) = trace_context(msg);
+        let policy = self.policy.load_full();
         let committed = match pipeline::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes) {
             Err(rejection) => {
                 info!(message = "input rejected", code = rejection.code, topic = %msg.topic, partition = msg.partition, offset = msg.offset);
-                self.dead_letter(msg, rejection, now, &trace_id).await?
+                self.dead_letter(&policy, msg, rejection, now, &trace_id).await?
             }
             Ok(decoded) => {
                 let key = format!("request:{}", decoded.request.request_id);
                 match self.store.find_outcome(&key).await? {
                     Some(outputs) => Committed::Existing(outputs),
-                    None => self.decide(msg, &decoded.request, decoded.token.as_deref(), now, &trace_id).await?,
+                    None => {
+                        self.decide(&policy, msg, &decoded.request, decoded.token.as_deref(), now, &trace_id).await?
+                    }
                 }
             }
         };

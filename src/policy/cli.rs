@@ -109,7 +109,11 @@ pub async fn test(dir: &Path) -> Report {
         human.push_str(&format!("no test cases in {}\n", dir.join("tests").display()));
     }
     human.push_str(&format!("{passed} passed, {} failed\n", results.len() - passed));
-    Report { ok, human, json: serde_json::json!({"ok": ok, "passed": passed, "failed": results.len() - passed, "results": results}) }
+    Report {
+        ok,
+        human,
+        json: serde_json::json!({"ok": ok, "passed": passed, "failed": results.len() - passed, "results": results}),
+    }
 }
 
 #[derive(Serialize)]
@@ -223,7 +227,8 @@ pub async fn eval(dir: &Path, input: impl BufRead, out: &mut impl std::io::Write
         if line.trim().is_empty() {
             continue;
         }
-        let probe: Probe = serde_json::from_str(&line).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?;
+        let probe: Probe =
+            serde_json::from_str(&line).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?;
         let e = probe.evaluate(&policy, now);
         let v = serde_json::json!({
             "outcome": e.outcome,
@@ -242,7 +247,12 @@ pub async fn eval(dir: &Path, input: impl BufRead, out: &mut impl std::io::Write
 /// in the model's request order; prints `true`/`false` per line. No
 /// catalogue, no tollgate rules: the engine alone, for comparison with
 /// other Casbin implementations.
-pub async fn eval_raw(model: &Path, rules: &Path, input: impl BufRead, out: &mut impl std::io::Write) -> Result<usize, EvalError> {
+pub async fn eval_raw(
+    model: &Path,
+    rules: &Path,
+    input: impl BufRead,
+    out: &mut impl std::io::Write,
+) -> Result<usize, EvalError> {
     let model = casbin::DefaultModel::from_file(model).await.map_err(|e| EvalError::Casbin(e.to_string()))?;
     let enforcer = Enforcer::new(model, casbin::FileAdapter::new(rules.to_path_buf()))
         .await
@@ -253,7 +263,8 @@ pub async fn eval_raw(model: &Path, rules: &Path, input: impl BufRead, out: &mut
         if line.trim().is_empty() {
             continue;
         }
-        let args: Vec<String> = serde_json::from_str(&line).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?;
+        let args: Vec<String> =
+            serde_json::from_str(&line).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?;
         let allowed = enforcer.enforce(args).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?;
         writeln!(out, "{allowed}")?;
         n += 1;

@@ -27,14 +27,21 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
     for (line, f) in lines {
         let key = f.join(", ");
         if let Some(first) = seen.get(&key) {
-            out.push(Finding { line: *line, code: "duplicate_rule", message: format!("same rule as line {first}: {key}") });
+            out.push(Finding {
+                line: *line,
+                code: "duplicate_rule",
+                message: format!("same rule as line {first}: {key}"),
+            });
         } else {
             seen.insert(key, *line);
         }
     }
 
-    let granted: BTreeSet<(&str, &str)> =
-        lines.iter().filter(|(_, f)| f[0] == "g" && f.len() == 4).map(|(_, f)| (f[2].as_str(), f[3].as_str())).collect();
+    let granted: BTreeSet<(&str, &str)> = lines
+        .iter()
+        .filter(|(_, f)| f[0] == "g" && f.len() == 4)
+        .map(|(_, f)| (f[2].as_str(), f[3].as_str()))
+        .collect();
     let p_rules: Vec<&(usize, Vec<String>)> = lines.iter().filter(|(_, f)| f[0] == "p" && f.len() == 6).collect();
     for (line, f) in &p_rules {
         let (sub, dom) = (f[1].as_str(), f[2].as_str());
@@ -48,13 +55,20 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
             });
         }
         if f[5] == "allow" && f[3] != "*" {
-            let datasets: Vec<&super::Dataset> =
-                policy.catalogue().datasets.values().filter(|d| d.code == f[3] || policy.groups_of(&d.code).contains(&f[3])).collect();
+            let datasets: Vec<&super::Dataset> = policy
+                .catalogue()
+                .datasets
+                .values()
+                .filter(|d| d.code == f[3] || policy.groups_of(&d.code).contains(&f[3]))
+                .collect();
             if !datasets.is_empty() && datasets.iter().all(|d| d.grade == Grade::Core) {
                 out.push(Finding {
                     line: *line,
                     code: "never_effective",
-                    message: format!("{} holds only core data, which is never authorized: this allow has no effect", f[3]),
+                    message: format!(
+                        "{} holds only core data, which is never authorized: this allow has no effect",
+                        f[3]
+                    ),
                 });
             }
         }
@@ -77,7 +91,11 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
         let used = p_rules.iter().any(|(_, p)| p[3] == group)
             || lines.iter().any(|(_, g)| g[0] == "g2" && g.len() == 3 && g[1] == group);
         if !used && reported.insert(group.to_owned()) {
-            out.push(Finding { line: *line, code: "unused_group", message: format!("no rule names dataset group {group}") });
+            out.push(Finding {
+                line: *line,
+                code: "unused_group",
+                message: format!("no rule names dataset group {group}"),
+            });
         }
     }
     out.sort_by_key(|f| f.line);

@@ -134,7 +134,13 @@ impl Policy {
 
     /// Roles `subject` holds in `scenario`, transitively, from `g` lines.
     pub fn roles_of(&self, subject: &str, scenario: &str) -> BTreeSet<String> {
-        closure(subject, self.lines.iter().filter(|(_, f)| f[0] == "g" && f.len() == 4 && f[3] == scenario).map(|(_, f)| (&f[1], &f[2])))
+        closure(
+            subject,
+            self.lines
+                .iter()
+                .filter(|(_, f)| f[0] == "g" && f.len() == 4 && f[3] == scenario)
+                .map(|(_, f)| (&f[1], &f[2])),
+        )
     }
 
     /// Groups `dataset` belongs to, transitively: `g2` lines plus the grade

@@ -72,7 +72,10 @@ impl Probe {
             dataset: r.dataset.clone(),
             operation: r.operation,
             scenario: r.scenario.clone(),
-            purpose: Purpose { class: r.purpose, statement: r.statement.clone().unwrap_or_else(|| "policy probe".into()) },
+            purpose: Purpose {
+                class: r.purpose,
+                statement: r.statement.clone().unwrap_or_else(|| "policy probe".into()),
+            },
             fields: vec![],
             volume: r.volume.clone(),
             window: r.window.clone(),
@@ -214,5 +217,12 @@ fn check(file: &str, case: Case, policy: &Policy, now: DateTime<Utc>) -> CaseRes
             failures.push(format!("amount_fen: expected {want}, got {got:?}"));
         }
     }
-    CaseResult { file: file.to_owned(), name: case.name, passed: failures.is_empty(), failures, outcome: eval.outcome, reason }
+    CaseResult {
+        file: file.to_owned(),
+        name: case.name,
+        passed: failures.is_empty(),
+        failures,
+        outcome: eval.outcome,
+        reason,
+    }
 }

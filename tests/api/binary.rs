@@ -194,3 +194,94 @@ async fn audit_verify_passes_on_an_intact_trail_and_names_a_tampered_record() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("seq 2") && stderr.contains("changed record"), "{stderr}");
 }
+
+fn run_ok(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut child =
+        tollgate().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn policy_commands_check_test_explain_and_evaluate() {
+    let shipped = repo_policies();
+    let shipped = shipped.to_str().unwrap();
+    let (ok, out) = run_ok(&["policy", "check", shipped], None);
+    assert!(ok, "{out}");
+    let (ok, out) = run_ok(&["policy", "test", shipped], None);
+    assert!(ok && out.contains(" passed, 0 failed"), "{out}");
+
+    // Lint findings fail the check, with their lines.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model.conf", "policy.csv", "catalogue.toml"] {
+        std::fs::copy(repo_policies().join(f), dir.path().join(f)).unwrap();
+    }
+    let rules = std::fs::read_to_string(dir.path().join("policy.csv")).unwrap();
+    std::fs::write(
+        dir.path().join("policy.csv"),
+        format!("{rules}p, eco-monitor, eco-governance, eco-data, query, allow\np, ghost-role, smart-tourism, tourism-data, query, allow\n"),
+    )
+    .unwrap();
+    let (ok, out) = run_ok(&["policy", "check", dir.path().to_str().unwrap(), "--json"], None);
+    assert!(!ok);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let codes: Vec<&str> = report["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["duplicate_rule", "role_never_granted"], "{out}");
+
+    // A failing policy test fails `policy test`.
+    std::fs::create_dir_all(dir.path().join("tests")).unwrap();
+    std::fs::write(
+        dir.path().join("tests/t.toml"),
+        r#"
+[[case]]
+name = "travel may download visitor flows"
+principal = { sub = "91610131MA6TG1L5X1" }
+request = { scenario = "smart-tourism", dataset = "GX-610100-TOUR-0001", operation = "download", purpose = "industry" }
+expect = { outcome = "approved" }
+"#,
+    )
+    .unwrap();
+    let (ok, out) = run_ok(&["policy", "test", dir.path().to_str().unwrap()], None);
+    assert!(!ok && out.contains("FAIL t.toml: travel may download visitor flows"), "{out}");
+
+    // Explain names the deny rule; eval gives one JSON line per probe.
+    let probe = r#"{"principal":{"sub":"91610000MA6W2QK30C"},"request":{"scenario":"highway-rescue","dataset":"GX-610000-HWAY-0004","operation":"api_call","purpose":"public_governance"}}"#;
+    let (ok, out) = run_ok(&["policy", "explain", "-", "--dir", shipped, "--json"], Some(probe));
+    assert!(ok, "{out}");
+    let ex: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(ex["matched_rules"][0], "p, *, *, grade:important, api_call, deny");
+    let (ok, out) =
+        run_ok(&["policy", "eval", "--requests", "-", "--dir", shipped], Some(&format!("{probe}\n{probe}\n")));
+    assert!(ok);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["reasons"][0]["code"], "policy.denied_by_rule");
+
+    // Raw Casbin on a standard ACL model, no catalogue.
+    std::fs::write(
+        dir.path().join("acl.conf"),
+        "[request_definition]\nr = sub, obj, act\n[policy_definition]\np = sub, obj, act\n[policy_effect]\ne = some(where (p.eft == allow))\n[matchers]\nm = r.sub == p.sub && r.obj == p.obj && r.act == p.act\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("acl.csv"), "p, alice, data1, read\np, bob, data2, write\n").unwrap();
+    let (ok, out) = run_ok(
+        &[
+            "policy",
+            "eval",
+            "--raw",
+            "--model",
+            dir.path().join("acl.conf").to_str().unwrap(),
+            "--policy",
+            dir.path().join("acl.csv").to_str().unwrap(),
+            "--requests",
+            "-",
+        ],
+        Some("[\"alice\",\"data1\",\"read\"]\n[\"alice\",\"data2\",\"write\"]\n[\"bob\",\"data2\",\"write\"]\n"),
+    );
+    assert!(ok);
+    assert_eq!(out, "true\nfalse\ntrue\n");
+}

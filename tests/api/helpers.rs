@@ -46,6 +46,8 @@ pub struct TestApp {
     pub settings: Settings,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<Result<(), AppError>>>,
+    /// A test that does not stop its app still lets it wind down.
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 pub fn repo_policies() -> PathBuf {
@@ -165,7 +167,8 @@ pub async fn start(infra: Infra, settings: Settings) -> TestApp {
     let app = App::build(settings.clone()).await.expect("app builds");
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    TestApp { infra, client, settings, shutdown, handle: Some(handle) }
+    let _stop_on_drop = shutdown.clone().drop_guard();
+    TestApp { infra, client, settings, shutdown, handle: Some(handle), _stop_on_drop }
 }
 
 /// A v1 access request as JSON.
@@ -218,13 +221,6 @@ impl TestApp {
         self.stop().await;
         let TestApp { infra, settings, .. } = self;
         start(infra, settings).await
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        // A test that did not stop its app still lets it wind down.
-        self.shutdown.cancel();
     }
 }
 

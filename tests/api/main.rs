@@ -6,3 +6,4 @@ mod binary;
 mod decisions;
 mod delivery;
 mod helpers;
+mod reload;

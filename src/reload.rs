@@ -1,0 +1,244 @@
+//! Policy hot reload. A change under `policy.dir` (debounced) or SIGHUP
+//! builds the new policy off to the side, validates it and runs its tests;
+//! only a policy that passes all of that is swapped in, atomically, between
+//! decisions. Anything else leaves the last good policy in force. Both
+//! outcomes are logged and audited on the instance's policy chain.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono::Utc;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::events::{AUDIT_SCHEMA, AuditEvent, Reason};
+use crate::kafka::Client;
+use crate::policy::testing::run_tests;
+use crate::policy::{CATALOGUE_FILE, MODEL_FILE, POLICY_FILE, Policy, version_of};
+use crate::store::{Commit, Store};
+
+/// What operators see about the policy in force.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PolicyStatus {
+    pub version: String,
+    pub loaded_at: Option<chrono::DateTime<Utc>>,
+    pub reloads: u64,
+    pub rejections: u64,
+    /// The last rejected edit and why; cleared by the next good load.
+    pub last_rejection: Option<String>,
+    /// Content hash of the last rejected files: the same bad files seen
+    /// again (an editor writes in several steps) are not audited twice.
+    pub last_rejected_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Unchanged,
+    Loaded { old: String, new: String, added: usize, removed: usize },
+    Rejected { reason: String },
+}
+
+pub struct Reloader {
+    pub dir: PathBuf,
+    pub current: Arc<ArcSwap<Policy>>,
+    pub status: Arc<Mutex<PolicyStatus>>,
+    pub store: Store,
+    /// Publishes policy audit events; they are stored first either way.
+    pub client: Client,
+    pub audit_topic: String,
+    pub instance_id: String,
+    pub debounce: Duration,
+    pub watch: bool,
+}
+
+/// The files' combined hash even when they do not parse, so a rejection
+/// names exactly what was rejected.
+fn candidate_version(dir: &Path) -> String {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let (m, p, c) = (read(MODEL_FILE), read(POLICY_FILE), read(CATALOGUE_FILE));
+    version_of(&[(MODEL_FILE, &m), (POLICY_FILE, &p), (CATALOGUE_FILE, &c)])
+}
+
+/// Loads and fully validates the policy in `dir`, tests included.
+pub async fn build_checked(dir: &Path) -> Result<Policy, String> {
+    let policy = Policy::load(dir).await.map_err(|e| e.to_string())?;
+    let results = run_tests(&policy, dir).map_err(|e| e.to_string())?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| format!("{}: {}: {}", r.file, r.name, r.failures.join("; ")))
+        .collect();
+    if !failed.is_empty() {
+        return Err(format!("{} policy test(s) failed: {}", failed.len(), failed.join(" | ")));
+    }
+    Ok(policy)
+}
+
+impl Reloader {
+    /// Runs until `shutdown`: reloads on debounced file changes and SIGHUP.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        // The watcher thread only signals; the reload itself runs here.
+        let _watcher = if self.watch {
+            let tx = tx.clone();
+            let handler = move |res: notify_debouncer_mini::DebounceEventResult| {
+                if res.is_ok() {
+                    let _ = tx.try_send(());
+                }
+            };
+            match notify_debouncer_mini::new_debouncer(self.debounce, handler) {
+                Ok(mut d) => {
+                    use notify_debouncer_mini::notify::RecursiveMode;
+                    match d.watcher().watch(&self.dir, RecursiveMode::Recursive) {
+                        Ok(()) => Some(d),
+                        Err(error) => {
+                            warn!(message = "cannot watch the policy directory; reload with SIGHUP", dir = %self.dir.display(), %error);
+                            None
+                        }
+                    }
+                }
+                Err(error) => {
+                    warn!(message = "no file watcher; reload with SIGHUP", %error);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            let trigger = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(()) = rx.recv() => "file change",
+                _ = hangup => "SIGHUP",
+            };
+            self.reload(trigger).await;
+        }
+    }
+
+    pub async fn reload(&self, trigger: &str) -> ReloadOutcome {
+        let old = self.current.load_full();
+        let outcome = match build_checked(&self.dir).await {
+            Ok(new) if new.version() == old.version() => ReloadOutcome::Unchanged,
+            Ok(new) => {
+                let (before, after) = (old.rule_set(), new.rule_set());
+                let outcome = ReloadOutcome::Loaded {
+                    old: old.version().to_owned(),
+                    new: new.version().to_owned(),
+                    added: after.difference(&before).count(),
+                    removed: before.difference(&after).count(),
+                };
+                self.current.store(Arc::new(new));
+                outcome
+            }
+            Err(reason) => ReloadOutcome::Rejected { reason },
+        };
+        let now = Utc::now();
+        let (event_type, outcome_word, version, reason) = match &outcome {
+            ReloadOutcome::Unchanged => return outcome,
+            ReloadOutcome::Loaded { old, new, added, removed } => {
+                info!(message = "policy reloaded", %trigger, old_version = %old, new_version = %new, rules_added = added, rules_removed = removed);
+                let mut st = self.status.lock().expect("status lock");
+                st.version = new.clone();
+                st.loaded_at = Some(now);
+                st.reloads += 1;
+                st.last_rejection = None;
+                st.last_rejected_version = None;
+                (
+                    "policy_loaded",
+                    "loaded",
+                    new.clone(),
+                    Reason::new(
+                        "policy.loaded",
+                        format!("{old} -> {new}: {added} rule(s) added, {removed} removed ({trigger})"),
+                    ),
+                )
+            }
+            ReloadOutcome::Rejected { reason } => {
+                let candidate = candidate_version(&self.dir);
+                let mut st = self.status.lock().expect("status lock");
+                if st.last_rejected_version.as_deref() == Some(candidate.as_str()) {
+                    return outcome;
+                }
+                st.last_rejected_version = Some(candidate);
+                drop(st);
+                error!(message = "policy edit rejected; the last good policy stays in force", %trigger, in_force = %old.version(), %reason);
+                let mut st = self.status.lock().expect("status lock");
+                st.rejections += 1;
+                st.last_rejection = Some(reason.clone());
+                (
+                    "policy_rejected",
+                    "rejected",
+                    old.version().to_owned(),
+                    Reason::new("policy.rejected", format!("{reason} ({trigger}); {} stays in force", old.version())),
+                )
+            }
+        };
+        self.audit(event_type, outcome_word, version, reason, now).await;
+        outcome
+    }
+
+    async fn audit(
+        &self,
+        event_type: &str,
+        outcome: &str,
+        version: String,
+        reason: Reason,
+        now: chrono::DateTime<Utc>,
+    ) {
+        let chain = format!("policy/{}", self.instance_id);
+        let commit = Commit {
+            idem_key: format!("policy:{}:{}", self.instance_id, uuid::Uuid::now_v7()),
+            kind: "policy",
+            decision: None,
+            messages: vec![],
+            audit: AuditEvent {
+                schema: AUDIT_SCHEMA.into(),
+                chain: chain.clone(),
+                seq: 0,
+                prev_hash: String::new(),
+                hash: String::new(),
+                event_type: event_type.into(),
+                actor: format!("tollgate/{}", self.instance_id),
+                subject: String::new(),
+                resource: self.dir.display().to_string(),
+                action: "reload".into(),
+                outcome: outcome.into(),
+                reasons: vec![reason],
+                policy_version: version,
+                request_digest: candidate_version(&self.dir).trim_start_matches("sha256:").to_owned(),
+                occurred_at: now,
+                trace_id: opentelemetry::trace::TraceId::from_bytes(rand::random()).to_string(),
+            },
+            usage: None,
+            created_at: now.to_rfc3339(),
+        };
+        // Stored first: the database chain is complete even if the broker is
+        // unreachable now.
+        match self.store.commit(&commit).await {
+            Ok(committed) => {
+                for o in committed.outputs() {
+                    if let Err(error) = self.client.produce(&self.audit_topic, &o.key, o.payload.as_bytes(), &[]).await
+                    {
+                        warn!(message = "policy audit event stored but not published", %error);
+                    }
+                }
+            }
+            Err(error) => error!(message = "policy audit event could not be stored", %error),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+use std::time::Duration;
+
+use tollgate::events::Outcome;
+
+use crate::helpers::*;
+
+/// A copy of the shipped policies (tests included) the test may edit.
+fn editable_policies(infra: &Infra) -> std::path::PathBuf {
+    let dir = infra.dir.path().join("policies");
+    std::fs::create_dir_all(dir.join("tests")).unwrap();
+    for f in ["model.conf", "policy.csv", "catalogue.toml", "tests/domain_rules.toml"] {
+        std::fs::copy(repo_policies().join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+/// Waits for a policy audit event of `event_type` whose reason mentions
+/// `needle` (an editor's partial write may be seen, and rejected, first).
+async fn policy_event(
+    reader: &tollgate::kafka::Reader,
+    event_type: &str,
+    needle: &str,
+) -> tollgate::events::AuditEvent {
+    loop {
+        let m =
+            reader.next(WAIT).await.unwrap().unwrap_or_else(|| panic!("no {event_type} audit event with {needle:?}"));
+        let e = audit_event(&m);
+        if e.event_type == event_type && e.reasons.iter().any(|r| r.message.contains(needle)) {
+            return e;
+        }
+    }
+}
+
+#[tokio::test]
+async fn edited_policy_is_reloaded_and_a_bad_edit_keeps_the_last_good_one() {
+    let infra = infra().await;
+    let dir = editable_policies(&infra);
+    let mut settings = infra.settings();
+    settings.policy.dir = dir.clone();
+    settings.policy.debounce_ms = 200;
+    let app = start(infra, settings).await;
+    let token = app.infra.token(TRAVEL, &[], 600);
+    let decisions = app.reader(&app.infra.topics.decisions);
+    let audit = app.reader(&app.infra.topics.audit);
+    let ask = |id: &str| request(id, Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "download", "industry");
+
+    app.send_json(&ask("before")).await;
+    let before = decision(&read_n(&decisions, 1).await[0]);
+    assert_eq!(before.reasons[0].code, "policy.no_matching_rule");
+
+    // The author grants downloads of tourism data.
+    let rules = std::fs::read_to_string(dir.join("policy.csv")).unwrap();
+    let granted = format!("{rules}\np, tourism-developer, smart-tourism, tourism-data, download, allow\n");
+    std::fs::write(dir.join("policy.csv"), &granted).unwrap();
+    let loaded = policy_event(&audit, "policy_loaded", "1 rule(s) added, 0 removed").await;
+    assert_eq!(loaded.outcome, "loaded");
+    assert_ne!(loaded.policy_version, before.policy_version);
+
+    app.send_json(&ask("after")).await;
+    let after = decision(&read_n(&decisions, 1).await[0]);
+    assert_eq!(after.outcome, Outcome::Approved, "{:?}", after.reasons);
+    assert_eq!(after.policy_version, loaded.policy_version);
+
+    // A rule naming a scenario that does not exist: rejected, nothing changes.
+    std::fs::write(
+        dir.join("policy.csv"),
+        format!("{granted}p, tourism-developer, smart-tourizm, tourism-data, query, allow\n"),
+    )
+    .unwrap();
+    let rejected = policy_event(&audit, "policy_rejected", "unknown scenario smart-tourizm").await;
+    assert_eq!(rejected.policy_version, loaded.policy_version, "the last good policy stays in force");
+
+    // An edit that parses but breaks a shipped policy test: also rejected.
+    std::fs::write(dir.join("policy.csv"), format!("{granted}p, *, *, grade:important, privacy_compute, deny\n"))
+        .unwrap();
+    let rejected = policy_event(&audit, "policy_rejected", "policy test(s) failed").await;
+    assert_eq!(rejected.policy_version, loaded.policy_version);
+
+    app.send_json(&ask("during-bad-edit")).await;
+    let during = decision(&read_n(&decisions, 1).await[0]);
+    assert_eq!(during.outcome, Outcome::Approved);
+    assert_eq!(during.policy_version, loaded.policy_version);
+
+    // The policy chain verifies like any other.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut app = app;
+    app.stop().await;
+    let pool_events =
+        tollgate::store::Store::connect(&app.infra.database_url, 1).await.unwrap().audit_events().await.unwrap();
+    let report = tollgate::audit::verify(&pool_events).unwrap();
+    assert!(report.chains.keys().any(|c| c.starts_with("policy/")));
+}
