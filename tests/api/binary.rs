@@ -285,3 +285,56 @@ expect = { outcome = "approved" }
     assert!(ok);
     assert_eq!(out, "true\nfalse\ntrue\n");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_policy_when_file_watching_is_off() {
+    let infra = infra().await;
+    let dir = infra.dir.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.conf", "policy.csv", "catalogue.toml"] {
+        std::fs::copy(repo_policies().join(f), dir.join(f)).unwrap();
+    }
+    let t = &infra.topics;
+    let mut child = tollgate()
+        .arg("serve")
+        .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &infra.bootstrap)
+        .env("TOLLGATE_KAFKA__GROUP_ID", &infra.group)
+        .env("TOLLGATE_KAFKA__CREATE_TOPICS", "false")
+        .env("TOLLGATE_TOPICS__REQUESTS", &t.requests)
+        .env("TOLLGATE_TOPICS__DECISIONS", &t.decisions)
+        .env("TOLLGATE_TOPICS__AUDIT", &t.audit)
+        .env("TOLLGATE_TOPICS__USAGE", &t.usage)
+        .env("TOLLGATE_TOPICS__DLQ", &t.dlq)
+        .env("TOLLGATE_DATABASE__URL", &infra.database_url)
+        .env("TOLLGATE_POLICY__DIR", &dir)
+        .env("TOLLGATE_POLICY__WATCH", "false")
+        .env("TOLLGATE_SERVICE__INSTANCE_ID", "hup-test")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
+    // Wait until it decides (so its signal handlers are installed).
+    let body = request("hup-0", None, "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
+    client.produce(&t.requests, "k", body.to_string().as_bytes(), &[]).await.unwrap();
+    let _ = read_n(&client.reader(&[&t.decisions], "hup-reader").unwrap(), 1).await;
+
+    let rules = std::fs::read_to_string(dir.join("policy.csv")).unwrap();
+    std::fs::write(
+        dir.join("policy.csv"),
+        format!("{rules}p, tourism-developer, smart-tourism, tourism-data, download, allow\n"),
+    )
+    .unwrap();
+    let ok = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success();
+    assert!(ok);
+    let audit = client.reader(&[&t.audit], "hup-audit").unwrap();
+    let loaded = loop {
+        let e = audit_event(&read_n(&audit, 1).await[0]);
+        if e.event_type == "policy_loaded" {
+            break e;
+        }
+    };
+    assert_eq!(loaded.chain, "policy/hup-test");
+    assert!(loaded.reasons[0].message.contains("SIGHUP"), "{}", loaded.reasons[0].message);
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+}
