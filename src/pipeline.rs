@@ -383,6 +383,7 @@ mod tests {
     #[tokio::test]
     async fn admitted_enterprise_is_approved_and_charged_progressively() {
         let policy = shipped().await;
+        assert!(policy.is_indexed(), "the shipped model is decided through the index");
         let r = request("smart-tourism", "GX-610100-TOUR-0001", Operation::Query, PurposeClass::Industry);
         let e = eval(&policy, &principal(TRAVEL, &[]), &r, 9_999);
         assert_eq!(e.outcome, Outcome::Approved, "{:?}", e.reasons);

@@ -3,7 +3,9 @@
 
 pub mod catalogue;
 pub mod cli;
+pub mod engine;
 pub mod lint;
+pub mod synth;
 pub mod testing;
 
 use std::collections::BTreeSet;
@@ -48,6 +50,8 @@ pub struct Policy {
     version: String,
     catalogue: Catalogue,
     enforcer: Enforcer,
+    /// The indexed evaluator when the model allows it; else casbin-rs decides.
+    engine: Option<engine::IndexedEngine>,
     rule_count: usize,
     /// policy.csv as parsed: (line number, fields), comments dropped.
     lines: Vec<(usize, Vec<String>)>,
@@ -103,7 +107,8 @@ impl Policy {
         let enforcer = Enforcer::new(model, StringAdapter::new(all_rules))
             .await
             .map_err(|e| PolicyError::Invalid { file: POLICY_FILE.into(), message: e.to_string() })?;
-        let policy = Policy { version, catalogue, enforcer, rule_count, lines };
+        let engine = engine::IndexedEngine::build(&enforcer);
+        let policy = Policy { version, catalogue, enforcer, engine, rule_count, lines };
         // Evaluate once so a matcher that only fails at run time (an unknown
         // function, a type error) is rejected at load, not on live traffic.
         policy.authorize("000000000000000000", "probe", "probe", Operation::Query)?;
@@ -163,8 +168,26 @@ impl Policy {
     }
 
     /// Asks Casbin whether `subject` may perform `op` on `dataset` within
-    /// `scenario` (the RBAC domain).
+    /// `scenario` (the RBAC domain): through the index when the model allows
+    /// it, else casbin-rs itself.
     pub fn authorize(
+        &self,
+        subject: &str,
+        scenario: &str,
+        dataset: &str,
+        op: Operation,
+    ) -> Result<CasbinVerdict, PolicyError> {
+        let request = [subject, scenario, dataset, op.as_str()];
+        let (allowed, rules) = match self.engine.as_ref().and_then(|e| e.enforce(&request)) {
+            Some(decided) => decided,
+            None => self.enforcer.enforce_ex(request.to_vec()).map_err(|e| PolicyError::Eval(e.to_string()))?,
+        };
+        Ok(verdict(allowed, rules))
+    }
+
+    /// The same question answered by casbin-rs alone, never the index: the
+    /// reference for differential tests and benchmarks.
+    pub fn authorize_with_casbin(
         &self,
         subject: &str,
         scenario: &str,
@@ -173,12 +196,21 @@ impl Policy {
     ) -> Result<CasbinVerdict, PolicyError> {
         let (allowed, rules) = self
             .enforcer
-            .enforce_ex((subject, scenario, dataset, op.as_str()))
+            .enforce_ex(vec![subject, scenario, dataset, op.as_str()])
             .map_err(|e| PolicyError::Eval(e.to_string()))?;
-        let denied_by_rule = !allowed && rules.iter().any(|r| r.last().is_some_and(|e| e == "deny"));
-        let matched_rules = rules.into_iter().map(|r| format!("p, {}", r.join(", "))).collect();
-        Ok(CasbinVerdict { allowed, matched_rules, denied_by_rule })
+        Ok(verdict(allowed, rules))
     }
+
+    /// Whether decisions use the index (else casbin-rs evaluates every rule).
+    pub fn is_indexed(&self) -> bool {
+        self.engine.is_some()
+    }
+}
+
+fn verdict(allowed: bool, rules: Vec<Vec<String>>) -> CasbinVerdict {
+    let denied_by_rule = !allowed && rules.iter().any(|r| r.last().is_some_and(|e| e == "deny"));
+    let matched_rules = rules.into_iter().map(|r| format!("p, {}", r.join(", "))).collect();
+    CasbinVerdict { allowed, matched_rules, denied_by_rule }
 }
 
 fn closure<'a>(start: &str, edges: impl Iterator<Item = (&'a String, &'a String)>) -> BTreeSet<String> {
