@@ -132,7 +132,14 @@ impl Reloader {
 
     pub async fn reload(&self, trigger: &str) -> ReloadOutcome {
         let old = self.current.load_full();
-        let outcome = match build_checked(&self.dir).await {
+        // Building 100k rules takes seconds of CPU: do it on a blocking
+        // thread so the runtime's workers keep deciding meanwhile.
+        let dir = self.dir.clone();
+        let handle = tokio::runtime::Handle::current();
+        let built = tokio::task::spawn_blocking(move || handle.block_on(build_checked(&dir)))
+            .await
+            .unwrap_or_else(|e| Err(format!("policy build panicked: {e}")));
+        let outcome = match built {
             Ok(new) if new.version() == old.version() => ReloadOutcome::Unchanged,
             Ok(new) => {
                 let (before, after) = (old.rule_set(), new.rule_set());

@@ -245,8 +245,9 @@ pub async fn eval(dir: &Path, input: impl BufRead, out: &mut impl std::io::Write
 
 /// Raw Casbin: any model and policy file, requests as JSON arrays of strings
 /// in the model's request order; prints `true`/`false` per line. No
-/// catalogue, no tollgate rules: the engine alone, for comparison with
-/// other Casbin implementations.
+/// catalogue, no tollgate rules: tollgate's engine alone (the index where the
+/// model allows it, casbin-rs otherwise), for comparison with other Casbin
+/// implementations.
 pub async fn eval_raw(
     model: &Path,
     rules: &Path,

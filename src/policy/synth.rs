@@ -42,10 +42,10 @@ pub fn generate(rules: usize, seed: u64) -> Synthetic {
         }
     }
     // Role hierarchy inside each domain.
-    for d in 0..domains.len() {
+    for (d, domain) in domains.iter().enumerate() {
         for r in 1..roles_per_domain {
             if r % 4 == 0 {
-                out.push_str(&format!("g, {}, {}, {}\n", role(d, r), role(d, r / 4), domains[d]));
+                out.push_str(&format!("g, {}, {}, {domain}\n", role(d, r), role(d, r / 4)));
             }
         }
     }
