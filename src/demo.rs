@@ -53,6 +53,7 @@ const ENTERPRISES: &[Enterprise] = &[
             ),
             ("smart-tourism", "GX-610100-TOUR-0001", "api_call", "industry", "live crowding alerts in the travel app"),
             ("smart-tourism", "GX-610000-METE-0003", "api_call", "industry", "weather-aware route suggestions"),
+            ("smart-tourism", "GX-610100-TOUR-0001", "model_training", "industry", "train a crowding forecast model"),
         ],
     },
     Enterprise {

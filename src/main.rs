@@ -137,12 +137,16 @@ enum AuditCommand {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo prints its own narrative; logs would drown it.
-    let default_log = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info,rdkafka=warn,sqlx=warn" };
-    tollgate::telemetry::init(default_log);
+    // Only the service logs at info; the other commands print their own
+    // output (the demo its narrative) and logs would drown it.
+    let serving = matches!(cli.command, Command::Serve);
+    tollgate::telemetry::init(if serving { "info,rdkafka=warn,sqlx=warn" } else { "warn" });
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            error!(message = "tollgate failed", error = format!("{e:#}"));
+            if serving {
+                error!(message = "tollgate failed", error = format!("{e:#}"));
+            }
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -5,9 +5,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::auth::{AuthError, Principal};
-use crate::events::{AccessRequest, Operation, Outcome, Quota, REQUEST_SCHEMA, Reason};
+use crate::events::{AccessRequest, Outcome, Quota, REQUEST_SCHEMA, Reason};
 use crate::metering::Unit;
-use crate::policy::{Grade, PersonalInfo, Policy};
+use crate::policy::{Grade, Policy};
 
 /// Why an input could not be read as a request at all: it goes to the
 /// dead-letter topic with this code.
@@ -273,6 +273,39 @@ pub fn evaluate(input: &DecisionInput<'_>) -> Evaluation {
         eval.matched_rules = verdict.matched_rules;
         return eval;
     }
+    // Obligations come from the policy's p2 rules (in rule order), then the
+    // catalogue's masked fields; pending_review holds the request for a person.
+    let mut matched_rules = verdict.matched_rules;
+    let mut obligations: Vec<String> = Vec::new();
+    let mut review_rules = Vec::new();
+    for (rule, obligation) in input.policy.obligations(&principal.subject, &r.scenario, &r.dataset, r.operation) {
+        if obligation == "pending_review" {
+            review_rules.push(rule.clone());
+        } else if !obligations.contains(&obligation) {
+            obligations.push(obligation);
+        }
+        matched_rules.push(rule);
+    }
+    for field in &dataset.masked_fields {
+        let mask = format!("mask:{field}");
+        if !obligations.contains(&mask) {
+            obligations.push(mask);
+        }
+    }
+    if !review_rules.is_empty() {
+        return Evaluation {
+            outcome: Outcome::PendingReview,
+            reasons: vec![Reason::new(
+                "review.required",
+                format!("a reviewer of {} must approve this request ({})", dataset.holder, review_rules.join("; ")),
+            )],
+            matched_rules,
+            obligations,
+            charge: None,
+            grant_expires_at: None,
+        };
+    }
+
     let charge = price.charge(input.used, quantity);
     let fee_waived = r.purpose.class.is_fee_exempt();
     let used_after = input.used + quantity;
@@ -298,30 +331,11 @@ pub fn evaluate(input: &DecisionInput<'_>) -> Evaluation {
     Evaluation {
         outcome: Outcome::Approved,
         reasons: Vec::new(),
-        matched_rules: verdict.matched_rules,
-        obligations: obligations(dataset, r.operation),
+        matched_rules,
+        obligations,
         charge: Some(charge),
         grant_expires_at: Some(grant_expires_at),
     }
-}
-
-/// Conditions the data host must enforce on an approved access.
-fn obligations(dataset: &crate::policy::Dataset, op: Operation) -> Vec<String> {
-    let mut out = Vec::new();
-    if dataset.grade == Grade::Important {
-        if op == Operation::Query {
-            out.push("aggregate_only".to_owned());
-        }
-        out.push("no_raw_export".to_owned());
-    }
-    if dataset.personal_info == PersonalInfo::Sensitive {
-        out.push("sandbox_only".to_owned());
-    }
-    if op == Operation::Verification {
-        out.push("verification_result_only".to_owned());
-    }
-    out.extend(dataset.masked_fields.iter().map(|f| format!("mask:{f}")));
-    out
 }
 
 #[cfg(test)]
@@ -329,7 +343,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::events::{Purpose, PurposeClass, Volume, Window};
+    use crate::events::{Operation, Purpose, PurposeClass, Volume, Window};
 
     const TRAVEL: &str = "91610131MA6TG1L5X1";
     const MEDICINE: &str = "91110108MA01RX7C4G";
@@ -469,6 +483,17 @@ mod tests {
             "{:?}",
             e.matched_rules
         );
+    }
+
+    #[tokio::test]
+    async fn a_review_obligation_holds_the_request_without_grant_or_charge() {
+        let policy = shipped().await;
+        let r = request("smart-tourism", "GX-610100-TOUR-0001", Operation::ModelTraining, PurposeClass::Industry);
+        let e = eval(&policy, &principal(TRAVEL, &[]), &r, 0);
+        assert_eq!(e.outcome, Outcome::PendingReview);
+        assert_eq!(code(&e), "review.required");
+        assert!(e.matched_rules.contains(&"p2, *, smart-tourism, *, model_training, pending_review".to_owned()));
+        assert!(e.charge.is_none() && e.grant_expires_at.is_none());
     }
 
     #[tokio::test]

@@ -66,7 +66,8 @@ type Closures = HashMap<(String, String, String), Vec<String>>;
 pub struct IndexedEngine {
     r_len: usize,
     eft: Option<usize>,
-    effect: Effect,
+    /// None: a section evaluated for all its matching rules (obligations).
+    effect: Option<Effect>,
     clauses: Vec<Clause>,
     rules: Vec<Vec<String>>,
     /// Per policy field: value → rule ids, ascending.
@@ -239,15 +240,19 @@ impl IndexedEngine {
     /// Builds the index for `enforcer`'s model and rules, or None when the
     /// model is outside what this engine reproduces exactly.
     pub fn build(enforcer: &Enforcer) -> Option<IndexedEngine> {
+        Self::build_section(enforcer, "", true)
+    }
+
+    /// The index of one section of a multi-section model: `suffix` "" for
+    /// r/p/e/m, "2" for r2/p2/e2/m2. With `decide` false the effect is not
+    /// used and [`IndexedEngine::matches`] lists every matching rule.
+    pub fn build_section(enforcer: &Enforcer, suffix: &str, decide: bool) -> Option<IndexedEngine> {
         let model = enforcer.get_model().get_model();
-        let r = model.get("r")?.get("r")?;
-        let p = model.get("p")?.get("p")?;
-        let m = model.get("m")?.get("m")?;
-        let e = model.get("e")?.get("e")?;
-        if model.get("r")?.len() != 1 || model.get("p")?.len() != 1 || model.get("m")?.len() != 1 {
-            return None;
-        }
-        let effect = effect_of(&e.value)?;
+        let key = |k: &str| format!("{k}{suffix}");
+        let r = model.get("r")?.get(&key("r"))?;
+        let p = model.get("p")?.get(&key("p"))?;
+        let m = model.get("m")?.get(&key("m"))?;
+        let effect = if decide { Some(effect_of(&model.get("e")?.get(&key("e"))?.value)?) } else { None };
         let (r_tokens, p_tokens) = (&r.tokens, &p.tokens);
         let mut clauses = Vec::new();
         for part in split_top(strip_parens(&m.value), "&&") {
@@ -286,7 +291,7 @@ impl IndexedEngine {
         }
         Some(IndexedEngine {
             r_len: r_tokens.len(),
-            eft: p_tokens.iter().position(|t| t == "p_eft"),
+            eft: p_tokens.iter().position(|t| *t == format!("{}_eft", key("p"))),
             effect,
             clauses,
             rules,
@@ -314,16 +319,26 @@ impl IndexedEngine {
         values
     }
 
-    /// Decides like casbin-rs `enforce_ex`: whether allowed, and the rules
-    /// its explain would report.
-    pub fn enforce(&self, request: &[&str]) -> Option<(bool, Vec<Vec<String>>)> {
+    /// Every rule whose matcher holds for `request`, in policy order.
+    pub fn matches(&self, request: &[&str]) -> Option<Vec<Vec<String>>> {
         if request.len() != self.r_len {
             return None;
         }
         let sets: Vec<Vec<&str>> = self.clauses.iter().map(|c| self.acceptable(c, request)).collect();
-        // Candidates from the most selective indexed field.
+        Some(
+            self.candidates(&sets)
+                .into_iter()
+                .map(|id| &self.rules[id as usize])
+                .filter(|rule| self.clauses.iter().zip(&sets).all(|(c, v)| v.contains(&rule[c.p_field()].as_str())))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Rule ids from the most selective indexed field, ascending.
+    fn candidates(&self, sets: &[Vec<&str>]) -> Vec<u32> {
         let mut best: Option<Vec<u32>> = None;
-        for (c, values) in self.clauses.iter().zip(&sets) {
+        for (c, values) in self.clauses.iter().zip(sets) {
             let by_value = &self.index[&c.p_field()];
             let size: usize = values.iter().filter_map(|v| by_value.get(*v)).map(Vec::len).sum();
             if best.as_ref().is_none_or(|b| size < b.len()) {
@@ -333,9 +348,20 @@ impl IndexedEngine {
                 best = Some(ids);
             }
         }
-        let candidates = best.unwrap_or_else(|| (0..self.rules.len() as u32).collect());
+        best.unwrap_or_else(|| (0..self.rules.len() as u32).collect())
+    }
 
-        let mut res = matches!(self.effect, Effect::DenyOverride);
+    /// Decides like casbin-rs `enforce_ex`: whether allowed, and the rules
+    /// its explain would report.
+    pub fn enforce(&self, request: &[&str]) -> Option<(bool, Vec<Vec<String>>)> {
+        if request.len() != self.r_len {
+            return None;
+        }
+        let effect = self.effect?;
+        let sets: Vec<Vec<&str>> = self.clauses.iter().map(|c| self.acceptable(c, request)).collect();
+        let candidates = self.candidates(&sets);
+
+        let mut res = matches!(effect, Effect::DenyOverride);
         let mut explain: Vec<Vec<String>> = Vec::new();
         for id in candidates {
             let rule = &self.rules[id as usize];
@@ -348,7 +374,7 @@ impl IndexedEngine {
                 None => "allow",
                 Some(i) => rule[i].as_str(),
             };
-            match (self.effect, eft) {
+            match (effect, eft) {
                 (Effect::AllowOverride, "allow") => {
                     explain.push(rule.clone());
                     return Some((true, explain));

@@ -52,6 +52,8 @@ pub struct Policy {
     enforcer: Enforcer,
     /// The indexed evaluator when the model allows it; else casbin-rs decides.
     engine: Option<engine::IndexedEngine>,
+    /// The obligations section (`p2`/`m2`), when the model has one.
+    obligations: Option<engine::IndexedEngine>,
     rule_count: usize,
     /// policy.csv as parsed: (line number, fields), comments dropped.
     lines: Vec<(usize, Vec<String>)>,
@@ -108,7 +110,21 @@ impl Policy {
             .await
             .map_err(|e| PolicyError::Invalid { file: POLICY_FILE.into(), message: e.to_string() })?;
         let engine = engine::IndexedEngine::build(&enforcer);
-        let policy = Policy { version, catalogue, enforcer, engine, rule_count, lines };
+        let has_p2 = enforcer.get_model().get_model().get("p").is_some_and(|p| p.contains_key("p2"));
+        let obligations = if has_p2 && lines.iter().any(|(_, f)| f[0] == "p2") {
+            Some(engine::IndexedEngine::build_section(&enforcer, "2", false).ok_or_else(|| {
+                PolicyError::Invalid {
+                    file: MODEL_FILE.into(),
+                    message:
+                        "the obligations matcher m2 must be a conjunction of r2.x == p2.y / g(r2.x, p2.y[, r2.z]) \
+                          clauses, each optionally p2.y == \"*\" || …"
+                            .into(),
+                }
+            })?)
+        } else {
+            None
+        };
+        let policy = Policy { version, catalogue, enforcer, engine, obligations, rule_count, lines };
         // Evaluate once so a matcher that only fails at run time (an unknown
         // function, a type error) is rejected at load, not on live traffic.
         policy.authorize("000000000000000000", "probe", "probe", Operation::Query)?;
@@ -201,6 +217,18 @@ impl Policy {
         Ok(verdict(allowed, rules))
     }
 
+    /// Obligations the matching `p2` rules attach, in policy order, each with
+    /// its rule as written (`p2, sub, dom, obj, act, obligation`).
+    pub fn obligations(&self, subject: &str, scenario: &str, dataset: &str, op: Operation) -> Vec<(String, String)> {
+        let Some(engine) = &self.obligations else { return Vec::new() };
+        engine
+            .matches(&[subject, scenario, dataset, op.as_str()])
+            .unwrap_or_default()
+            .into_iter()
+            .map(|rule| (format!("p2, {}", rule.join(", ")), rule.last().cloned().unwrap_or_default()))
+            .collect()
+    }
+
     /// Whether decisions use the index (else casbin-rs evaluates every rule).
     pub fn is_indexed(&self) -> bool {
         self.engine.is_some()
@@ -239,6 +267,21 @@ pub(crate) fn parse_lines(rules: &str) -> Vec<(usize, Vec<String>)> {
         .collect()
 }
 
+/// A rule's scenario, dataset (or group) and operation must exist.
+fn check_target(dom: &str, obj: &str, act: &str, catalogue: &Catalogue, groups: &BTreeSet<&str>) -> Result<(), String> {
+    if dom != "*" && !catalogue.scenarios.contains_key(dom) {
+        return Err(format!("unknown scenario {dom}"));
+    }
+    let builtin = obj.starts_with("grade:") || obj.starts_with("pi:");
+    if obj != "*" && !builtin && !groups.contains(obj) && !catalogue.datasets.contains_key(obj) {
+        return Err(format!("unknown dataset or dataset group {obj}"));
+    }
+    if act != "*" && !Operation::ALL.iter().any(|o| o.as_str() == act) {
+        return Err(format!("unknown operation {act}"));
+    }
+    Ok(())
+}
+
 /// Rules must name things that exist: a scenario (domain) or dataset that is
 /// not in the catalogue is almost always a typo that would silently never
 /// match. Returns the number of `p` rules.
@@ -255,19 +298,23 @@ fn validate_rules(parsed: &[(usize, Vec<String>)], catalogue: &Catalogue) -> Res
                 if f.len() != 6 {
                     return Err(err(format!("expected 6 fields (p, sub, dom, obj, act, eft), found {}", f.len())));
                 }
-                let (dom, obj, act, eft) = (f[2], f[3], f[4], f[5]);
-                if dom != "*" && !catalogue.scenarios.contains_key(dom) {
-                    return Err(err(format!("unknown scenario {dom}")));
+                check_target(f[2], f[3], f[4], catalogue, &groups).map_err(err)?;
+                if f[5] != "allow" && f[5] != "deny" {
+                    return Err(err(format!("effect must be allow or deny, not {}", f[5])));
                 }
-                let builtin = obj.starts_with("grade:") || obj.starts_with("pi:");
-                if obj != "*" && !builtin && !groups.contains(obj) && !catalogue.datasets.contains_key(obj) {
-                    return Err(err(format!("unknown dataset or dataset group {obj}")));
+            }
+            Some("p2") => {
+                if f.len() != 6 {
+                    return Err(err(format!(
+                        "expected 6 fields (p2, sub, dom, obj, act, obligation), found {}",
+                        f.len()
+                    )));
                 }
-                if act != "*" && !Operation::ALL.iter().any(|o| o.as_str() == act) {
-                    return Err(err(format!("unknown operation {act}")));
-                }
-                if eft != "allow" && eft != "deny" {
-                    return Err(err(format!("effect must be allow or deny, not {eft}")));
+                check_target(f[2], f[3], f[4], catalogue, &groups).map_err(err)?;
+                let valid =
+                    |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_:.-".contains(&b));
+                if !valid(f[5]) {
+                    return Err(err(format!("obligation {:?} must be a word like aggregate_only or mask:field", f[5])));
                 }
             }
             Some("g") => {
