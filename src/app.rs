@@ -162,7 +162,9 @@ impl App {
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
         // The reloader stops with the service, also when the loop fails.
         let reload_stop = shutdown.child_token();
-        let reloading = tokio::spawn(reloader.run(reload_stop.clone()));
+        let watch = reloader.watch_files();
+        reloader.announce_start().await;
+        let reloading = tokio::spawn(reloader.run(watch, reload_stop.clone()));
         let result = kafka::run(pipeline, &service, shutdown, grace, settings.service.max_in_flight).await;
         reload_stop.cancel();
         let _ = reloading.await;

@@ -106,6 +106,36 @@ pub struct Claims {
     pub name: Option<String>,
 }
 
+impl Claims {
+    /// Claims for `sub` from `iss` to `aud`, valid from now for `ttl_secs`
+    /// (negative: already expired), with a fresh `jti` and no roles.
+    pub fn new(sub: &str, iss: &str, aud: &str, ttl_secs: i64) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            sub: sub.to_owned(),
+            iss: iss.to_owned(),
+            aud: serde_json::Value::String(aud.to_owned()),
+            exp: now + ttl_secs,
+            nbf: None,
+            iat: Some(now),
+            jti: Some(uuid::Uuid::new_v4().to_string()),
+            roles: Vec::new(),
+            qualifications: Vec::new(),
+            name: None,
+        }
+    }
+
+    pub fn with_roles<S: ToString>(mut self, roles: &[S]) -> Claims {
+        self.roles = roles.iter().map(ToString::to_string).collect();
+        self
+    }
+
+    pub fn with_qualifications<S: ToString>(mut self, qualifications: &[S]) -> Claims {
+        self.qualifications = qualifications.iter().map(ToString::to_string).collect();
+        self
+    }
+}
+
 struct TrustedKey {
     kid: Option<String>,
     algorithms: Vec<Algorithm>,

@@ -194,19 +194,12 @@ impl Mistake {
 }
 
 fn token(key: &SigningKey, e: &Enterprise, exp_offset: i64, quals: bool) -> String {
-    let now = chrono::Utc::now().timestamp();
-    key.sign(&Claims {
-        sub: e.uscc.into(),
-        iss: ISSUER.into(),
-        aud: serde_json::json!("tollgate"),
-        exp: now + exp_offset,
-        nbf: None,
-        iat: Some(now),
-        jti: Some(uuid::Uuid::new_v4().to_string()),
-        roles: vec!["data_user".into()],
-        qualifications: if quals { e.qualifications.iter().map(|q| (*q).to_owned()).collect() } else { vec![] },
-        name: Some(e.name.into()),
-    })
+    let mut claims = Claims::new(e.uscc, ISSUER, "tollgate", exp_offset).with_roles(&["data_user"]);
+    if quals {
+        claims = claims.with_qualifications(e.qualifications);
+    }
+    claims.name = Some(e.name.into());
+    key.sign(&claims)
 }
 
 fn request_json(

@@ -104,6 +104,11 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The policy each instance runs and any rejected edit, from the audit trail.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// One decision per line of a JSON-lines file of probes (what-if).
     Eval {
         /// JSON-lines file; - for standard input.
@@ -157,14 +162,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             let settings = Settings::load(cli.config.as_deref())?;
+            let shutdown = CancellationToken::new();
+            stop_on_signal(shutdown.clone())?;
             let app = App::build(settings).await?;
             if app.is_embedded() {
                 // Printed on stdout too, so scripts and people can find it.
                 println!("embedded kafka bootstrap: {}", app.bootstrap_servers());
             }
             println!("grant verification key (JWK): {}", app.grant_jwk());
-            let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
             app.run_until_stopped(shutdown).await?;
             Ok(())
         }
@@ -210,19 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token { key, sub, iss, aud, roles, qualifications, ttl } => {
             let key = SigningKey::from_pem_file(&key)?;
-            let now = chrono::Utc::now().timestamp();
-            let claims = Claims {
-                sub,
-                iss,
-                aud: serde_json::Value::String(aud),
-                exp: now + ttl,
-                nbf: None,
-                iat: Some(now),
-                jti: Some(uuid::Uuid::new_v4().to_string()),
-                roles,
-                qualifications,
-                name: None,
-            };
+            let claims = Claims::new(&sub, &iss, &aud, ttl).with_roles(&roles).with_qualifications(&qualifications);
             println!("{}", key.sign(&claims));
             Ok(())
         }
@@ -245,6 +238,11 @@ async fn policy_command(config: Option<&std::path::Path>, command: PolicyCommand
     let (report, json) = match command {
         PolicyCommand::Check { dir, json } => (cli::check(&dir.map_or_else(default_dir, Ok)?).await, json),
         PolicyCommand::Test { dir, json } => (cli::test(&dir.map_or_else(default_dir, Ok)?).await, json),
+        PolicyCommand::Status { json } => {
+            let settings = Settings::load(config)?;
+            let events = tollgate::store::Store::connect(&settings.database.url, 1).await?.audit_events().await?;
+            (cli::status(&events), json)
+        }
         PolicyCommand::Explain { request, dir, json } => {
             let mut text = String::new();
             input(&request)?.read_to_string(&mut text)?;
@@ -273,19 +271,23 @@ async fn policy_command(config: Option<&std::path::Path>, command: PolicyCommand
     }
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Installs the SIGINT/SIGTERM handlers now (a signal before installation
+/// would kill the process outright) and cancels `shutdown` on either.
+fn stop_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        #[cfg(unix)]
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    info!(message = "shutdown requested; finishing in-flight work");
-    shutdown.cancel();
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        info!(message = "shutdown requested; finishing in-flight work");
+        shutdown.cancel();
+    });
+    Ok(())
 }

@@ -42,6 +42,15 @@ pub enum ReloadOutcome {
     Rejected { reason: String },
 }
 
+/// An active watch on the policy directory; dropping it stops watching.
+pub struct Watch {
+    _debouncer: Option<notify_debouncer_mini::Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>>,
+    changes: mpsc::Receiver<()>,
+    /// Installed with the watch: a SIGHUP before it would kill the process.
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
 pub struct Reloader {
     pub dir: PathBuf,
     pub current: Arc<ArcSwap<Policy>>,
@@ -79,38 +88,56 @@ pub async fn build_checked(dir: &Path) -> Result<Policy, String> {
 }
 
 impl Reloader {
-    /// Runs until `shutdown`: reloads on debounced file changes and SIGHUP.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let (tx, mut rx) = mpsc::channel::<()>(1);
-        // The watcher thread only signals; the reload itself runs here.
-        let _watcher = if self.watch {
-            let tx = tx.clone();
-            let handler = move |res: notify_debouncer_mini::DebounceEventResult| {
-                if res.is_ok() {
-                    let _ = tx.try_send(());
-                }
+    /// Starts watching the policy directory. Called before decisions start,
+    /// so no edit made after the first decision can go unnoticed.
+    pub fn watch_files(&self) -> Watch {
+        let (tx, rx) = mpsc::channel::<()>(1);
+        #[cfg(unix)]
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        if !self.watch {
+            return Watch {
+                _debouncer: None,
+                changes: rx,
+                #[cfg(unix)]
+                hangup,
             };
-            match notify_debouncer_mini::new_debouncer(self.debounce, handler) {
-                Ok(mut d) => {
-                    use notify_debouncer_mini::notify::RecursiveMode;
-                    match d.watcher().watch(&self.dir, RecursiveMode::Recursive) {
-                        Ok(()) => Some(d),
-                        Err(error) => {
-                            warn!(message = "cannot watch the policy directory; reload with SIGHUP", dir = %self.dir.display(), %error);
-                            None
-                        }
+        }
+        // The watcher thread only signals; the reload itself runs in `run`.
+        let handler = move |res: notify_debouncer_mini::DebounceEventResult| {
+            if res.is_ok() {
+                let _ = tx.try_send(());
+            }
+        };
+        let debouncer = match notify_debouncer_mini::new_debouncer(self.debounce, handler) {
+            Ok(mut d) => {
+                use notify_debouncer_mini::notify::RecursiveMode;
+                match d.watcher().watch(&self.dir, RecursiveMode::Recursive) {
+                    Ok(()) => Some(d),
+                    Err(error) => {
+                        warn!(message = "cannot watch the policy directory; reload with SIGHUP", dir = %self.dir.display(), %error);
+                        None
                     }
                 }
-                Err(error) => {
-                    warn!(message = "no file watcher; reload with SIGHUP", %error);
-                    None
-                }
             }
-        } else {
-            None
+            Err(error) => {
+                warn!(message = "no file watcher; reload with SIGHUP", %error);
+                None
+            }
         };
+        Watch {
+            _debouncer: debouncer,
+            changes: rx,
+            #[cfg(unix)]
+            hangup,
+        }
+    }
+
+    /// Runs until `shutdown`: reloads on debounced file changes and SIGHUP.
+    pub async fn run(self, watch: Watch, shutdown: CancellationToken) {
         #[cfg(unix)]
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let Watch { _debouncer, changes: mut rx, hangup: mut hup } = watch;
+        #[cfg(not(unix))]
+        let Watch { _debouncer, changes: mut rx } = watch;
         loop {
             #[cfg(unix)]
             let hangup = async {
@@ -128,6 +155,14 @@ impl Reloader {
             };
             self.reload(trigger).await;
         }
+    }
+
+    /// Records the policy an instance starts with, so the policy chain
+    /// says which version was in force from when.
+    pub async fn announce_start(&self) {
+        let version = self.current.load().version().to_owned();
+        let reason = Reason::new("policy.loaded", format!("started with {version}"));
+        self.audit("policy_loaded", "loaded", version, reason, Utc::now()).await;
     }
 
     pub async fn reload(&self, trigger: &str) -> ReloadOutcome {

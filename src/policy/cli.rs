@@ -272,3 +272,62 @@ pub async fn eval_raw(
     }
     Ok(n)
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceStatus {
+    pub chain: String,
+    pub version: Option<String>,
+    pub loaded_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub loaded: String,
+    /// A rejection after the last load: an edit waiting to be fixed.
+    pub pending_rejection: Option<String>,
+    pub rejected_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Per instance, from its policy chain: the version in force since when,
+/// and any rejected edit since.
+pub fn status(events: &[crate::events::AuditEvent]) -> Report {
+    let mut by_chain: std::collections::BTreeMap<&str, InstanceStatus> = std::collections::BTreeMap::new();
+    for e in events.iter().filter(|e| e.chain.starts_with("policy/")) {
+        let s = by_chain.entry(&e.chain).or_insert_with(|| InstanceStatus {
+            chain: e.chain.clone(),
+            version: None,
+            loaded_at: None,
+            loaded: String::new(),
+            pending_rejection: None,
+            rejected_at: None,
+        });
+        let message = e.reasons.first().map(|r| r.message.clone()).unwrap_or_default();
+        match e.event_type.as_str() {
+            "policy_loaded" => {
+                s.version = Some(e.policy_version.clone());
+                s.loaded_at = Some(e.occurred_at);
+                s.loaded = message;
+                s.pending_rejection = None;
+                s.rejected_at = None;
+            }
+            "policy_rejected" => {
+                s.pending_rejection = Some(message);
+                s.rejected_at = Some(e.occurred_at);
+            }
+            _ => {}
+        }
+    }
+    let instances: Vec<InstanceStatus> = by_chain.into_values().collect();
+    let mut human = String::new();
+    for s in &instances {
+        human.push_str(&format!(
+            "{}: {} since {}\n",
+            s.chain.trim_start_matches("policy/"),
+            s.version.as_deref().unwrap_or("no policy loaded"),
+            s.loaded_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+        ));
+        if let (Some(r), Some(at)) = (&s.pending_rejection, s.rejected_at) {
+            human.push_str(&format!("  REJECTED EDIT at {}: {r}\n", at.to_rfc3339()));
+        }
+    }
+    if instances.is_empty() {
+        human.push_str("no instance has recorded a policy yet\n");
+    }
+    Report { ok: true, human, json: serde_json::json!({"instances": instances}) }
+}

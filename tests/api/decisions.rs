@@ -33,7 +33,7 @@ async fn approved_request_yields_signed_grant_audit_event_and_usage_record() {
         (d.decision_id.as_str(), TRAVEL, "GX-610100-TOUR-0001")
     );
 
-    let audit = read_n(&app.reader(&app.infra.topics.audit), 1).await;
+    let audit = app.request_audit(1).await;
     let e = audit_event(&audit[0]);
     assert_eq!((e.event_type.as_str(), e.outcome.as_str(), e.seq), ("decision", "approved", 1));
     assert_eq!(audit[0].key.as_deref(), Some(e.chain.as_bytes()), "audit events are keyed by chain");
@@ -131,7 +131,7 @@ async fn each_kind_of_denial_has_its_stable_reason_code_and_no_usage() {
             assert_eq!(d.subject, "", "{id}: an unverified subject is never echoed");
         }
     }
-    let audit = read_n(&app.reader(&i.topics.audit), cases.len()).await;
+    let audit = app.request_audit(cases.len()).await;
     let events: Vec<_> = audit.iter().map(audit_event).collect();
     tollgate::audit::verify(&events).expect("audit chains verify");
     assert_no_more(&app.reader(&i.topics.usage)).await;
@@ -157,7 +157,7 @@ async fn undecodable_input_goes_to_the_dead_letter_topic_with_its_reason() {
     assert_eq!(first.key_base64.as_deref().map(|k| b64.decode(k).unwrap()), Some(b"some-key".to_vec()));
     assert_eq!(first.source_topic, app.infra.topics.requests);
 
-    let audit: Vec<_> = read_n(&app.reader(&app.infra.topics.audit), 3).await.iter().map(audit_event).collect();
+    let audit: Vec<_> = app.request_audit(3).await.iter().map(audit_event).collect();
     assert!(audit.iter().all(|e| e.event_type == "input_rejected"));
     assert_no_more(&app.reader(&app.infra.topics.decisions)).await;
 }

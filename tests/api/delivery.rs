@@ -20,7 +20,7 @@ async fn redelivered_request_gets_its_original_decision_byte_for_byte() {
     // Usage and audit are re-published identically, never recorded twice.
     let usage = read_n(&app.reader(&app.infra.topics.usage), 2).await;
     assert_eq!(usage[0].payload, usage[1].payload);
-    let audit: Vec<_> = read_n(&app.reader(&app.infra.topics.audit), 2).await.iter().map(audit_event).collect();
+    let audit: Vec<_> = app.request_audit(2).await.iter().map(audit_event).collect();
     let report = tollgate::audit::verify(&audit).unwrap();
     assert_eq!(report.duplicates, 1);
 }
@@ -57,7 +57,7 @@ async fn restart_mid_stream_loses_nothing_and_decides_nothing_twice() {
     let ids: BTreeSet<String> =
         usage.iter().map(|m| serde_json::from_slice::<UsageRecord>(&m.payload).unwrap().request_id).collect();
     assert!(ids.len() >= 75);
-    let audit: Vec<_> = read_n(&app.reader(&app.infra.topics.audit), 75).await.iter().map(audit_event).collect();
+    let audit: Vec<_> = app.request_audit(75).await.iter().map(audit_event).collect();
     tollgate::audit::verify(&audit).expect("audit chains verify across the restart");
 }
 
@@ -97,7 +97,7 @@ async fn monthly_quota_is_enforced_from_the_usage_ledger() {
     assert_eq!(outcomes[0].outcome, Outcome::Approved);
     assert_eq!(outcomes[1].grant.as_ref().unwrap().quota.unwrap().remaining, 0);
     assert_eq!(outcomes[2].reasons[0].code, "quota.exceeded");
-    let audit: Vec<_> = read_n(&app.reader(&app.infra.topics.audit), 3).await.iter().map(audit_event).collect();
+    let audit: Vec<_> = app.request_audit(3).await.iter().map(audit_event).collect();
     assert!(audit.iter().any(|e| e.event_type == "quota_exceeded"));
 }
 

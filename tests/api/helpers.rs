@@ -140,19 +140,9 @@ impl Infra {
     }
 
     pub fn token(&self, sub: &str, qualifications: &[&str], ttl: i64) -> String {
-        let now = chrono::Utc::now().timestamp();
-        self.idp.sign(&Claims {
-            sub: sub.into(),
-            iss: ISSUER.into(),
-            aud: serde_json::json!("tollgate"),
-            exp: now + ttl,
-            nbf: None,
-            iat: Some(now),
-            jti: Some(uuid::Uuid::new_v4().to_string()),
-            roles: vec!["data_user".into()],
-            qualifications: qualifications.iter().map(|q| (*q).to_owned()).collect(),
-            name: None,
-        })
+        self.idp.sign(
+            &Claims::new(sub, ISSUER, "tollgate", ttl).with_roles(&["data_user"]).with_qualifications(qualifications),
+        )
     }
 }
 
@@ -205,6 +195,19 @@ impl TestApp {
 
     pub fn reader(&self, topic: &str) -> Reader {
         self.client.reader(&[topic], &format!("reader-{}", uuid::Uuid::new_v4())).unwrap()
+    }
+
+    /// The next `n` audit events of request chains (policy chains skipped).
+    pub async fn request_audit(&self, n: usize) -> Vec<InputMessage> {
+        let reader = self.reader(&self.infra.topics.audit);
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let m = read_n(&reader, 1).await.remove(0);
+            if !audit_event(&m).chain.starts_with("policy/") {
+                out.push(m);
+            }
+        }
+        out
     }
 
     /// Stops the instance (as SIGTERM would) and waits for it.

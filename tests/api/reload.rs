@@ -89,4 +89,10 @@ async fn edited_policy_is_reloaded_and_a_bad_edit_keeps_the_last_good_one() {
         tollgate::store::Store::connect(&app.infra.database_url, 1).await.unwrap().audit_events().await.unwrap();
     let report = tollgate::audit::verify(&pool_events).unwrap();
     assert!(report.chains.keys().any(|c| c.starts_with("policy/")));
+
+    // `tollgate policy status` shows the version in force and the rejected edit.
+    let status = tollgate::policy::cli::status(&pool_events).json;
+    let instance = &status["instances"][0];
+    assert_eq!(instance["version"], loaded.policy_version.as_str());
+    assert!(instance["pending_rejection"].as_str().unwrap().contains("policy test(s) failed"), "{status}");
 }

@@ -49,6 +49,18 @@ e = some(where (p.eft == allow))
 m = g(r.sub, p.sub, r.dom) && r.dom == p.dom && r.obj == p.obj && r.act == p.act
 """
 KEYMATCH = ACL.replace("r.obj == p.obj", "keyMatch(r.obj, p.obj)")
+REGEX = ACL.replace("r.obj == p.obj && r.act == p.act", "keyMatch2(r.obj, p.obj) && regexMatch(r.act, p.act)")
+PRIORITY = """[request_definition]
+r = sub, obj, act
+[policy_definition]
+p = sub, obj, act, eft
+[role_definition]
+g = _, _
+[policy_effect]
+e = priority(p.eft) || deny
+[matchers]
+m = g(r.sub, p.sub) && r.obj == p.obj && r.act == p.act
+"""
 
 ACTS = ["read", "write", "delete"]
 OPS = ["query", "download", "api_call", "model_training", "privacy_compute", "verification"]
@@ -112,6 +124,14 @@ def keymatch(rng, n_rules):
     users = [f"u{i}" for i in range(n_rules // 3 + 2)]
     lines = [f"p, {rng.choice(users)}, /res{rng.randrange(20)}/*, {rng.choice(ACTS)}" for _ in range(n_rules)]
     requests = [[rng.choice(users), f"/res{rng.randrange(22)}/item{rng.randrange(5)}", rng.choice(ACTS)] for _ in range(REQUESTS)]
+    return "\n".join(lines) + "\n", requests
+
+
+def regex(rng, n_rules):
+    users = [f"u{i}" for i in range(n_rules // 3 + 2)]
+    lines = [f"p, {rng.choice(users)}, /res{rng.randrange(20)}/:id, {rng.choice(['(read)|(write)', 'read', 'delete'])}"
+             for _ in range(n_rules)]
+    requests = [[rng.choice(users), f"/res{rng.randrange(22)}/{rng.randrange(5)}", rng.choice(ACTS)] for _ in range(REQUESTS)]
     return "\n".join(lines) + "\n", requests
 
 
@@ -215,6 +235,9 @@ def main():
             ("rbac_deny", RBAC_DENY, *flat(rng, 200, with_eft=True, roles=True)),
             ("rbac_domains", DOMAINS, *domains(rng, 200)),
             ("keymatch", KEYMATCH, *keymatch(rng, 100)),
+            ("regex", REGEX, *regex(rng, 100)),
+            # Policy order is the priority: the first matching rule decides.
+            ("priority", PRIORITY, *flat(rng, 200, with_eft=True, roles=True)),
             ("tollgate_gen", tollgate_conf, *tollgate_model(rng, 300)),
             ("tollgate_shipped", tollgate_conf, *shipped(rng)),
         ]
