@@ -165,7 +165,9 @@ impl App {
         let watch = reloader.watch_files();
         reloader.announce_start().await;
         let reloading = tokio::spawn(reloader.run(watch, reload_stop.clone()));
-        let result = kafka::run(pipeline, &service, shutdown, grace, settings.service.max_in_flight).await;
+        let result =
+            kafka::run(pipeline, &service, shutdown, grace, settings.service.max_in_flight, settings.service.max_batch)
+                .await;
         reload_stop.cancel();
         let _ = reloading.await;
         // The pool closes with its last handle; a caller may still hold one.

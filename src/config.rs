@@ -32,6 +32,9 @@ pub struct ServiceSettings {
     pub max_message_bytes: usize,
     /// Outputs awaiting broker acknowledgement before intake pauses.
     pub max_in_flight: usize,
+    /// Inputs already received that are decided together, in one database
+    /// transaction (1 = one at a time).
+    pub max_batch: usize,
 }
 
 impl Default for ServiceSettings {
@@ -41,6 +44,7 @@ impl Default for ServiceSettings {
             shutdown_grace_secs: 30,
             max_message_bytes: 64 * 1024,
             max_in_flight: 1000,
+            max_batch: 256,
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::events::{DeadLetter, Decision, REQUEST_SCHEMA};
 use crate::kafka::{Client, embedded::EmbeddedKafka};
 
-const ISSUER: &str = "https://idp.demo.tollgate";
+pub(crate) const ISSUER: &str = "https://idp.demo.tollgate";
 
 pub struct DemoOptions {
     pub requests: usize,
@@ -30,15 +30,15 @@ pub struct DemoOptions {
     pub data_dir: Option<std::path::PathBuf>,
 }
 
-struct Enterprise {
-    name: &'static str,
-    uscc: &'static str,
-    qualifications: &'static [&'static str],
+pub(crate) struct Enterprise {
+    pub(crate) name: &'static str,
+    pub(crate) uscc: &'static str,
+    pub(crate) qualifications: &'static [&'static str],
     /// (scenario, dataset, operation, purpose class, purpose statement)
-    usual: &'static [(&'static str, &'static str, &'static str, &'static str, &'static str)],
+    pub(crate) usual: &'static [(&'static str, &'static str, &'static str, &'static str, &'static str)],
 }
 
-const ENTERPRISES: &[Enterprise] = &[
+pub(crate) const ENTERPRISES: &[Enterprise] = &[
     Enterprise {
         name: "Xi'an Qujiang Smart Travel",
         uscc: "91610131MA6TG1L5X1",
@@ -193,7 +193,7 @@ impl Mistake {
     }
 }
 
-fn token(key: &SigningKey, e: &Enterprise, exp_offset: i64, quals: bool) -> String {
+pub(crate) fn token(key: &SigningKey, e: &Enterprise, exp_offset: i64, quals: bool) -> String {
     let mut claims = Claims::new(e.uscc, ISSUER, "tollgate", exp_offset).with_roles(&["data_user"]);
     if quals {
         claims = claims.with_qualifications(e.qualifications);
@@ -202,7 +202,7 @@ fn token(key: &SigningKey, e: &Enterprise, exp_offset: i64, quals: bool) -> Stri
     key.sign(&claims)
 }
 
-fn request_json(
+pub(crate) fn request_json(
     id: &str,
     tok: Option<&str>,
     scenario: &str,

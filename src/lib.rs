@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod kafka;
+pub mod loadgen;
 pub mod metering;
 pub mod pipeline;
 pub mod policy;

@@ -46,6 +46,23 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Measure decisions per second and latency against a pass-through
+    /// baseline on the same broker (kafka.bootstrap_servers, else embedded).
+    Loadgen {
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Requests per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        /// tollgate's database (default: a temporary SQLite file).
+        #[arg(long)]
+        database: Option<String>,
+        /// Skip the pass-through baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -177,6 +194,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(cli.config.as_deref())?;
             let opts = tollgate::demo::DemoOptions { requests, rate, seed, verbose: !quiet, data_dir };
             tollgate::demo::run(settings, opts).await
+        }
+        Command::Loadgen { requests, rate, database, no_baseline, json } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let opts =
+                tollgate::loadgen::LoadOptions { requests, rate, baseline: !no_baseline, database_url: database };
+            let report = tollgate::loadgen::run(settings, opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
         }
         Command::Policy { command } => policy_command(cli.config.as_deref(), command).await,
         Command::Audit { command: AuditCommand::Verify { kafka } } => {

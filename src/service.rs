@@ -24,7 +24,7 @@ use crate::kafka::{InputMessage, OutgoingMessage, ProcessError, Processor};
 use crate::metering::period_of;
 use crate::pipeline::{self, DecisionInput, Evaluation, Rejection};
 use crate::policy::Policy;
-use crate::store::{Commit, Committed, DecisionRow, Output, Store, StoreError, Stream};
+use crate::store::{Batch, Commit, Committed, DecisionRow, Output, Store, StoreError, Stream};
 
 /// Claims of a grant: what the data host checks before serving data.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -115,6 +115,7 @@ impl DecisionService {
 
     async fn dead_letter(
         &self,
+        batch: &mut Batch,
         policy: &Policy,
         msg: &InputMessage,
         rejection: Rejection,
@@ -164,11 +165,12 @@ impl DecisionService {
             usage: None,
             created_at: rfc3339(now),
         };
-        self.store.commit(&commit).await
+        batch.add(&commit).await
     }
 
     async fn decide(
         &self,
+        batch: &mut Batch,
         policy: &Policy,
         msg: &InputMessage,
         request: &AccessRequest,
@@ -183,7 +185,7 @@ impl DecisionService {
         let period = period_of(now);
         let used = match &identity {
             Ok(p) if policy.catalogue().datasets.contains_key(&request.dataset) => {
-                self.store.usage_in_period(&p.subject, &request.dataset, &period).await?
+                batch.usage_in_period(&p.subject, &request.dataset, &period).await?
             }
             _ => 0,
         };
@@ -281,7 +283,7 @@ impl DecisionService {
             usage,
             created_at: rfc3339(now),
         };
-        self.store.commit(&commit).await
+        batch.add(&commit).await
     }
 
     fn grant_for(
@@ -318,22 +320,27 @@ impl DecisionService {
     }
 }
 
-impl Processor for DecisionService {
-    async fn process(&self, msg: &InputMessage) -> Result<Vec<OutgoingMessage>, ProcessError> {
+impl DecisionService {
+    async fn process_one(
+        &self,
+        batch: &mut Batch,
+        policy: &Policy,
+        msg: &InputMessage,
+    ) -> Result<Vec<OutgoingMessage>, StoreError> {
         let now = Utc::now();
         let (trace_id, traceparent) = trace_context(msg);
-        let policy = self.policy.load_full();
         let committed = match pipeline::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes) {
             Err(rejection) => {
                 info!(message = "input rejected", code = rejection.code, topic = %msg.topic, partition = msg.partition, offset = msg.offset);
-                self.dead_letter(&policy, msg, rejection, now, &trace_id).await?
+                self.dead_letter(batch, policy, msg, rejection, now, &trace_id).await?
             }
             Ok(decoded) => {
                 let key = format!("request:{}", decoded.request.request_id);
-                match self.store.find_outcome(&key).await? {
+                match batch.find_outcome(&key).await? {
                     Some(outputs) => Committed::Existing(outputs),
                     None => {
-                        self.decide(&policy, msg, &decoded.request, decoded.token.as_deref(), now, &trace_id).await?
+                        self.decide(batch, policy, msg, &decoded.request, decoded.token.as_deref(), now, &trace_id)
+                            .await?
                     }
                 }
             }
@@ -342,5 +349,19 @@ impl Processor for DecisionService {
             debug!(message = "re-publishing stored outcome", topic = %msg.topic, partition = msg.partition, offset = msg.offset);
         }
         Ok(self.to_messages(committed.outputs(), &traceparent))
+    }
+}
+
+impl Processor for DecisionService {
+    /// One policy version and one database transaction for the whole batch.
+    async fn process_batch(&self, msgs: &[InputMessage]) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
+        let policy = self.policy.load_full();
+        let mut batch = self.store.begin().await?;
+        let mut out = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            out.push(self.process_one(&mut batch, &policy, msg).await?);
+        }
+        batch.finish().await?;
+        Ok(out)
     }
 }

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -75,10 +75,14 @@ pub enum ProcessError {
     Fatal(String),
 }
 
-/// Turns one input into the messages to publish. Must be idempotent per
-/// input: called again for a re-delivered input, it returns the same bytes.
+/// Turns inputs into the messages to publish, one list per input, in order.
+/// Must be idempotent per input: called again for a re-delivered input, it
+/// returns the same bytes. A batch succeeds or fails as a whole.
 pub trait Processor: Send + Sync + 'static {
-    fn process(&self, msg: &InputMessage) -> impl Future<Output = Result<Vec<OutgoingMessage>, ProcessError>> + Send;
+    fn process_batch(
+        &self,
+        msgs: &[InputMessage],
+    ) -> impl Future<Output = Result<Vec<Vec<OutgoingMessage>>, ProcessError>> + Send;
 }
 
 fn base_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
@@ -234,6 +238,7 @@ pub async fn run<P: Processor>(
     shutdown: CancellationToken,
     grace: Duration,
     max_in_flight: usize,
+    max_batch: usize,
 ) -> Result<(), KafkaError> {
     let Pipeline { consumer, producer } = pipeline;
     let mut pending = FuturesOrdered::new();
@@ -249,15 +254,25 @@ pub async fn run<P: Processor>(
                 }
             }
             received = consumer.recv(), if pending.len() < max_in_flight => {
-                let msg = match received {
-                    Ok(m) => detach(&m),
+                let mut batch = match received {
+                    Ok(m) => vec![detach(&m)],
                     Err(error) => {
                         warn!(message = "consumer error", %error);
                         continue;
                     }
                 };
-                let Some(outputs) = process_with_retry(processor, &msg, &shutdown).await? else { break };
-                pending.push_back(deliver(producer.clone(), outputs, (msg.topic, msg.partition, msg.offset)));
+                // Whatever else is already here joins the batch: one database
+                // transaction and one round of produce for all of it.
+                while batch.len() < max_batch {
+                    match consumer.recv().now_or_never() {
+                        Some(Ok(m)) => batch.push(detach(&m)),
+                        _ => break,
+                    }
+                }
+                let Some(outputs) = process_with_retry(processor, &batch, &shutdown).await? else { break };
+                for (msg, out) in batch.into_iter().zip(outputs) {
+                    pending.push_back(deliver(producer.clone(), out, (msg.topic, msg.partition, msg.offset)));
+                }
             }
         }
     }
@@ -296,13 +311,22 @@ fn on_delivered(consumer: &StreamConsumer<LoopContext>, done: Result<Position, K
 
 async fn process_with_retry<P: Processor>(
     processor: &P,
-    msg: &InputMessage,
+    batch: &[InputMessage],
     shutdown: &CancellationToken,
-) -> Result<Option<Vec<OutgoingMessage>>, KafkaError> {
+) -> Result<Option<Vec<Vec<OutgoingMessage>>>, KafkaError> {
     let mut backoff = Duration::from_millis(100);
+    let msg = &batch[0];
     loop {
-        match processor.process(msg).await {
-            Ok(out) => return Ok(Some(out)),
+        match processor.process_batch(batch).await {
+            Ok(out) if out.len() == batch.len() => return Ok(Some(out)),
+            Ok(out) => {
+                return Err(KafkaError::Processing {
+                    topic: msg.topic.clone(),
+                    partition: msg.partition,
+                    offset: msg.offset,
+                    message: format!("{} outputs for a batch of {}", out.len(), batch.len()),
+                });
+            }
             Err(ProcessError::Fatal(message)) => {
                 error!(message = "processing failed", topic = %msg.topic, partition = msg.partition, offset = msg.offset, error = %message);
                 return Err(KafkaError::Processing {
@@ -367,6 +391,26 @@ impl Client {
             .await
             .map(|d| (d.partition, d.offset))
             .map_err(|(e, _)| KafkaError::Client(e))
+    }
+
+    /// Sends without waiting: the future resolves on acknowledgement. For
+    /// producing at a rate, many sends in flight at once.
+    pub fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: String,
+    ) -> impl Future<Output = Result<(), KafkaError>> + Send + 'static {
+        let producer = self.producer.clone();
+        let (topic, key) = (topic.to_owned(), key.to_owned());
+        async move {
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            producer
+                .send(record, rdkafka::util::Timeout::Never)
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| KafkaError::Client(e))
+        }
     }
 
     /// A reader of every partition of `topics` from the beginning. It assigns

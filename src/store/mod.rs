@@ -152,25 +152,20 @@ impl Store {
     }
 
     pub async fn find_outcome(&self, idem_key: &str) -> Result<Option<Vec<Output>>, StoreError> {
-        let row = sqlx::query("SELECT outputs FROM outcomes WHERE idem_key = $1")
-            .bind(idem_key)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| decode_outputs(&r.try_get::<String, _>(0)?)).transpose()
+        find_outcome(&mut *self.pool.acquire().await?, idem_key).await
     }
 
     /// Units of `dataset` that `subject` consumed in `period`.
     pub async fn usage_in_period(&self, subject: &str, dataset: &str, period: &str) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM usage_records \
-             WHERE subject = $1 AND dataset = $2 AND period = $3",
-        )
-        .bind(subject)
-        .bind(dataset)
-        .bind(period)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))
+        usage_in_period(&mut *self.pool.acquire().await?, subject, dataset, period).await
+    }
+
+    /// Opens a transaction for a batch of inputs: one commit (one fsync)
+    /// for all of them. Reads inside it see the batch's own writes, so a
+    /// request repeated within a batch, or a quota used up by an earlier
+    /// request of the batch, is handled as if they came one by one.
+    pub async fn begin(&self) -> Result<Batch, StoreError> {
+        Ok(Batch { tx: self.pool.begin().await? })
     }
 
     /// Stores an input's outcome, sealing its audit event onto the chain.
@@ -192,88 +187,9 @@ impl Store {
 
     async fn try_commit(&self, c: &Commit) -> Result<Committed, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let existing = sqlx::query("SELECT outputs FROM outcomes WHERE idem_key = $1")
-            .bind(&c.idem_key)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(row) = existing {
-            return Ok(Committed::Existing(decode_outputs(&row.try_get::<String, _>(0)?)?));
-        }
-        let head = sqlx::query("SELECT seq, hash FROM audit_events WHERE chain = $1 ORDER BY seq DESC LIMIT 1")
-            .bind(&c.audit.chain)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let prev = head
-            .map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)? as u64, r.try_get::<String, _>(1)?)))
-            .transpose()?;
-        let audit = crate::audit::seal(c.audit.clone(), prev.as_ref().map(|(s, h)| (*s, h.as_str())));
-        let audit_json = serde_json::to_string(&audit).map_err(|e| StoreError::Fatal(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&audit.chain)
-        .bind(audit.seq as i64)
-        .bind(&audit.hash)
-        .bind(&audit.prev_hash)
-        .bind(&audit.event_type)
-        .bind(&audit_json)
-        .bind(audit.occurred_at.to_rfc3339())
-        .execute(&mut *tx)
-        .await?;
-
-        let mut outputs = c.messages.clone();
-        outputs.push(Output { stream: Stream::Audit, key: audit.chain.clone(), payload: audit_json });
-
-        if let Some(d) = &c.decision {
-            sqlx::query(
-                "INSERT INTO decisions (request_id, decision_id, subject, dataset, scenario, operation, outcome, \
-                 reason_code, policy_version, request_digest, decided_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(&d.request_id)
-            .bind(&d.decision_id)
-            .bind(&d.subject)
-            .bind(&d.dataset)
-            .bind(&d.scenario)
-            .bind(&d.operation)
-            .bind(&d.outcome)
-            .bind(&d.reason_code)
-            .bind(&d.policy_version)
-            .bind(&d.request_digest)
-            .bind(&d.decided_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(u) = &c.usage {
-            let body = serde_json::to_string(u).map_err(|e| StoreError::Fatal(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO usage_records (usage_id, request_id, subject, dataset, period, quantity, amount_fen, body, recorded_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(&u.usage_id)
-            .bind(&u.request_id)
-            .bind(&u.subject)
-            .bind(&u.dataset)
-            .bind(&u.period)
-            .bind(i64::try_from(u.quantity).unwrap_or(i64::MAX))
-            .bind(u.amount_fen)
-            .bind(&body)
-            .bind(u.recorded_at.to_rfc3339())
-            .execute(&mut *tx)
-            .await?;
-            outputs.push(Output { stream: Stream::Usage, key: u.subject.clone(), payload: body });
-        }
-        let encoded = serde_json::to_string(&outputs).map_err(|e| StoreError::Fatal(e.to_string()))?;
-        sqlx::query("INSERT INTO outcomes (idem_key, kind, outputs, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(&c.idem_key)
-            .bind(c.kind)
-            .bind(&encoded)
-            .bind(&c.created_at)
-            .execute(&mut *tx)
-            .await?;
+        let committed = write(&mut tx, c).await?;
         tx.commit().await?;
-        Ok(Committed::New(outputs))
+        Ok(committed)
     }
 
     /// Every audit event, chain by chain in sequence order.
@@ -305,6 +221,142 @@ impl Store {
         .await?;
         Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
     }
+}
+
+/// A transaction holding a batch of inputs' outcomes.
+pub struct Batch {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl Batch {
+    pub async fn find_outcome(&mut self, idem_key: &str) -> Result<Option<Vec<Output>>, StoreError> {
+        find_outcome(&mut self.tx, idem_key).await
+    }
+
+    pub async fn usage_in_period(&mut self, subject: &str, dataset: &str, period: &str) -> Result<u64, StoreError> {
+        usage_in_period(&mut self.tx, subject, dataset, period).await
+    }
+
+    /// Adds one input's outcome to the batch (see [`Store::commit`]).
+    pub async fn add(&mut self, c: &Commit) -> Result<Committed, StoreError> {
+        write(&mut self.tx, c).await
+    }
+
+    /// Commits the batch. On any error nothing of it is stored.
+    pub async fn finish(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
+async fn find_outcome(conn: &mut sqlx::AnyConnection, idem_key: &str) -> Result<Option<Vec<Output>>, StoreError> {
+    let row = sqlx::query("SELECT outputs FROM outcomes WHERE idem_key = $1")
+        .bind(idem_key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|r| decode_outputs(&r.try_get::<String, _>(0)?)).transpose()
+}
+
+async fn usage_in_period(
+    conn: &mut sqlx::AnyConnection,
+    subject: &str,
+    dataset: &str,
+    period: &str,
+) -> Result<u64, StoreError> {
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM usage_records \
+         WHERE subject = $1 AND dataset = $2 AND period = $3",
+    )
+    .bind(subject)
+    .bind(dataset)
+    .bind(period)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))
+}
+
+/// Writes one outcome: seals its audit event onto the chain and stores every
+/// output. Returns the stored outputs when the input was decided before.
+async fn write(tx: &mut sqlx::AnyConnection, c: &Commit) -> Result<Committed, StoreError> {
+    let existing = sqlx::query("SELECT outputs FROM outcomes WHERE idem_key = $1")
+        .bind(&c.idem_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(row) = existing {
+        return Ok(Committed::Existing(decode_outputs(&row.try_get::<String, _>(0)?)?));
+    }
+    let head = sqlx::query("SELECT seq, hash FROM audit_events WHERE chain = $1 ORDER BY seq DESC LIMIT 1")
+        .bind(&c.audit.chain)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let prev =
+        head.map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)? as u64, r.try_get::<String, _>(1)?))).transpose()?;
+    let audit = crate::audit::seal(c.audit.clone(), prev.as_ref().map(|(s, h)| (*s, h.as_str())));
+    let audit_json = serde_json::to_string(&audit).map_err(|e| StoreError::Fatal(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&audit.chain)
+    .bind(audit.seq as i64)
+    .bind(&audit.hash)
+    .bind(&audit.prev_hash)
+    .bind(&audit.event_type)
+    .bind(&audit_json)
+    .bind(audit.occurred_at.to_rfc3339())
+    .execute(&mut *tx)
+    .await?;
+
+    let mut outputs = c.messages.clone();
+    outputs.push(Output { stream: Stream::Audit, key: audit.chain.clone(), payload: audit_json });
+
+    if let Some(d) = &c.decision {
+        sqlx::query(
+            "INSERT INTO decisions (request_id, decision_id, subject, dataset, scenario, operation, outcome, \
+                 reason_code, policy_version, request_digest, decided_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&d.request_id)
+        .bind(&d.decision_id)
+        .bind(&d.subject)
+        .bind(&d.dataset)
+        .bind(&d.scenario)
+        .bind(&d.operation)
+        .bind(&d.outcome)
+        .bind(&d.reason_code)
+        .bind(&d.policy_version)
+        .bind(&d.request_digest)
+        .bind(&d.decided_at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(u) = &c.usage {
+        let body = serde_json::to_string(u).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        sqlx::query(
+                "INSERT INTO usage_records (usage_id, request_id, subject, dataset, period, quantity, amount_fen, body, recorded_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&u.usage_id)
+            .bind(&u.request_id)
+            .bind(&u.subject)
+            .bind(&u.dataset)
+            .bind(&u.period)
+            .bind(i64::try_from(u.quantity).unwrap_or(i64::MAX))
+            .bind(u.amount_fen)
+            .bind(&body)
+            .bind(u.recorded_at.to_rfc3339())
+            .execute(&mut *tx)
+            .await?;
+        outputs.push(Output { stream: Stream::Usage, key: u.subject.clone(), payload: body });
+    }
+    let encoded = serde_json::to_string(&outputs).map_err(|e| StoreError::Fatal(e.to_string()))?;
+    sqlx::query("INSERT INTO outcomes (idem_key, kind, outputs, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&c.idem_key)
+        .bind(c.kind)
+        .bind(&encoded)
+        .bind(&c.created_at)
+        .execute(&mut *tx)
+        .await?;
+    Ok(Committed::New(outputs))
 }
 
 fn decode_outputs(text: &str) -> Result<Vec<Output>, StoreError> {

@@ -353,3 +353,18 @@ async fn sighup_reloads_the_policy_when_file_watching_is_off() {
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 }
+
+#[test]
+fn loadgen_reports_tollgate_against_the_pass_through_baseline() {
+    let out = tollgate().args(["loadgen", "--requests", "60", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for (run, name) in runs.iter().zip(["pass-through", "tollgate"]) {
+        assert_eq!(run["pipeline"], name);
+        assert_eq!(run["completed"], 60, "{run}");
+        assert!(run["latency_ms"]["p99"].as_f64().unwrap() >= run["latency_ms"]["p50"].as_f64().unwrap());
+    }
+    assert!(report["ratio"].as_f64().unwrap() > 0.0);
+}

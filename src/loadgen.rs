@@ -1,0 +1,309 @@
+//! `tollgate loadgen`: how many decisions per second one instance sustains,
+//! and what it adds to latency, measured against the limit of the design — a
+//! pass-through pipeline on the same broker, with the same consumer and
+//! producer settings and the same loop (offsets after delivery), producing
+//! the same number of outputs per input but doing no authentication, policy,
+//! store or audit.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::auth::{SigningKey, Verifier};
+use crate::config::{Settings, Topics};
+use crate::demo::{ENTERPRISES, ISSUER, request_json, token};
+use crate::kafka::{
+    self, Client, InputMessage, OutgoingMessage, Pipeline, ProcessError, Processor, embedded::EmbeddedKafka,
+};
+
+pub struct LoadOptions {
+    pub requests: usize,
+    /// Requests per second; 0 sends as fast as possible.
+    pub rate: u32,
+    pub baseline: bool,
+    /// Database for tollgate; None: a temporary SQLite file.
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub pipeline: String,
+    pub requests: usize,
+    pub completed: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub latency_ms: Latency,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub broker: String,
+    pub database: String,
+    pub rate: u32,
+    pub runs: Vec<RunReport>,
+    /// tollgate's throughput as a fraction of the baseline's.
+    pub ratio: Option<f64>,
+}
+
+/// Copies each input to the three output topics: the shape of tollgate's
+/// work (decision, audit event, usage record) without any of its logic.
+struct PassThrough {
+    outputs: [String; 3],
+}
+
+impl Processor for PassThrough {
+    async fn process_batch(&self, msgs: &[InputMessage]) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
+        Ok(msgs
+            .iter()
+            .map(|msg| {
+                let payload = String::from_utf8_lossy(&msg.payload).into_owned();
+                let key = msg.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                self.outputs
+                    .iter()
+                    .map(|topic| OutgoingMessage {
+                        topic: topic.clone(),
+                        key: key.clone(),
+                        payload: payload.clone(),
+                        headers: vec![],
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// The request payloads: the demo's enterprises and their usual requests,
+/// with one in ten asking for a purpose that does not fit (a denial).
+fn workload(n: usize, run: &str, idp: &SigningKey) -> Vec<(String, String)> {
+    let mut rng = StdRng::seed_from_u64(11);
+    let tokens: Vec<String> = ENTERPRISES.iter().map(|e| token(idp, e, 3600, true)).collect();
+    (0..n)
+        .map(|i| {
+            let k = rng.gen_range(0..ENTERPRISES.len());
+            let e = &ENTERPRISES[k];
+            let (scenario, dataset, op, class, statement) = e.usual[rng.gen_range(0..e.usual.len())];
+            let class =
+                if rng.gen_bool(0.1) { if class == "industry" { "public_welfare" } else { "industry" } } else { class };
+            (
+                e.uscc.to_owned(),
+                request_json(&format!("{run}-{i}"), Some(&tokens[k]), scenario, dataset, op, class, statement),
+            )
+        })
+        .collect()
+}
+
+fn request_index(payload: &[u8], run: &str) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    v.get("request_id")?.as_str()?.strip_prefix(run)?.strip_prefix('-')?.parse().ok()
+}
+
+/// Produces the workload at `rate` into `input` and times each request until
+/// its first output on `output`.
+async fn drive(
+    client: &Client,
+    input: &str,
+    output: &str,
+    run: &str,
+    work: &[(String, String)],
+    rate: u32,
+) -> anyhow::Result<(usize, f64, Histogram<u64>)> {
+    let reader = client.reader(&[output], &format!("loadgen-{run}"))?;
+    // Warm up: the clock starts once the pipeline has joined its group and
+    // answered one request, so group rebalancing is not counted.
+    let (key, first) = &work[0];
+    let warm_id = format!("{run}-warmup");
+    let warm = first.replacen(&format!("\"{run}-0\""), &format!("\"{warm_id}\""), 1);
+    client.send(input, key, warm).await?;
+    loop {
+        match reader.next(Duration::from_secs(60)).await? {
+            Some(m) if String::from_utf8_lossy(&m.payload).contains(&warm_id) => break,
+            Some(_) => {}
+            None => anyhow::bail!("the {output} pipeline did not answer a warm-up request within 60 s"),
+        }
+    }
+    let sent_at: Arc<std::sync::Mutex<Vec<Option<Instant>>>> = Arc::new(std::sync::Mutex::new(vec![None; work.len()]));
+    let started = Instant::now();
+    let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let producing = {
+        let sent_at = sent_at.clone();
+        let sends: Vec<_> = work.iter().map(|(key, payload)| client.send(input, key, payload.clone())).collect();
+        tokio::spawn(async move {
+            let mut in_flight = FuturesUnordered::new();
+            for (i, send) in sends.into_iter().enumerate() {
+                if let Some(iv) = interval {
+                    let due = started + iv.mul_f64(i as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                sent_at.lock().expect("lock")[i] = Some(Instant::now());
+                in_flight.push(send);
+                while in_flight.len() >= 10_000 {
+                    in_flight.next().await;
+                }
+            }
+            while let Some(r) = in_flight.next().await {
+                r?;
+            }
+            Ok::<_, kafka::KafkaError>(())
+        })
+    };
+    let mut histogram = Histogram::<u64>::new(3)?;
+    let mut seen = HashSet::with_capacity(work.len());
+    let mut last = started;
+    while seen.len() < work.len() {
+        let Some(m) = reader.next(Duration::from_secs(60)).await? else { break };
+        let Some(i) = request_index(&m.payload, run) else { continue };
+        if seen.insert(i) {
+            let now = Instant::now();
+            let sent = sent_at.lock().expect("lock")[i].unwrap_or(started);
+            histogram.record(now.duration_since(sent).as_micros() as u64)?;
+            last = now;
+        }
+    }
+    producing.await??;
+    Ok((seen.len(), last.duration_since(started).as_secs_f64(), histogram))
+}
+
+fn report(pipeline: &str, requests: usize, (completed, seconds, h): (usize, f64, Histogram<u64>)) -> RunReport {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    RunReport {
+        pipeline: pipeline.into(),
+        requests,
+        completed,
+        seconds,
+        per_second: if seconds > 0.0 { completed as f64 / seconds } else { 0.0 },
+        latency_ms: Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: h.max() as f64 / 1000.0 },
+    }
+}
+
+pub async fn run(mut settings: Settings, opts: LoadOptions) -> anyhow::Result<Report> {
+    let embedded = match &settings.kafka.bootstrap_servers {
+        Some(_) => None,
+        None => Some(EmbeddedKafka::start(1).map_err(|e| anyhow::anyhow!("embedded kafka: {e}"))?),
+    };
+    let bootstrap = match &embedded {
+        Some(k) => k.bootstrap_servers().to_owned(),
+        None => settings.kafka.bootstrap_servers.clone().unwrap_or_default(),
+    };
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let base_topics = Topics::with_suffix(&format!("loadgen-base-{run_id}"));
+    let gate_topics = Topics::with_suffix(&format!("loadgen-{run_id}"));
+    let all: Vec<&str> = base_topics.all().into_iter().chain(gate_topics.all()).collect();
+    match &embedded {
+        Some(k) => {
+            for t in &all {
+                k.create_topic(t, settings.kafka.partitions).map_err(|e| anyhow::anyhow!(e))?;
+            }
+        }
+        None => kafka::ensure_topics(&settings.kafka, &bootstrap, &all).await?,
+    }
+    let temp = tempfile::tempdir()?;
+    let database =
+        opts.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", temp.path().join("loadgen.db").display()));
+    let client = Client::new(&settings.kafka, &bootstrap)?;
+    let idp = SigningKey::generate("loadgen-idp");
+    let work = workload(opts.requests, &run_id, &idp);
+    let mut runs = Vec::new();
+
+    if opts.baseline {
+        let mut base = settings.kafka.clone();
+        base.group_id = format!("loadgen-base-{run_id}");
+        let pipeline = Pipeline::new(&base, &bootstrap, &base_topics.requests)?;
+        let pass = PassThrough {
+            outputs: [base_topics.decisions.clone(), base_topics.audit.clone(), base_topics.usage.clone()],
+        };
+        let stop = CancellationToken::new();
+        let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
+        let max = settings.service.max_in_flight;
+        let batch = settings.service.max_batch;
+        let task = {
+            let stop = stop.clone();
+            tokio::spawn(async move { kafka::run(pipeline, &pass, stop, grace, max, batch).await })
+        };
+        let measured = drive(&client, &base_topics.requests, &base_topics.decisions, &run_id, &work, opts.rate).await?;
+        stop.cancel();
+        task.await??;
+        runs.push(report("pass-through", work.len(), measured));
+    }
+
+    settings.kafka.bootstrap_servers = Some(bootstrap.clone());
+    settings.kafka.group_id = format!("loadgen-{run_id}");
+    settings.kafka.create_topics = false;
+    settings.topics = gate_topics.clone();
+    settings.database.url = database.clone();
+    settings.policy.watch = false;
+    let grant_key = temp.path().join("grants.pem");
+    std::fs::write(&grant_key, SigningKey::generate("loadgen-grants").to_pkcs8_pem())?;
+    settings.grant.signing_key = Some(grant_key);
+    let app =
+        App::build_with_verifier(settings, Some(Verifier::for_ed25519(&idp.public(), ISSUER, "tollgate"))).await?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let measured = drive(&client, &gate_topics.requests, &gate_topics.decisions, &run_id, &work, opts.rate).await?;
+    stop.cancel();
+    task.await??;
+    runs.push(report("tollgate", work.len(), measured));
+
+    let ratio = (runs.len() == 2 && runs[0].per_second > 0.0).then(|| runs[1].per_second / runs[0].per_second);
+    drop(client);
+    drop(embedded);
+    Ok(Report {
+        broker: bootstrap,
+        database: database.split('@').next_back().unwrap_or_default().to_owned(),
+        rate: opts.rate,
+        runs,
+        ratio,
+    })
+}
+
+impl Report {
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "broker {}   database {}   rate {}\n\n{:<14} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+            self.broker,
+            self.database,
+            if self.rate == 0 { "as fast as possible".to_owned() } else { format!("{}/s", self.rate) },
+            "pipeline",
+            "requests",
+            "done",
+            "per sec",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms"
+        );
+        for r in &self.runs {
+            s.push_str(&format!(
+                "{:<14} {:>9} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+                r.pipeline,
+                r.requests,
+                r.completed,
+                r.per_second,
+                r.latency_ms.p50,
+                r.latency_ms.p90,
+                r.latency_ms.p99,
+                r.latency_ms.max
+            ));
+        }
+        if let Some(ratio) = self.ratio {
+            s.push_str(&format!("\ntollgate throughput = {ratio:.2} × pass-through\n"));
+        }
+        s
+    }
+}
