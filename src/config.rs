@@ -62,11 +62,42 @@ pub struct KafkaSettings {
     /// librdkafka properties for both consumer and producer (SASL, TLS, …).
     /// From the environment, `_` in a key stands for `.`:
     /// `TOLLGATE_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL`.
+    #[serde(deserialize_with = "scalar_map")]
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties for the consumer only.
+    #[serde(deserialize_with = "scalar_map")]
     pub consumer: BTreeMap<String, String>,
     /// librdkafka properties for the producer only.
+    #[serde(deserialize_with = "scalar_map")]
     pub producer: BTreeMap<String, String>,
+}
+
+/// librdkafka values are strings, but `TOLLGATE_…=5` arrives as a number
+/// and `=true` as a boolean: accept any scalar and keep its text.
+fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        B(bool),
+        I(i64),
+        U(u64),
+        F(f64),
+    }
+    let raw: BTreeMap<String, Scalar> = BTreeMap::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Scalar::S(s) => s,
+                Scalar::B(b) => b.to_string(),
+                Scalar::I(i) => i.to_string(),
+                Scalar::U(u) => u.to_string(),
+                Scalar::F(f) => f.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
 }
 
 impl Default for KafkaSettings {
@@ -263,6 +294,8 @@ mod tests {
             )?;
             jail.set_env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", "env:9092");
             jail.set_env("TOLLGATE_KAFKA__PROPERTIES__SASL_MECHANISM", "SCRAM-SHA-512");
+            jail.set_env("TOLLGATE_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS", "5");
+            jail.set_env("TOLLGATE_KAFKA__PRODUCER__ENABLE_IDEMPOTENCE", "true");
             let s = Settings::load(Some(Path::new("tollgate.toml"))).expect("loads");
             assert_eq!(s.kafka.bootstrap_servers.as_deref(), Some("env:9092"));
             assert_eq!(s.kafka.group_id, "from-file");
@@ -270,6 +303,9 @@ mod tests {
             assert_eq!(s.kafka.properties.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
             assert_eq!(s.kafka.properties.get("sasl.mechanism").map(String::as_str), Some("SCRAM-SHA-512"));
             assert_eq!(s.topics.requests, "tollgate.requests");
+            // Numbers and booleans from the environment stay librdkafka text.
+            assert_eq!(s.kafka.consumer.get("fetch.wait.max.ms").map(String::as_str), Some("5"));
+            assert_eq!(s.kafka.producer.get("enable.idempotence").map(String::as_str), Some("true"));
             Ok(())
         });
     }

@@ -145,6 +145,8 @@ async fn drive(
         let sent_at = sent_at.clone();
         let sends: Vec<_> = work.iter().map(|(key, payload)| client.send(input, key, payload.clone())).collect();
         tokio::spawn(async move {
+            // Each send runs as its own task so it is enqueued at once (a
+            // send future does nothing until polled), bounded in number.
             let mut in_flight = FuturesUnordered::new();
             for (i, send) in sends.into_iter().enumerate() {
                 if let Some(iv) = interval {
@@ -152,15 +154,17 @@ async fn drive(
                     tokio::time::sleep_until(due.into()).await;
                 }
                 sent_at.lock().expect("lock")[i] = Some(Instant::now());
-                in_flight.push(send);
+                in_flight.push(tokio::spawn(send));
                 while in_flight.len() >= 10_000 {
-                    in_flight.next().await;
+                    if let Some(r) = in_flight.next().await {
+                        r.map_err(|e| anyhow::anyhow!(e))??;
+                    }
                 }
             }
             while let Some(r) = in_flight.next().await {
-                r?;
+                r.map_err(|e| anyhow::anyhow!(e))??;
             }
-            Ok::<_, kafka::KafkaError>(())
+            Ok::<_, anyhow::Error>(())
         })
     };
     let mut histogram = Histogram::<u64>::new(3)?;

@@ -173,12 +173,12 @@ impl DecisionService {
         batch: &mut Batch,
         policy: &Policy,
         msg: &InputMessage,
-        request: &AccessRequest,
-        token: Option<&str>,
+        decoded: &pipeline::DecodedRequest,
         now: DateTime<Utc>,
         trace_id: &str,
     ) -> Result<Committed, StoreError> {
-        let identity = match token {
+        let request = &decoded.request;
+        let identity = match decoded.token.as_deref() {
             Some(t) => self.verifier.verify(t),
             None => Err(AuthError::Missing),
         };
@@ -338,10 +338,7 @@ impl DecisionService {
                 let key = format!("request:{}", decoded.request.request_id);
                 match batch.find_outcome(&key).await? {
                     Some(outputs) => Committed::Existing(outputs),
-                    None => {
-                        self.decide(batch, policy, msg, &decoded.request, decoded.token.as_deref(), now, &trace_id)
-                            .await?
-                    }
+                    None => self.decide(batch, policy, msg, &decoded, now, &trace_id).await?,
                 }
             }
         };

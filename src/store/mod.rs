@@ -262,16 +262,13 @@ async fn usage_in_period(
     dataset: &str,
     period: &str,
 ) -> Result<u64, StoreError> {
-    let row = sqlx::query(
-        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM usage_records \
-         WHERE subject = $1 AND dataset = $2 AND period = $3",
-    )
-    .bind(subject)
-    .bind(dataset)
-    .bind(period)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))
+    let row = sqlx::query("SELECT quantity FROM usage_counters WHERE subject = $1 AND dataset = $2 AND period = $3")
+        .bind(subject)
+        .bind(dataset)
+        .bind(period)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?.map_or(0, |q| u64::try_from(q).unwrap_or(0)))
 }
 
 /// Writes one outcome: seals its audit event onto the chain and stores every
@@ -346,6 +343,16 @@ async fn write(tx: &mut sqlx::AnyConnection, c: &Commit) -> Result<Committed, St
             .bind(u.recorded_at.to_rfc3339())
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO usage_counters (subject, dataset, period, quantity) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (subject, dataset, period) DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity",
+        )
+        .bind(&u.subject)
+        .bind(&u.dataset)
+        .bind(&u.period)
+        .bind(i64::try_from(u.quantity).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
         outputs.push(Output { stream: Stream::Usage, key: u.subject.clone(), payload: body });
     }
     let encoded = serde_json::to_string(&outputs).map_err(|e| StoreError::Fatal(e.to_string()))?;
