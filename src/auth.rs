@@ -88,8 +88,13 @@ pub struct Principal {
 /// Claims tollgate reads from a requester token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    // Defaults here let a missing claim surface as `auth.missing_claim`
+    // rather than as a token that does not parse.
+    #[serde(default)]
     pub sub: String,
+    #[serde(default)]
     pub iss: String,
+    #[serde(default)]
     pub aud: serde_json::Value,
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -325,6 +330,9 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
 }
 
 fn principal_from(claims: Claims) -> Result<Principal, AuthError> {
+    if claims.sub.is_empty() {
+        return Err(AuthError::MissingClaim("sub".into()));
+    }
     if !is_uscc(&claims.sub) {
         return Err(AuthError::InvalidSubject(claims.sub.chars().take(32).collect()));
     }

@@ -59,6 +59,12 @@ pub fn decode(payload: &[u8], authorization: Option<&[u8]>, max_bytes: usize) ->
                 format!("schema {:?} is not supported; expected {REQUEST_SCHEMA}", truncate(other, 64)),
             ));
         }
+        None if value.get("schema").is_some() => {
+            return Err(Rejection::new(
+                "input.unsupported_schema",
+                format!("schema must be the string {REQUEST_SCHEMA}"),
+            ));
+        }
         None => {
             return Err(Rejection::new("input.missing_schema", format!("no schema field; expected {REQUEST_SCHEMA}")));
         }

@@ -6,4 +6,5 @@ mod binary;
 mod decisions;
 mod delivery;
 mod helpers;
+mod hostile;
 mod reload;

@@ -1,0 +1,145 @@
+//! The hostile-input corpus (tests/corpus/hostile.toml) through the running
+//! service: every case ends in exactly the outcome it names.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use tollgate::auth::{Claims, SigningKey};
+use tollgate::events::DeadLetter;
+
+use crate::helpers::*;
+
+#[derive(serde::Deserialize)]
+struct Corpus {
+    case: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    name: String,
+    #[serde(default)]
+    payload: Option<String>,
+    #[serde(default)]
+    payload_hex: Option<String>,
+    #[serde(default)]
+    authorization: Option<String>,
+    expect: String,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+fn b64(v: &serde_json::Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn tokens(infra: &Infra) -> HashMap<&'static str, String> {
+    let idp = &infra.idp;
+    let claims = || Claims::new(TRAVEL, ISSUER, "tollgate", 600);
+    let mut not_yet = claims();
+    not_yet.nbf = Some(chrono::Utc::now().timestamp() + 3600);
+    let valid = infra.token(TRAVEL, &[], 600);
+    let mut forged: Vec<char> = valid.chars().collect();
+    let i = forged.len() - 10;
+    forged[i] = if forged[i] == 'A' { 'B' } else { 'A' };
+    let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs_header.kid = Some(idp.kid.clone());
+    let hs256 = jsonwebtoken::encode(
+        &hs_header,
+        &claims(),
+        &jsonwebtoken::EncodingKey::from_secret(idp.public().to_pem().as_bytes()),
+    )
+    .unwrap();
+    let none = format!(
+        "{}.{}.",
+        b64(&serde_json::json!({"alg": "none", "typ": "JWT"})),
+        b64(&serde_json::to_value(claims()).unwrap())
+    );
+    let exp = chrono::Utc::now().timestamp() + 600;
+    HashMap::from([
+        ("valid", valid.clone()),
+        ("expired", infra.token(TRAVEL, &[], -3600)),
+        ("not_yet_valid", idp.sign(&not_yet)),
+        ("wrong_iss", idp.sign(&Claims::new(TRAVEL, "https://idp.evil.example", "tollgate", 600))),
+        ("wrong_aud", idp.sign(&Claims::new(TRAVEL, ISSUER, "someone-else", 600))),
+        ("bad_sig", forged.into_iter().collect()),
+        ("alg_none", none),
+        ("hs256_pubkey", hs256),
+        ("unknown_kid", SigningKey::generate("someone-else").sign(&claims())),
+        ("injected_kid", SigningKey::generate("../../../../dev/null").sign(&claims())),
+        // A real header and payload with a signature that is not base64.
+        ("bad_base64", format!("{}.@@@not-base64@@@", valid.rsplit_once('.').unwrap().0)),
+        ("garbled_payload", "eyJhbGciOiJFZERTQSJ9.!!!not-base64!!!.c2ln".to_owned()),
+        ("huge", "a".repeat(20_000)),
+        ("no_sub", idp.sign(&serde_json::json!({"iss": ISSUER, "aud": "tollgate", "exp": exp}))),
+        ("non_uscc", idp.sign(&Claims::new("alice", ISSUER, "tollgate", 600))),
+    ])
+}
+
+/// Fills the placeholders of one case.
+fn fill(text: &str, id: &str, tokens: &HashMap<&str, String>) -> String {
+    let mut out = text.replace("{{id}}", id);
+    for (name, token) in tokens {
+        out = out.replace(&format!("{{{{{name}}}}}"), token);
+    }
+    while let Some(start) = out.find("{{") {
+        let end = out[start..].find("}}").map(|e| start + e).expect("closed placeholder");
+        let (kind, n) = out[start + 2..end].split_once(':').expect("sized placeholder");
+        let n: usize = n.parse().unwrap();
+        let value = match kind {
+            "big" => "a".repeat(n),
+            "fields" => (0..n).map(|i| format!("\"f{i}\"")).collect::<Vec<_>>().join(","),
+            "nest" => format!("{}{}", "[".repeat(n), "]".repeat(n)),
+            other => panic!("unknown placeholder {other}"),
+        };
+        out.replace_range(start..end + 2, &value);
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_hostile_input_gets_its_expected_outcome() {
+    let app = spawn_app().await;
+    let text =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/hostile.toml"))
+            .unwrap();
+    let corpus: Corpus = toml::from_str(&text).unwrap();
+    assert!(corpus.case.len() >= 50, "the corpus keeps at least 50 cases");
+    let tokens = tokens(&app.infra);
+
+    let mut by_id = HashMap::new();
+    let mut by_payload = HashMap::new();
+    for (i, case) in corpus.case.iter().enumerate() {
+        let id = format!("h-{i:03}");
+        let payload: Vec<u8> = match (&case.payload, &case.payload_hex) {
+            (Some(p), _) => fill(p, &id, &tokens).into_bytes(),
+            (None, Some(h)) => hex::decode(h.replace(' ', "")).unwrap(),
+            _ => panic!("{}: no payload", case.name),
+        };
+        let auth = case.authorization.as_ref().map(|a| fill(a, &id, &tokens));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        app.client.produce(&app.infra.topics.requests, &case.name, &payload, &headers).await.unwrap();
+        if case.expect == "dead_letter" {
+            assert!(by_payload.insert(payload, case).is_none(), "{}: payloads must differ", case.name);
+        } else {
+            by_id.insert(id, case);
+        }
+    }
+
+    let decisions = read_n(&app.reader(&app.infra.topics.decisions), by_id.len()).await;
+    for m in &decisions {
+        let d = decision(m);
+        let case = by_id.remove(&d.request_id).unwrap_or_else(|| panic!("unexpected decision {}", d.request_id));
+        assert_eq!(d.outcome.as_str(), case.expect, "{}: {:?}", case.name, d.reasons);
+        assert_eq!(d.reasons.first().map(|r| r.code.as_str()), case.code.as_deref(), "{}", case.name);
+    }
+    let dlq = app.reader(&app.infra.topics.dlq);
+    let letters = read_n(&dlq, by_payload.len()).await;
+    for m in &letters {
+        let letter: DeadLetter = serde_json::from_slice(&m.payload).unwrap();
+        let original = base64::engine::general_purpose::STANDARD.decode(&letter.payload_base64).unwrap();
+        let case = by_payload.remove(&original).expect("a dead letter for a corpus case");
+        assert_eq!(Some(letter.error.code.as_str()), case.code.as_deref(), "{}: {}", case.name, letter.error.message);
+    }
+    assert!(by_id.is_empty() && by_payload.is_empty());
+    assert_no_more(&dlq).await;
+}
