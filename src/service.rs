@@ -283,7 +283,8 @@ impl DecisionService {
             usage,
             created_at: rfc3339(now),
         };
-        batch.add(&commit).await
+        // Only called when this transaction found no outcome for the request.
+        batch.add_new(&commit).await
     }
 
     fn grant_for(
