@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::auth::{SigningKey, Verifier};
 use crate::config::Settings;
 use crate::kafka::{self, Pipeline, embedded::EmbeddedKafka};
-use crate::reload::{PolicyStatus, Reloader};
+use crate::reload::Reloader;
 use crate::service::DecisionService;
 use crate::store::Store;
 
@@ -39,7 +39,6 @@ pub struct App {
     service: DecisionService,
     pipeline: Pipeline,
     reloader: Reloader,
-    status: Arc<Mutex<PolicyStatus>>,
 }
 
 impl App {
@@ -100,16 +99,11 @@ impl App {
             }
         };
         let pipeline = Pipeline::new(&settings.kafka, &bootstrap, &settings.topics.requests)?;
-        let status = Arc::new(Mutex::new(PolicyStatus {
-            version: policy.version().to_owned(),
-            loaded_at: Some(chrono::Utc::now()),
-            ..PolicyStatus::default()
-        }));
         let current = Arc::new(ArcSwap::from_pointee(policy));
         let reloader = Reloader {
             dir: settings.policy.dir.clone(),
             current: current.clone(),
-            status: status.clone(),
+            last_rejected: Mutex::new(None),
             store: store.clone(),
             client: kafka::Client::new(&settings.kafka, &bootstrap)?,
             audit_topic: settings.topics.audit.clone(),
@@ -126,7 +120,7 @@ impl App {
             topics: settings.topics.clone(),
             max_message_bytes: settings.service.max_message_bytes,
         };
-        Ok(App { settings, bootstrap, embedded, service, pipeline, reloader, status })
+        Ok(App { settings, bootstrap, embedded, service, pipeline, reloader })
     }
 
     pub fn bootstrap_servers(&self) -> &str {
@@ -145,18 +139,13 @@ impl App {
         self.service.policy.load().version().to_owned()
     }
 
-    /// The policy in force, reloads and rejections; shared with the reloader.
-    pub fn policy_status(&self) -> Arc<Mutex<PolicyStatus>> {
-        self.status.clone()
-    }
-
     /// The public key data hosts use to verify grants, as a JWK.
     pub fn grant_jwk(&self) -> serde_json::Value {
         self.service.grant_key.public().to_jwk()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        let App { settings, bootstrap, embedded, service, pipeline, reloader, status: _ } = self;
+        let App { settings, bootstrap, embedded, service, pipeline, reloader } = self;
         info!(message = "tollgate is consuming", %bootstrap, topic = %settings.topics.requests, group = %settings.kafka.group_id,
               instance = %settings.service.instance_id);
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -20,20 +19,6 @@ use crate::kafka::Client;
 use crate::policy::testing::run_tests;
 use crate::policy::{CATALOGUE_FILE, MODEL_FILE, POLICY_FILE, Policy, version_of};
 use crate::store::{Commit, Store};
-
-/// What operators see about the policy in force.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PolicyStatus {
-    pub version: String,
-    pub loaded_at: Option<chrono::DateTime<Utc>>,
-    pub reloads: u64,
-    pub rejections: u64,
-    /// The last rejected edit and why; cleared by the next good load.
-    pub last_rejection: Option<String>,
-    /// Content hash of the last rejected files: the same bad files seen
-    /// again (an editor writes in several steps) are not audited twice.
-    pub last_rejected_version: Option<String>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
@@ -54,7 +39,10 @@ pub struct Watch {
 pub struct Reloader {
     pub dir: PathBuf,
     pub current: Arc<ArcSwap<Policy>>,
-    pub status: Arc<Mutex<PolicyStatus>>,
+    /// Content hash of the last rejected files: the same bad files seen
+    /// again (an editor writes in several steps) are audited once. What
+    /// operators see is the audit trail (`tollgate policy status`).
+    pub last_rejected: Mutex<Option<String>>,
     pub store: Store,
     /// Publishes policy audit events; they are stored first either way.
     pub client: Client,
@@ -194,12 +182,7 @@ impl Reloader {
             ReloadOutcome::Unchanged => return outcome,
             ReloadOutcome::Loaded { old, new, added, removed } => {
                 info!(message = "policy reloaded", %trigger, old_version = %old, new_version = %new, rules_added = added, rules_removed = removed);
-                let mut st = self.status.lock().expect("status lock");
-                st.version = new.clone();
-                st.loaded_at = Some(now);
-                st.reloads += 1;
-                st.last_rejection = None;
-                st.last_rejected_version = None;
+                *self.last_rejected.lock().expect("lock") = None;
                 (
                     "policy_loaded",
                     "loaded",
@@ -212,16 +195,10 @@ impl Reloader {
             }
             ReloadOutcome::Rejected { reason } => {
                 let candidate = candidate_version(&self.dir);
-                let mut st = self.status.lock().expect("status lock");
-                if st.last_rejected_version.as_deref() == Some(candidate.as_str()) {
+                if self.last_rejected.lock().expect("lock").replace(candidate.clone()).as_deref() == Some(&candidate) {
                     return outcome;
                 }
-                st.last_rejected_version = Some(candidate);
-                drop(st);
                 error!(message = "policy edit rejected; the last good policy stays in force", %trigger, in_force = %old.version(), %reason);
-                let mut st = self.status.lock().expect("status lock");
-                st.rejections += 1;
-                st.last_rejection = Some(reason.clone());
                 (
                     "policy_rejected",
                     "rejected",

@@ -348,18 +348,6 @@ async fn process_with_retry<P: Processor>(
     }
 }
 
-/// librdkafka properties as given, for `serve --print-config`-style output
-/// without secrets.
-pub fn redacted(props: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    props
-        .iter()
-        .map(|(k, v)| {
-            let secret = k.contains("password") || k.contains("secret") || k.contains("key");
-            (k.clone(), if secret { "***".into() } else { v.clone() })
-        })
-        .collect()
-}
-
 /// A plain Kafka client for tollgate's own tools (demo, load generator,
 /// tests): produce requests, read outputs.
 pub struct Client {

@@ -141,16 +141,6 @@ impl Store {
         Ok(Store { pool })
     }
 
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// Answers whether the database takes queries now.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
     pub async fn find_outcome(&self, idem_key: &str) -> Result<Option<Vec<Output>>, StoreError> {
         find_outcome(&mut *self.pool.acquire().await?, idem_key).await
     }
@@ -201,14 +191,6 @@ impl Store {
                 serde_json::from_str(&body).map_err(|e| StoreError::Fatal(format!("audit row: {e}")))
             })
             .collect()
-    }
-
-    /// Count of decisions per outcome.
-    pub async fn decision_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT outcome, COUNT(*) FROM decisions GROUP BY outcome ORDER BY outcome")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?))).collect()
     }
 
     /// (records, total quantity, total amount in fen) of all usage.
