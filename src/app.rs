@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use crate::auth::{SigningKey, Verifier};
 use crate::config::Settings;
-use crate::kafka::{self, Pipeline, embedded::EmbeddedKafka};
+use crate::health::{Health, HttpServer};
+use crate::kafka::{self, Limits, Pipeline, embedded::EmbeddedKafka};
 use crate::reload::Reloader;
 use crate::service::DecisionService;
 use crate::store::Store;
@@ -29,6 +30,8 @@ pub enum AppError {
     Policy { dir: String, message: String },
     #[error(transparent)]
     Keys(#[from] crate::auth::KeyError),
+    #[error("http endpoint {addr}: {source}")]
+    Http { addr: String, source: std::io::Error },
 }
 
 pub struct App {
@@ -39,6 +42,8 @@ pub struct App {
     service: DecisionService,
     pipeline: Pipeline,
     reloader: Reloader,
+    health: Arc<Health>,
+    http: Option<HttpServer>,
 }
 
 impl App {
@@ -98,7 +103,14 @@ impl App {
                 key
             }
         };
-        let pipeline = Pipeline::new(&settings.kafka, &bootstrap, &settings.topics.requests)?;
+        let health = Health::new();
+        let http = match settings.service.http_listen.as_str() {
+            "" => None,
+            addr => {
+                Some(HttpServer::bind(addr).await.map_err(|source| AppError::Http { addr: addr.to_owned(), source })?)
+            }
+        };
+        let pipeline = Pipeline::new(&settings.kafka, &bootstrap, &settings.topics.requests, health.clone())?;
         let current = Arc::new(ArcSwap::from_pointee(policy));
         let reloader = Reloader {
             dir: settings.policy.dir.clone(),
@@ -110,6 +122,7 @@ impl App {
             instance_id: settings.service.instance_id.clone(),
             debounce: Duration::from_millis(settings.policy.debounce_ms),
             watch: settings.policy.watch,
+            health: health.clone(),
         };
         let service = DecisionService {
             policy: current,
@@ -119,8 +132,12 @@ impl App {
             grant: settings.grant.clone(),
             topics: settings.topics.clone(),
             max_message_bytes: settings.service.max_message_bytes,
+            health: health.clone(),
+            single_use_jti: settings.auth.single_use_jti,
+            token_leeway_secs: i64::try_from(settings.auth.leeway_secs).unwrap_or(i64::MAX),
+            last_purge: Default::default(),
         };
-        Ok(App { settings, bootstrap, embedded, service, pipeline, reloader })
+        Ok(App { settings, bootstrap, embedded, service, pipeline, reloader, health, http })
     }
 
     pub fn bootstrap_servers(&self) -> &str {
@@ -129,6 +146,15 @@ impl App {
 
     pub fn is_embedded(&self) -> bool {
         self.embedded.is_some()
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, when on.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().and_then(|h| h.local_addr().ok())
+    }
+
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     pub fn store(&self) -> &Store {
@@ -145,7 +171,7 @@ impl App {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        let App { settings, bootstrap, embedded, service, pipeline, reloader } = self;
+        let App { settings, bootstrap, embedded, service, pipeline, reloader, health, http } = self;
         info!(message = "tollgate is consuming", %bootstrap, topic = %settings.topics.requests, group = %settings.kafka.group_id,
               instance = %settings.service.instance_id);
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
@@ -154,11 +180,24 @@ impl App {
         let watch = reloader.watch_files();
         reloader.announce_start().await;
         let reloading = tokio::spawn(reloader.run(watch, reload_stop.clone()));
-        let result =
-            kafka::run(pipeline, &service, shutdown, grace, settings.service.max_in_flight, settings.service.max_batch)
-                .await;
+        let serving = http.map(|server| {
+            if let Ok(addr) = server.local_addr() {
+                info!(message = "serving /healthz, /readyz and /metrics", %addr);
+            }
+            let health = health.clone();
+            let stop = reload_stop.clone();
+            tokio::spawn(async move {
+                if let Err(error) = server.serve(health, stop).await {
+                    warn!(message = "http endpoint failed", %error);
+                }
+            })
+        });
+        let result = kafka::run(pipeline, &service, shutdown, grace, Limits::from(&settings.service), &health).await;
         reload_stop.cancel();
         let _ = reloading.await;
+        if let Some(serving) = serving {
+            let _ = serving.await;
+        }
         // The pool closes with its last handle; a caller may still hold one.
         drop(embedded);
         info!(message = "tollgate stopped");

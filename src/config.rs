@@ -35,6 +35,9 @@ pub struct ServiceSettings {
     /// Inputs already received that are decided together, in one database
     /// transaction (1 = one at a time).
     pub max_batch: usize,
+    /// Address of `/healthz`, `/readyz` and `/metrics`; empty turns the
+    /// HTTP endpoint off. Port 0 picks a free port (logged at start-up).
+    pub http_listen: String,
 }
 
 impl Default for ServiceSettings {
@@ -45,6 +48,7 @@ impl Default for ServiceSettings {
             max_message_bytes: 64 * 1024,
             max_in_flight: 1000,
             max_batch: 256,
+            http_listen: "127.0.0.1:9464".into(),
         }
     }
 }
@@ -187,6 +191,13 @@ pub struct AuthSettings {
     pub allow_hs256: bool,
     pub hs256_secret: Option<String>,
     pub max_token_bytes: usize,
+    /// A token id (`jti`) authorizes one request: another request with the
+    /// same token is denied `auth.token_replayed` while the token is valid.
+    /// Turn off for identity providers whose reusable access tokens carry a
+    /// jti. Tokens without a jti are reusable until they expire either way.
+    pub single_use_jti: bool,
+    /// Verified tokens remembered until expiry (0 turns the cache off).
+    pub token_cache_size: usize,
 }
 
 impl Default for AuthSettings {
@@ -200,6 +211,8 @@ impl Default for AuthSettings {
             allow_hs256: false,
             hs256_secret: None,
             max_token_bytes: 8192,
+            single_use_jti: true,
+            token_cache_size: 10_000,
         }
     }
 }

@@ -171,6 +171,8 @@ enum Mistake {
     CoreData,
     MissingQualification,
     Garbage,
+    /// A captured token presented again with a new request id.
+    ReplayedToken,
     Resend,
 }
 
@@ -188,6 +190,7 @@ impl Mistake {
             88..=89 => Mistake::CoreData,
             90..=91 => Mistake::MissingQualification,
             92..=93 => Mistake::Garbage,
+            94..=95 => Mistake::ReplayedToken,
             _ => Mistake::Resend,
         }
     }
@@ -252,6 +255,8 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
         cluster.create_topic(t, settings.kafka.partitions).map_err(|e| anyhow::anyhow!(e))?;
     }
     settings.kafka.create_topics = false;
+    // The demo is a foreground show, not a service to probe.
+    settings.service.http_listen = String::new();
     let grant_key = temp.path().join("grants.pem");
     std::fs::write(&grant_key, SigningKey::generate("demo-grants").to_pkcs8_pem())?;
     settings.grant.signing_key = Some(grant_key);
@@ -284,6 +289,10 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     // request id -> (mistake, enterprise name); originals kept for re-sends.
     let mut sent: HashMap<String, (Mistake, &'static str)> = HashMap::new();
     let mut originals: Vec<(String, &'static str)> = Vec::new();
+    // Each enterprise's last token that went out with a good request: what a
+    // replay would capture. Same enterprise, same key, same partition, so the
+    // replay is decided after the original.
+    let mut used_tokens: HashMap<&'static str, String> = HashMap::new();
     let mut expected = 0usize;
     let started = Instant::now();
     let interval = (opts.rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(opts.rate)));
@@ -292,7 +301,9 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
         let e = &ENTERPRISES[rng.gen_range(0..ENTERPRISES.len())];
         let (scenario, dataset, op, class, statement) = e.usual[rng.gen_range(0..e.usual.len())];
         let mut mistake = Mistake::pick(&mut rng);
-        if mistake == Mistake::Resend && originals.is_empty() {
+        if (mistake == Mistake::Resend && originals.is_empty())
+            || (mistake == Mistake::ReplayedToken && !used_tokens.contains_key(e.uscc))
+        {
             mistake = Mistake::None;
         }
         let id = format!("req-{:05}", i + 1);
@@ -329,6 +340,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
             Mistake::Garbage => {
                 format!("{{\"schema\":\"{REQUEST_SCHEMA}\",\"request_id\":\"{id}\",\"dataset\":")
             }
+            Mistake::ReplayedToken => req(used_tokens.get(e.uscc).map(String::as_str), scenario, dataset, op, class),
             Mistake::Resend => {
                 // The same bytes again, as a client retry would send them.
                 let (payload, key) = originals[rng.gen_range(0..originals.len())].clone();
@@ -338,6 +350,9 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
             }
         };
         sent.insert(id.clone(), (mistake, e.name));
+        if mistake == Mistake::None {
+            used_tokens.insert(e.uscc, good.clone());
+        }
         if mistake != Mistake::Garbage {
             originals.push((payload.clone(), e.uscc));
         }

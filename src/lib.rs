@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod health;
 pub mod kafka;
 pub mod loadgen;
 pub mod metering;

@@ -21,8 +21,9 @@ use crate::app::App;
 use crate::auth::{SigningKey, Verifier};
 use crate::config::{Settings, Topics};
 use crate::demo::{ENTERPRISES, ISSUER, request_json, token};
+use crate::health::Health;
 use crate::kafka::{
-    self, Client, InputMessage, OutgoingMessage, Pipeline, ProcessError, Processor, embedded::EmbeddedKafka,
+    self, Client, InputMessage, Limits, OutgoingMessage, Pipeline, ProcessError, Processor, embedded::EmbeddedKafka,
 };
 
 pub struct LoadOptions {
@@ -90,10 +91,11 @@ impl Processor for PassThrough {
 }
 
 /// The request payloads: the demo's enterprises and their usual requests,
-/// with one in ten asking for a purpose that does not fit (a denial).
+/// with one in ten asking for a purpose that does not fit (a denial). Each
+/// request carries its own token, as the default single-use token ids
+/// require: every decision pays for a signature check and a token-id record.
 fn workload(n: usize, run: &str, idp: &SigningKey) -> Vec<(String, String)> {
     let mut rng = StdRng::seed_from_u64(11);
-    let tokens: Vec<String> = ENTERPRISES.iter().map(|e| token(idp, e, 3600, true)).collect();
     (0..n)
         .map(|i| {
             let k = rng.gen_range(0..ENTERPRISES.len());
@@ -103,7 +105,15 @@ fn workload(n: usize, run: &str, idp: &SigningKey) -> Vec<(String, String)> {
                 if rng.gen_bool(0.1) { if class == "industry" { "public_welfare" } else { "industry" } } else { class };
             (
                 e.uscc.to_owned(),
-                request_json(&format!("{run}-{i}"), Some(&tokens[k]), scenario, dataset, op, class, statement),
+                request_json(
+                    &format!("{run}-{i}"),
+                    Some(&token(idp, e, 3600, true)),
+                    scenario,
+                    dataset,
+                    op,
+                    class,
+                    statement,
+                ),
             )
         })
         .collect()
@@ -228,17 +238,16 @@ pub async fn run(mut settings: Settings, opts: LoadOptions) -> anyhow::Result<Re
     if opts.baseline {
         let mut base = settings.kafka.clone();
         base.group_id = format!("loadgen-base-{run_id}");
-        let pipeline = Pipeline::new(&base, &bootstrap, &base_topics.requests)?;
+        let pipeline = Pipeline::new(&base, &bootstrap, &base_topics.requests, Health::new())?;
         let pass = PassThrough {
             outputs: [base_topics.decisions.clone(), base_topics.audit.clone(), base_topics.usage.clone()],
         };
         let stop = CancellationToken::new();
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
-        let max = settings.service.max_in_flight;
-        let batch = settings.service.max_batch;
+        let limits = Limits::from(&settings.service);
         let task = {
             let stop = stop.clone();
-            tokio::spawn(async move { kafka::run(pipeline, &pass, stop, grace, max, batch).await })
+            tokio::spawn(async move { kafka::run(pipeline, &pass, stop, grace, limits, &Health::default()).await })
         };
         let measured = drive(&client, &base_topics.requests, &base_topics.decisions, &run_id, &work, opts.rate).await?;
         stop.cancel();
@@ -252,6 +261,7 @@ pub async fn run(mut settings: Settings, opts: LoadOptions) -> anyhow::Result<Re
     settings.topics = gate_topics.clone();
     settings.database.url = database.clone();
     settings.policy.watch = false;
+    settings.service.http_listen = String::new();
     let grant_key = temp.path().join("grants.pem");
     std::fs::write(&grant_key, SigningKey::generate("loadgen-grants").to_pkcs8_pem())?;
     settings.grant.signing_key = Some(grant_key);

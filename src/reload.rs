@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::events::{AUDIT_SCHEMA, AuditEvent, Reason};
+use crate::health::Health;
 use crate::kafka::Client;
 use crate::policy::testing::run_tests;
 use crate::policy::{CATALOGUE_FILE, MODEL_FILE, POLICY_FILE, Policy, version_of};
@@ -50,6 +51,7 @@ pub struct Reloader {
     pub instance_id: String,
     pub debounce: Duration,
     pub watch: bool,
+    pub health: Arc<Health>,
 }
 
 /// The files' combined hash even when they do not parse, so a rejection
@@ -181,6 +183,7 @@ impl Reloader {
         let (event_type, outcome_word, version, reason) = match &outcome {
             ReloadOutcome::Unchanged => return outcome,
             ReloadOutcome::Loaded { old, new, added, removed } => {
+                Health::count(&self.health.counters.policy_reloads);
                 info!(message = "policy reloaded", %trigger, old_version = %old, new_version = %new, rules_added = added, rules_removed = removed);
                 *self.last_rejected.lock().expect("lock") = None;
                 (
@@ -198,6 +201,7 @@ impl Reloader {
                 if self.last_rejected.lock().expect("lock").replace(candidate.clone()).as_deref() == Some(&candidate) {
                     return outcome;
                 }
+                Health::count(&self.health.counters.policy_rejections);
                 error!(message = "policy edit rejected; the last good policy stays in force", %trigger, in_force = %old.version(), %reason);
                 (
                     "policy_rejected",

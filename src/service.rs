@@ -11,20 +11,21 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use serde::Serialize;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::audit;
-use crate::auth::{AuthError, SigningKey, Verifier};
+use crate::auth::{AuthError, Principal, SigningKey, Verifier};
 use crate::config::{GrantSettings, Topics};
 use crate::events::{
     AUDIT_SCHEMA, AccessRequest, AuditEvent, DEAD_LETTER_SCHEMA, DECISION_SCHEMA, DeadLetter, DeadLetterError,
     Decision, Grant, Outcome, USAGE_SCHEMA, UsageRecord,
 };
+use crate::health::Health;
 use crate::kafka::{InputMessage, OutgoingMessage, ProcessError, Processor};
 use crate::metering::period_of;
 use crate::pipeline::{self, DecisionInput, Evaluation, Rejection};
 use crate::policy::Policy;
-use crate::store::{Batch, Commit, Committed, DecisionRow, Output, Store, StoreError, Stream};
+use crate::store::{Batch, Commit, Committed, DecisionRow, Output, Prefetch, Store, StoreError, Stream, TokenUse};
 
 /// Claims of a grant: what the data host checks before serving data.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -55,6 +56,12 @@ pub struct DecisionService {
     pub grant: GrantSettings,
     pub topics: Topics,
     pub max_message_bytes: usize,
+    pub health: Arc<Health>,
+    /// See `auth.single_use_jti`.
+    pub single_use_jti: bool,
+    pub token_leeway_secs: i64,
+    /// Epoch second of the last purge of expired token uses.
+    pub last_purge: std::sync::atomic::AtomicI64,
 }
 
 impl From<StoreError> for ProcessError {
@@ -117,11 +124,10 @@ impl DecisionService {
         &self,
         batch: &mut Batch,
         policy: &Policy,
-        msg: &InputMessage,
+        origin: &Origin<'_>,
         rejection: Rejection,
-        now: DateTime<Utc>,
-        trace_id: &str,
     ) -> Result<Committed, StoreError> {
+        let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
         let b64 = base64::engine::general_purpose::STANDARD;
         let letter = DeadLetter {
             schema: DEAD_LETTER_SCHEMA.into(),
@@ -172,16 +178,28 @@ impl DecisionService {
         &self,
         batch: &mut Batch,
         policy: &Policy,
-        msg: &InputMessage,
-        decoded: &pipeline::DecodedRequest,
-        now: DateTime<Utc>,
-        trace_id: &str,
-    ) -> Result<Committed, StoreError> {
-        let request = &decoded.request;
-        let identity = match decoded.token.as_deref() {
-            Some(t) => self.verifier.verify(t),
-            None => Err(AuthError::Missing),
+        origin: &Origin<'_>,
+        request: &AccessRequest,
+        identity: Result<Principal, AuthError>,
+    ) -> Result<(Committed, Tally), StoreError> {
+        let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
+        // A token id authorizes one request; the same request again (a
+        // client retry) was answered from its stored outcome before this.
+        let identity = match identity {
+            Ok(p) if self.single_use_jti && p.token_id.is_some() => {
+                let jti = p.token_id.as_deref().unwrap_or_default();
+                match batch.use_token(&p.issuer, jti, &request.request_id, p.expires_at).await? {
+                    TokenUse::Fresh => Ok(p),
+                    TokenUse::UsedBy(other) => {
+                        warn!(message = "replayed token refused", request_id = %request.request_id, first_request = %other,
+                              subject = %p.subject, token_digest = %audit::digest(jti.as_bytes()));
+                        Err(AuthError::Replayed(other))
+                    }
+                }
+            }
+            other => other,
         };
+        let replayed = matches!(identity, Err(AuthError::Replayed(_)));
         let period = period_of(now);
         let used = match &identity {
             Ok(p) if policy.catalogue().datasets.contains_key(&request.dataset) => {
@@ -274,7 +292,7 @@ impl DecisionService {
                 resource: request.dataset.clone(),
                 action: request.operation.as_str().into(),
                 outcome: eval.outcome.as_str().into(),
-                reasons: eval.reasons,
+                reasons: eval.reasons.clone(),
                 policy_version: policy.version().to_owned(),
                 request_digest,
                 occurred_at: now,
@@ -284,7 +302,8 @@ impl DecisionService {
             created_at: rfc3339(now),
         };
         // Only called when this transaction found no outcome for the request.
-        batch.add_new(&commit).await
+        let tally = if replayed { Tally::Replayed } else { Tally::Decided(eval.outcome) };
+        Ok((batch.add(&commit).await?, tally))
     }
 
     fn grant_for(
@@ -321,45 +340,166 @@ impl DecisionService {
     }
 }
 
+/// What became of one input, counted once its batch is committed.
+#[derive(Debug, Clone, Copy)]
+enum Tally {
+    Decided(Outcome),
+    /// Denied because its token was used by another request.
+    Replayed,
+    DeadLetter,
+    Republished,
+}
+
+/// An input decoded and its token verified: everything about it that needs
+/// no database, done before the batch's transaction starts.
+struct Prepared<'m> {
+    origin: Origin<'m>,
+    input: Result<(AccessRequest, Result<Principal, AuthError>), Rejection>,
+}
+
+/// Where an input came from and when it was taken up.
+struct Origin<'m> {
+    msg: &'m InputMessage,
+    now: DateTime<Utc>,
+    trace_id: String,
+    traceparent: String,
+}
+
+impl Prepared<'_> {
+    fn idem_key(&self) -> String {
+        let m = self.origin.msg;
+        match &self.input {
+            Ok((request, _)) => format!("request:{}", request.request_id),
+            Err(_) => format!("input:{}/{}/{}", m.topic, m.partition, m.offset),
+        }
+    }
+}
+
 impl DecisionService {
+    fn prepare<'m>(&self, msg: &'m InputMessage) -> Prepared<'m> {
+        let now = Utc::now();
+        let (trace_id, traceparent) = trace_context(msg);
+        let input = pipeline::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes).map(|d| {
+            let identity = match d.token.as_deref() {
+                Some(t) => self.verifier.verify(t),
+                None => Err(AuthError::Missing),
+            };
+            (d.request, identity)
+        });
+        Prepared { origin: Origin { msg, now, trace_id, traceparent }, input }
+    }
+
+    /// Every key the batch will look up, so the store reads them at once.
+    fn prefetch(&self, policy: &Policy, prepared: &[Prepared<'_>]) -> Prefetch {
+        let mut keys = Prefetch::default();
+        for p in prepared {
+            keys.outcomes.push(p.idem_key());
+            let chain = format!("{}/{}", p.origin.msg.topic, p.origin.msg.partition);
+            if !keys.chains.contains(&chain) {
+                keys.chains.push(chain);
+            }
+            if let Ok((request, Ok(principal))) = &p.input {
+                if self.single_use_jti
+                    && let Some(jti) = &principal.token_id
+                {
+                    keys.tokens.push((principal.issuer.clone(), jti.clone()));
+                }
+                if policy.catalogue().datasets.contains_key(&request.dataset) {
+                    keys.counters.push((principal.subject.clone(), request.dataset.clone(), period_of(p.origin.now)));
+                }
+            }
+        }
+        keys
+    }
+
     async fn process_one(
         &self,
         batch: &mut Batch,
         policy: &Policy,
-        msg: &InputMessage,
-    ) -> Result<Vec<OutgoingMessage>, StoreError> {
-        let now = Utc::now();
-        let (trace_id, traceparent) = trace_context(msg);
-        let committed = match pipeline::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes) {
+        p: Prepared<'_>,
+    ) -> Result<(Vec<OutgoingMessage>, Tally), StoreError> {
+        let Prepared { origin, input } = p;
+        let msg = origin.msg;
+        let (committed, tally) = match input {
             Err(rejection) => {
                 info!(message = "input rejected", code = rejection.code, topic = %msg.topic, partition = msg.partition, offset = msg.offset);
-                self.dead_letter(batch, policy, msg, rejection, now, &trace_id).await?
+                (self.dead_letter(batch, policy, &origin, rejection).await?, Tally::DeadLetter)
             }
-            Ok(decoded) => {
-                let key = format!("request:{}", decoded.request.request_id);
+            Ok((request, identity)) => {
+                let key = format!("request:{}", request.request_id);
                 match batch.find_outcome(&key).await? {
-                    Some(outputs) => Committed::Existing(outputs),
-                    None => self.decide(batch, policy, msg, &decoded, now, &trace_id).await?,
+                    Some(outputs) => (Committed::Existing(outputs), Tally::Republished),
+                    None => self.decide(batch, policy, &origin, &request, identity).await?,
                 }
             }
         };
-        if let Committed::Existing(_) = &committed {
+        // A dead letter can also be a re-publication (same offset again).
+        let tally = if let Committed::Existing(_) = &committed {
             debug!(message = "re-publishing stored outcome", topic = %msg.topic, partition = msg.partition, offset = msg.offset);
+            Tally::Republished
+        } else {
+            tally
+        };
+        Ok((self.to_messages(committed.outputs(), &origin.traceparent), tally))
+    }
+
+    fn count(&self, tally: Tally) {
+        let c = &self.health.counters;
+        if let Tally::Replayed = tally {
+            Health::count(&c.replays_refused);
         }
-        Ok(self.to_messages(committed.outputs(), &traceparent))
+        Health::count(match tally {
+            Tally::Decided(Outcome::Denied) | Tally::Replayed => &c.denied,
+            Tally::Decided(Outcome::Approved) => &c.approved,
+            Tally::Decided(Outcome::PendingReview) => &c.pending_review,
+            Tally::DeadLetter => &c.dead_letters,
+            Tally::Republished => &c.republished,
+        });
     }
 }
 
 impl Processor for DecisionService {
-    /// One policy version and one database transaction for the whole batch.
+    /// One policy version and one database transaction for the whole batch;
+    /// decoding and signature checks happen before the transaction opens.
     async fn process_batch(&self, msgs: &[InputMessage]) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
         let policy = self.policy.load_full();
+        let prepared: Vec<Prepared<'_>> = msgs.iter().map(|m| self.prepare(m)).collect();
+        let keys = self.prefetch(&policy, &prepared);
         let mut batch = self.store.begin().await?;
+        batch.prefetch(&keys).await?;
         let mut out = Vec::with_capacity(msgs.len());
-        for msg in msgs {
-            out.push(self.process_one(&mut batch, &policy, msg).await?);
+        let mut tallies = Vec::with_capacity(msgs.len());
+        for p in prepared {
+            let (messages, tally) = self.process_one(&mut batch, &policy, p).await?;
+            out.push(messages);
+            tallies.push(tally);
         }
         batch.finish().await?;
+        tallies.into_iter().for_each(|t| self.count(t));
+        self.purge_expired_token_uses().await;
         Ok(out)
+    }
+}
+
+/// How often expired token uses are deleted.
+const PURGE_EVERY_SECS: i64 = 600;
+
+impl DecisionService {
+    /// Every [`PURGE_EVERY_SECS`], on whichever batch comes first: a row can
+    /// go once its token is refused as expired anyway (exp + leeway).
+    async fn purge_expired_token_uses(&self) {
+        use std::sync::atomic::Ordering;
+        let now = Utc::now().timestamp();
+        let last = self.last_purge.load(Ordering::Relaxed);
+        if now - last < PURGE_EVERY_SECS
+            || self.last_purge.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        match self.store.purge_token_uses(now, self.token_leeway_secs + 60).await {
+            Ok(0) => {}
+            Ok(n) => debug!(message = "purged expired token uses", rows = n),
+            Err(error) => warn!(message = "purging expired token uses failed; will try again", %error),
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod embedded;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::KafkaSettings;
+use crate::health::Health;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
@@ -112,7 +114,9 @@ pub fn consumer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfi
         .set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .set("isolation.level", "read_committed");
+        .set("isolation.level", "read_committed")
+        // Broker reachability for readiness (see LoopContext::stats).
+        .set("statistics.interval.ms", "5000");
     for (k, v) in &settings.consumer {
         cfg.set(k, v);
     }
@@ -140,10 +144,26 @@ pub async fn ensure_topics(settings: &KafkaSettings, bootstrap: &str, topics: &[
 }
 
 /// Logs assignments and commits stored offsets before partitions are taken
-/// away, so the next owner starts where this instance really finished.
-pub struct LoopContext;
+/// away, so the next owner starts where this instance really finished; and
+/// reports broker reachability to [`Health`].
+pub struct LoopContext {
+    health: Arc<Health>,
+}
 
-impl ClientContext for LoopContext {}
+impl ClientContext for LoopContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        // Internal and logical brokers are librdkafka's own bookkeeping.
+        let up = statistics.brokers.values().any(|b| b.state == "UP" && b.nodeid >= -1 && b.source != "internal");
+        self.health.set_kafka_down((!up).then(|| "no broker connection is up".to_owned()));
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_kafka_down(Some(format!("all brokers down: {reason}")));
+        }
+        warn!(message = "kafka client error", %error, %reason);
+    }
+}
 
 impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -175,9 +195,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(settings: &KafkaSettings, bootstrap: &str, input_topic: &str) -> Result<Self, KafkaError> {
+    pub fn new(
+        settings: &KafkaSettings,
+        bootstrap: &str,
+        input_topic: &str,
+        health: Arc<Health>,
+    ) -> Result<Self, KafkaError> {
         let consumer: StreamConsumer<LoopContext> =
-            consumer_config(settings, bootstrap).create_with_context(LoopContext)?;
+            consumer_config(settings, bootstrap).create_with_context(LoopContext { health })?;
         consumer.subscribe(&[input_topic])?;
         let producer: FutureProducer = producer_config(settings, bootstrap).create()?;
         Ok(Pipeline { consumer, producer })
@@ -229,22 +254,53 @@ fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> InputMessage {
     }
 }
 
+/// How much work the loop takes on at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Inputs whose outputs await acknowledgement before intake pauses.
+    pub max_in_flight: usize,
+    /// Inputs already received that are processed together.
+    pub max_batch: usize,
+}
+
+impl From<&crate::config::ServiceSettings> for Limits {
+    fn from(s: &crate::config::ServiceSettings) -> Self {
+        Limits { max_in_flight: s.max_in_flight, max_batch: s.max_batch }
+    }
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
 /// Runs until `shutdown` is cancelled (then drains within `grace`) or a fatal
-/// error. Retryable processing errors back off and retry the same input, so
-/// nothing behind it overtakes it.
+/// error.
+///
+/// When processing fails retryably (the database is down), the batch is held
+/// and retried with backoff while every assigned partition is paused: the
+/// consumer keeps polling, so the instance stays in its group however long
+/// the outage lasts, but takes no new work, stores no offsets and reports
+/// not-ready. Inputs that still arrive (from partitions assigned during the
+/// outage) queue behind the held batch, so nothing overtakes anything.
 pub async fn run<P: Processor>(
     pipeline: Pipeline,
     processor: &P,
     shutdown: CancellationToken,
     grace: Duration,
-    max_in_flight: usize,
-    max_batch: usize,
+    limits: Limits,
+    health: &Health,
 ) -> Result<(), KafkaError> {
     let Pipeline { consumer, producer } = pipeline;
     let mut pending = FuturesOrdered::new();
     let mut result = Ok(());
+    // A batch waiting for its dependency, and when to try it again.
+    let mut held: Option<Vec<InputMessage>> = None;
+    let mut backoff = FIRST_BACKOFF;
+    let mut paused = false;
+    let retry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(retry);
+    health.set_consuming(true);
     loop {
-        tokio::select! {
+        let batch = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             Some(done) = pending.next(), if !pending.is_empty() => {
@@ -252,30 +308,80 @@ pub async fn run<P: Processor>(
                     result = Err(e);
                     break;
                 }
+                continue;
             }
-            received = consumer.recv(), if pending.len() < max_in_flight => {
-                let mut batch = match received {
-                    Ok(m) => vec![detach(&m)],
+            _ = &mut retry, if held.is_some() => {
+                let mut batch = held.take().unwrap_or_default();
+                // Partitions revoked during the outage belong to another
+                // instance now; it re-processes their inputs.
+                if let Ok(assigned) = consumer.assignment() {
+                    batch.retain(|m| assigned.find_partition(&m.topic, m.partition).is_some());
+                }
+                if batch.is_empty() {
+                    paused = false;
+                    backoff = FIRST_BACKOFF;
+                    resume_all(&consumer);
+                    health.set_blocked(None);
+                    continue;
+                }
+                batch
+            }
+            received = consumer.recv(), if held.is_some() || pending.len() < limits.max_in_flight => {
+                let first = match received {
+                    Ok(m) => detach(&m),
                     Err(error) => {
                         warn!(message = "consumer error", %error);
                         continue;
                     }
                 };
+                if let Some(waiting) = held.as_mut() {
+                    waiting.push(first);
+                    pause_all(&consumer);
+                    continue;
+                }
                 // Whatever else is already here joins the batch: one database
                 // transaction and one round of produce for all of it.
-                while batch.len() < max_batch {
+                let mut batch = vec![first];
+                while batch.len() < limits.max_batch {
                     match consumer.recv().now_or_never() {
                         Some(Ok(m)) => batch.push(detach(&m)),
                         _ => break,
                     }
                 }
-                let Some(outputs) = process_with_retry(processor, &batch, &shutdown).await? else { break };
+                batch
+            }
+        };
+        match attempt(processor, &batch).await {
+            Ok(outputs) => {
+                if std::mem::take(&mut paused) {
+                    backoff = FIRST_BACKOFF;
+                    info!(message = "processing resumed");
+                    resume_all(&consumer);
+                    health.set_blocked(None);
+                }
                 for (msg, out) in batch.into_iter().zip(outputs) {
                     pending.push_back(deliver(producer.clone(), out, (msg.topic, msg.partition, msg.offset)));
                 }
             }
+            Err(Attempt::Retry(error)) => {
+                let first = &batch[0];
+                warn!(message = "processing paused; will retry", topic = %first.topic, partition = first.partition, offset = first.offset,
+                      %error, backoff_ms = backoff.as_millis() as u64);
+                health.set_blocked(Some(error));
+                Health::count(&health.counters.processing_retries);
+                pause_all(&consumer);
+                paused = true;
+                retry.as_mut().reset(tokio::time::Instant::now() + backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                held = Some(batch);
+            }
+            Err(Attempt::Fatal(e)) => {
+                result = Err(e);
+                break;
+            }
         }
     }
+    health.set_stopping();
     // Drain: what was decided gets delivered and its offset stored, within
     // the grace period; anything left is re-delivered to the next owner.
     let drain = async {
@@ -299,6 +405,18 @@ pub async fn run<P: Processor>(
     result
 }
 
+fn pause_all(consumer: &StreamConsumer<LoopContext>) {
+    if let Err(error) = consumer.assignment().and_then(|a| consumer.pause(&a)) {
+        warn!(message = "pausing partitions failed", %error);
+    }
+}
+
+fn resume_all(consumer: &StreamConsumer<LoopContext>) {
+    if let Err(error) = consumer.assignment().and_then(|a| consumer.resume(&a)) {
+        warn!(message = "resuming partitions failed", %error);
+    }
+}
+
 fn on_delivered(consumer: &StreamConsumer<LoopContext>, done: Result<Position, KafkaError>) -> Result<(), KafkaError> {
     let (topic, partition, offset) = done?;
     // Fails only when the partition was revoked meanwhile; its next owner
@@ -309,41 +427,28 @@ fn on_delivered(consumer: &StreamConsumer<LoopContext>, done: Result<Position, K
     Ok(())
 }
 
-async fn process_with_retry<P: Processor>(
-    processor: &P,
-    batch: &[InputMessage],
-    shutdown: &CancellationToken,
-) -> Result<Option<Vec<Vec<OutgoingMessage>>>, KafkaError> {
-    let mut backoff = Duration::from_millis(100);
+enum Attempt {
+    Retry(String),
+    Fatal(KafkaError),
+}
+
+async fn attempt<P: Processor>(processor: &P, batch: &[InputMessage]) -> Result<Vec<Vec<OutgoingMessage>>, Attempt> {
     let msg = &batch[0];
-    loop {
-        match processor.process_batch(batch).await {
-            Ok(out) if out.len() == batch.len() => return Ok(Some(out)),
-            Ok(out) => {
-                return Err(KafkaError::Processing {
-                    topic: msg.topic.clone(),
-                    partition: msg.partition,
-                    offset: msg.offset,
-                    message: format!("{} outputs for a batch of {}", out.len(), batch.len()),
-                });
-            }
-            Err(ProcessError::Fatal(message)) => {
-                error!(message = "processing failed", topic = %msg.topic, partition = msg.partition, offset = msg.offset, error = %message);
-                return Err(KafkaError::Processing {
-                    topic: msg.topic.clone(),
-                    partition: msg.partition,
-                    offset: msg.offset,
-                    message,
-                });
-            }
-            Err(ProcessError::Retryable(error)) => {
-                warn!(message = "processing will be retried", topic = %msg.topic, partition = msg.partition, offset = msg.offset, %error, backoff_ms = backoff.as_millis() as u64);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
+    let fatal = |message: String| {
+        Attempt::Fatal(KafkaError::Processing {
+            topic: msg.topic.clone(),
+            partition: msg.partition,
+            offset: msg.offset,
+            message,
+        })
+    };
+    match processor.process_batch(batch).await {
+        Ok(out) if out.len() == batch.len() => Ok(out),
+        Ok(out) => Err(fatal(format!("{} outputs for a batch of {}", out.len(), batch.len()))),
+        Err(ProcessError::Retryable(error)) => Err(Attempt::Retry(error)),
+        Err(ProcessError::Fatal(message)) => {
+            error!(message = "processing failed", topic = %msg.topic, partition = msg.partition, offset = msg.offset, error = %message);
+            Err(fatal(message))
         }
     }
 }

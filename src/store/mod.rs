@@ -1,6 +1,7 @@
 //! Persistence (sqlx only lives here). One portable schema for SQLite and
 //! PostgreSQL through sqlx's `Any` driver; migrations run at start-up.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -141,32 +142,36 @@ impl Store {
         Ok(Store { pool })
     }
 
-    pub async fn find_outcome(&self, idem_key: &str) -> Result<Option<Vec<Output>>, StoreError> {
-        find_outcome(&mut *self.pool.acquire().await?, idem_key).await
-    }
-
-    /// Units of `dataset` that `subject` consumed in `period`.
-    pub async fn usage_in_period(&self, subject: &str, dataset: &str, period: &str) -> Result<u64, StoreError> {
-        usage_in_period(&mut *self.pool.acquire().await?, subject, dataset, period).await
-    }
-
     /// Opens a transaction for a batch of inputs: one commit (one fsync)
-    /// for all of them. Reads inside it see the batch's own writes, so a
-    /// request repeated within a batch, or a quota used up by an earlier
-    /// request of the batch, is handled as if they came one by one.
+    /// for all of them. See [`Batch`].
     pub async fn begin(&self) -> Result<Batch, StoreError> {
-        Ok(Batch { tx: self.pool.begin().await? })
+        Ok(Batch {
+            tx: self.pool.begin().await?,
+            outcomes: HashMap::new(),
+            tokens: HashMap::new(),
+            counters: HashMap::new(),
+            heads: HashMap::new(),
+            pending: Pending::default(),
+        })
     }
 
-    /// Stores an input's outcome, sealing its audit event onto the chain.
-    /// Idempotent by `idem_key`: when the input was already decided, by this
-    /// or another instance, the stored outputs come back instead.
+    /// Stores one outcome on its own (policy audit events), sealing its
+    /// audit event onto the chain. Idempotent by `idem_key`: when the input
+    /// was already stored, by this or another instance, the stored outputs
+    /// come back instead.
     pub async fn commit(&self, c: &Commit) -> Result<Committed, StoreError> {
-        match self.try_commit(c).await {
+        let attempt = async {
+            let mut batch = self.begin().await?;
+            let committed = batch.add(c).await?;
+            batch.finish().await?;
+            Ok::<_, StoreError>(committed)
+        };
+        match attempt.await {
             Err(StoreError::Unavailable(e)) if is_unique_violation(&e) => {
                 // Lost a race: either another instance stored this input
                 // (return its outputs) or took our chain position (retry).
-                match self.find_outcome(&c.idem_key).await? {
+                let mut batch = self.begin().await?;
+                match batch.find_outcome(&c.idem_key).await? {
                     Some(outputs) => Ok(Committed::Existing(outputs)),
                     None => Err(StoreError::Unavailable(e)),
                 }
@@ -175,11 +180,14 @@ impl Store {
         }
     }
 
-    async fn try_commit(&self, c: &Commit) -> Result<Committed, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let committed = write(&mut tx, c, true).await?;
-        tx.commit().await?;
-        Ok(committed)
+    /// Deletes token uses whose token has expired `grace_secs` ago: past
+    /// that, the token is refused as expired anyway.
+    pub async fn purge_token_uses(&self, now: i64, grace_secs: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM token_uses WHERE expires_at < $1")
+            .bind(now - grace_secs)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Every audit event, chain by chain in sequence order.
@@ -206,149 +214,372 @@ impl Store {
 }
 
 /// A transaction holding a batch of inputs' outcomes.
+///
+/// Reads go to the database once per batch: the caller names every key it
+/// will ask about ([`Batch::prefetch`]) and later lookups are answered from
+/// memory, which also holds the batch's own writes, so a request repeated
+/// within a batch or a quota used up by an earlier request of the batch is
+/// handled as if they came one by one. Writes are buffered and go out as
+/// multi-row statements in [`Batch::finish`], inside the same transaction.
+/// A racing instance is still stopped by the primary keys: the commit fails
+/// with a unique violation, and the retry sees what the other one stored.
 pub struct Batch {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// Known outcomes (None: known to be absent).
+    outcomes: HashMap<String, Option<Vec<Output>>>,
+    /// Known token uses: (issuer, jti) → the request that used it.
+    tokens: HashMap<(String, String), Option<String>>,
+    /// Known usage counters (stored value plus this batch's additions).
+    counters: HashMap<(String, String, String), u64>,
+    /// Chain heads: last (seq, hash) per chain, None for an empty chain.
+    heads: HashMap<String, Option<(u64, String)>>,
+    pending: Pending,
 }
 
+#[derive(Default)]
+struct Pending {
+    outcomes: Vec<(String, &'static str, String, String)>,
+    audit: Vec<AuditEvent>,
+    audit_bodies: Vec<String>,
+    decisions: Vec<DecisionRow>,
+    usage: Vec<(UsageRecord, String)>,
+    counter_deltas: HashMap<(String, String, String), u64>,
+    tokens: Vec<(String, String, String, i64)>,
+}
+
+/// A token's use by a request (single-use token ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenUse {
+    /// First use, or the same request again: recorded for this request.
+    Fresh,
+    /// Already used by this other request.
+    UsedBy(String),
+}
+
+/// Keys a batch will look up, fetched in one query per kind.
+#[derive(Debug, Default)]
+pub struct Prefetch {
+    pub outcomes: Vec<String>,
+    pub tokens: Vec<(String, String)>,
+    pub counters: Vec<(String, String, String)>,
+    pub chains: Vec<String>,
+}
+
+/// Rows per multi-row statement: stays under SQLite's 32 766 and
+/// PostgreSQL's 65 535 bind parameters with 11 columns.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `($1, $2, …), (…)` for `rows` rows of `cols` placeholders.
+fn placeholders(rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        s.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('$');
+            s.push_str(&(r * cols + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
 impl Batch {
+    /// Loads what the batch will look up: one query per kind of key (and
+    /// one per audit chain), instead of one per input.
+    pub async fn prefetch(&mut self, keys: &Prefetch) -> Result<(), StoreError> {
+        let outcome_keys: Vec<&String> = keys.outcomes.iter().filter(|k| !self.outcomes.contains_key(*k)).collect();
+        for chunk in outcome_keys.chunks(ROWS_PER_STATEMENT) {
+            let sql =
+                format!("SELECT idem_key, outputs FROM outcomes WHERE idem_key IN {}", placeholders(1, chunk.len()));
+            let mut q = sqlx::query(&sql);
+            for k in chunk {
+                q = q.bind(k.as_str());
+            }
+            let rows = q.fetch_all(&mut *self.tx).await?;
+            for k in chunk {
+                self.outcomes.insert((*k).clone(), None);
+            }
+            for r in rows {
+                let key: String = r.try_get(0)?;
+                self.outcomes.insert(key, Some(decode_outputs(&r.try_get::<String, _>(1)?)?));
+            }
+        }
+        let token_keys: Vec<&(String, String)> = keys.tokens.iter().filter(|k| !self.tokens.contains_key(*k)).collect();
+        for chunk in token_keys.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT issuer, jti, request_id FROM token_uses WHERE (issuer, jti) IN (VALUES {})",
+                placeholders(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for (iss, jti) in chunk {
+                q = q.bind(iss.as_str()).bind(jti.as_str());
+            }
+            let rows = q.fetch_all(&mut *self.tx).await?;
+            for k in chunk {
+                self.tokens.insert((*k).clone(), None);
+            }
+            for r in rows {
+                self.tokens.insert((r.try_get(0)?, r.try_get(1)?), Some(r.try_get(2)?));
+            }
+        }
+        let counter_keys: Vec<&(String, String, String)> =
+            keys.counters.iter().filter(|k| !self.counters.contains_key(*k)).collect();
+        for chunk in counter_keys.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT subject, dataset, period, quantity FROM usage_counters \
+                 WHERE (subject, dataset, period) IN (VALUES {})",
+                placeholders(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for (s, d, p) in chunk {
+                q = q.bind(s.as_str()).bind(d.as_str()).bind(p.as_str());
+            }
+            let rows = q.fetch_all(&mut *self.tx).await?;
+            for k in chunk {
+                self.counters.insert((*k).clone(), 0);
+            }
+            for r in rows {
+                let quantity: i64 = r.try_get(3)?;
+                self.counters
+                    .insert((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?), u64::try_from(quantity).unwrap_or(0));
+            }
+        }
+        for chain in &keys.chains {
+            self.head(chain).await?;
+        }
+        Ok(())
+    }
+
     pub async fn find_outcome(&mut self, idem_key: &str) -> Result<Option<Vec<Output>>, StoreError> {
-        find_outcome(&mut self.tx, idem_key).await
+        if let Some(known) = self.outcomes.get(idem_key) {
+            return Ok(known.clone());
+        }
+        let row = sqlx::query("SELECT outputs FROM outcomes WHERE idem_key = $1")
+            .bind(idem_key)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        let found = row.map(|r| decode_outputs(&r.try_get::<String, _>(0)?)).transpose()?;
+        self.outcomes.insert(idem_key.to_owned(), found.clone());
+        Ok(found)
     }
 
+    /// Units of `dataset` that `subject` consumed in `period`, this batch
+    /// included.
     pub async fn usage_in_period(&mut self, subject: &str, dataset: &str, period: &str) -> Result<u64, StoreError> {
-        usage_in_period(&mut self.tx, subject, dataset, period).await
+        let key = (subject.to_owned(), dataset.to_owned(), period.to_owned());
+        if let Some(q) = self.counters.get(&key) {
+            return Ok(*q);
+        }
+        let row =
+            sqlx::query("SELECT quantity FROM usage_counters WHERE subject = $1 AND dataset = $2 AND period = $3")
+                .bind(subject)
+                .bind(dataset)
+                .bind(period)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        let q = row.map(|r| r.try_get::<i64, _>(0)).transpose()?.map_or(0, |q| u64::try_from(q).unwrap_or(0));
+        self.counters.insert(key, q);
+        Ok(q)
     }
 
-    /// Adds one input's outcome to the batch (see [`Store::commit`]).
+    /// Records that `request_id` uses the token (`issuer`, `jti`), valid
+    /// until `expires_at` (epoch seconds), unless another request used it.
+    pub async fn use_token(
+        &mut self,
+        issuer: &str,
+        jti: &str,
+        request_id: &str,
+        expires_at: i64,
+    ) -> Result<TokenUse, StoreError> {
+        let key = (issuer.to_owned(), jti.to_owned());
+        let known = match self.tokens.get(&key) {
+            Some(k) => k.clone(),
+            None => {
+                let row = sqlx::query("SELECT request_id FROM token_uses WHERE issuer = $1 AND jti = $2")
+                    .bind(issuer)
+                    .bind(jti)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+                row.map(|r| r.try_get::<String, _>(0)).transpose()?
+            }
+        };
+        match known {
+            Some(other) if other != request_id => Ok(TokenUse::UsedBy(other)),
+            Some(_) => Ok(TokenUse::Fresh),
+            None => {
+                self.tokens.insert(key, Some(request_id.to_owned()));
+                self.pending.tokens.push((issuer.to_owned(), jti.to_owned(), request_id.to_owned(), expires_at));
+                Ok(TokenUse::Fresh)
+            }
+        }
+    }
+
+    async fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, StoreError> {
+        if let Some(h) = self.heads.get(chain) {
+            return Ok(h.clone());
+        }
+        let row = sqlx::query("SELECT seq, hash FROM audit_events WHERE chain = $1 ORDER BY seq DESC LIMIT 1")
+            .bind(chain)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        let head = row
+            .map(|r| Ok::<_, sqlx::Error>((u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0), r.try_get(1)?)))
+            .transpose()?;
+        self.heads.insert(chain.to_owned(), head.clone());
+        Ok(head)
+    }
+
+    /// Adds one input's outcome to the batch, or returns the stored outputs
+    /// when the input was decided before.
     pub async fn add(&mut self, c: &Commit) -> Result<Committed, StoreError> {
-        write(&mut self.tx, c, true).await
+        if let Some(outputs) = self.find_outcome(&c.idem_key).await? {
+            return Ok(Committed::Existing(outputs));
+        }
+        let prev = self.head(&c.audit.chain).await?;
+        let audit = crate::audit::seal(c.audit.clone(), prev.as_ref().map(|(s, h)| (*s, h.as_str())));
+        let audit_json = serde_json::to_string(&audit).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        self.heads.insert(audit.chain.clone(), Some((audit.seq, audit.hash.clone())));
+
+        let mut outputs = c.messages.clone();
+        outputs.push(Output { stream: Stream::Audit, key: audit.chain.clone(), payload: audit_json.clone() });
+        if let Some(d) = &c.decision {
+            self.pending.decisions.push(d.clone());
+        }
+        if let Some(u) = &c.usage {
+            let body = serde_json::to_string(u).map_err(|e| StoreError::Fatal(e.to_string()))?;
+            let key = (u.subject.clone(), u.dataset.clone(), u.period.clone());
+            *self.counters.entry(key.clone()).or_default() += u.quantity;
+            *self.pending.counter_deltas.entry(key).or_default() += u.quantity;
+            outputs.push(Output { stream: Stream::Usage, key: u.subject.clone(), payload: body.clone() });
+            self.pending.usage.push((u.clone(), body));
+        }
+        let encoded = serde_json::to_string(&outputs).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        self.pending.outcomes.push((c.idem_key.clone(), c.kind, encoded, c.created_at.clone()));
+        self.pending.audit.push(audit);
+        self.pending.audit_bodies.push(audit_json);
+        self.outcomes.insert(c.idem_key.clone(), Some(outputs.clone()));
+        Ok(Committed::New(outputs))
     }
 
-    /// As [`Batch::add`], for an input whose key the caller has just looked
-    /// up in this same transaction and not found: saves the second lookup
-    /// on the hot path. (A racing instance is still stopped by the key.)
-    pub async fn add_new(&mut self, c: &Commit) -> Result<Committed, StoreError> {
-        write(&mut self.tx, c, false).await
-    }
-
-    /// Commits the batch. On any error nothing of it is stored.
-    pub async fn finish(self) -> Result<(), StoreError> {
+    /// Writes everything buffered and commits. On any error nothing of the
+    /// batch is stored.
+    pub async fn finish(mut self) -> Result<(), StoreError> {
+        let p = std::mem::take(&mut self.pending);
+        let tx = &mut self.tx;
+        let audit: Vec<(&AuditEvent, &String)> = p.audit.iter().zip(&p.audit_bodies).collect();
+        insert_rows(
+            tx,
+            "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at) VALUES ",
+            7,
+            &audit,
+            |q, (a, body)| {
+                q.bind(&a.chain)
+                    .bind(i64::try_from(a.seq).unwrap_or(i64::MAX))
+                    .bind(&a.hash)
+                    .bind(&a.prev_hash)
+                    .bind(&a.event_type)
+                    .bind(*body)
+                    .bind(a.occurred_at.to_rfc3339())
+            },
+        )
+        .await?;
+        insert_rows(
+            tx,
+            "INSERT INTO decisions (request_id, decision_id, subject, dataset, scenario, operation, outcome, \
+             reason_code, policy_version, request_digest, decided_at) VALUES ",
+            11,
+            &p.decisions,
+            |q, d| {
+                q.bind(&d.request_id)
+                    .bind(&d.decision_id)
+                    .bind(&d.subject)
+                    .bind(&d.dataset)
+                    .bind(&d.scenario)
+                    .bind(&d.operation)
+                    .bind(&d.outcome)
+                    .bind(&d.reason_code)
+                    .bind(&d.policy_version)
+                    .bind(&d.request_digest)
+                    .bind(&d.decided_at)
+            },
+        )
+        .await?;
+        insert_rows(
+            tx,
+            "INSERT INTO usage_records (usage_id, request_id, subject, dataset, period, quantity, amount_fen, body, \
+             recorded_at) VALUES ",
+            9,
+            &p.usage,
+            |q, (u, body)| {
+                q.bind(&u.usage_id)
+                    .bind(&u.request_id)
+                    .bind(&u.subject)
+                    .bind(&u.dataset)
+                    .bind(&u.period)
+                    .bind(i64::try_from(u.quantity).unwrap_or(i64::MAX))
+                    .bind(u.amount_fen)
+                    .bind(body)
+                    .bind(u.recorded_at.to_rfc3339())
+            },
+        )
+        .await?;
+        // One row per key: PostgreSQL refuses to update a row twice in one
+        // INSERT … ON CONFLICT.
+        let deltas: Vec<(&(String, String, String), &u64)> = p.counter_deltas.iter().collect();
+        for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO usage_counters (subject, dataset, period, quantity) VALUES {} \
+                 ON CONFLICT (subject, dataset, period) DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity",
+                placeholders(chunk.len(), 4)
+            );
+            let mut q = sqlx::query(&sql);
+            for ((s, d, per), n) in chunk {
+                q = q.bind(s.as_str()).bind(d.as_str()).bind(per.as_str()).bind(i64::try_from(**n).unwrap_or(i64::MAX));
+            }
+            q.execute(&mut **tx).await?;
+        }
+        insert_rows(
+            tx,
+            "INSERT INTO token_uses (issuer, jti, request_id, expires_at) VALUES ",
+            4,
+            &p.tokens,
+            |q, (iss, jti, req, exp)| q.bind(iss).bind(jti).bind(req).bind(*exp),
+        )
+        .await?;
+        insert_rows(
+            tx,
+            "INSERT INTO outcomes (idem_key, kind, outputs, created_at) VALUES ",
+            4,
+            &p.outcomes,
+            |q, (key, kind, outputs, at)| q.bind(key).bind(*kind).bind(outputs).bind(at),
+        )
+        .await?;
         Ok(self.tx.commit().await?)
     }
 }
 
-async fn find_outcome(conn: &mut sqlx::AnyConnection, idem_key: &str) -> Result<Option<Vec<Output>>, StoreError> {
-    let row = sqlx::query("SELECT outputs FROM outcomes WHERE idem_key = $1")
-        .bind(idem_key)
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.map(|r| decode_outputs(&r.try_get::<String, _>(0)?)).transpose()
-}
-
-async fn usage_in_period(
-    conn: &mut sqlx::AnyConnection,
-    subject: &str,
-    dataset: &str,
-    period: &str,
-) -> Result<u64, StoreError> {
-    let row = sqlx::query("SELECT quantity FROM usage_counters WHERE subject = $1 AND dataset = $2 AND period = $3")
-        .bind(subject)
-        .bind(dataset)
-        .bind(period)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?.map_or(0, |q| u64::try_from(q).unwrap_or(0)))
-}
-
-/// Writes one outcome: seals its audit event onto the chain and stores every
-/// output. Returns the stored outputs when the input was decided before.
-async fn write(tx: &mut sqlx::AnyConnection, c: &Commit, check_existing: bool) -> Result<Committed, StoreError> {
-    if check_existing && let Some(outputs) = find_outcome(&mut *tx, &c.idem_key).await? {
-        return Ok(Committed::Existing(outputs));
+/// Inserts `rows` with as few statements as the parameter limits allow.
+async fn insert_rows<'a, T>(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    head: &str,
+    cols: usize,
+    rows: &'a [T],
+    bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!("{head}{}", placeholders(chunk.len(), cols));
+        let mut q = sqlx::query(&sql);
+        for row in chunk {
+            q = bind(q, row);
+        }
+        q.execute(&mut **tx).await?;
     }
-    let head = sqlx::query("SELECT seq, hash FROM audit_events WHERE chain = $1 ORDER BY seq DESC LIMIT 1")
-        .bind(&c.audit.chain)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let prev =
-        head.map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)? as u64, r.try_get::<String, _>(1)?))).transpose()?;
-    let audit = crate::audit::seal(c.audit.clone(), prev.as_ref().map(|(s, h)| (*s, h.as_str())));
-    let audit_json = serde_json::to_string(&audit).map_err(|e| StoreError::Fatal(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&audit.chain)
-    .bind(audit.seq as i64)
-    .bind(&audit.hash)
-    .bind(&audit.prev_hash)
-    .bind(&audit.event_type)
-    .bind(&audit_json)
-    .bind(audit.occurred_at.to_rfc3339())
-    .execute(&mut *tx)
-    .await?;
-
-    let mut outputs = c.messages.clone();
-    outputs.push(Output { stream: Stream::Audit, key: audit.chain.clone(), payload: audit_json });
-
-    if let Some(d) = &c.decision {
-        sqlx::query(
-            "INSERT INTO decisions (request_id, decision_id, subject, dataset, scenario, operation, outcome, \
-                 reason_code, policy_version, request_digest, decided_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&d.request_id)
-        .bind(&d.decision_id)
-        .bind(&d.subject)
-        .bind(&d.dataset)
-        .bind(&d.scenario)
-        .bind(&d.operation)
-        .bind(&d.outcome)
-        .bind(&d.reason_code)
-        .bind(&d.policy_version)
-        .bind(&d.request_digest)
-        .bind(&d.decided_at)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if let Some(u) = &c.usage {
-        let body = serde_json::to_string(u).map_err(|e| StoreError::Fatal(e.to_string()))?;
-        sqlx::query(
-                "INSERT INTO usage_records (usage_id, request_id, subject, dataset, period, quantity, amount_fen, body, recorded_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(&u.usage_id)
-            .bind(&u.request_id)
-            .bind(&u.subject)
-            .bind(&u.dataset)
-            .bind(&u.period)
-            .bind(i64::try_from(u.quantity).unwrap_or(i64::MAX))
-            .bind(u.amount_fen)
-            .bind(&body)
-            .bind(u.recorded_at.to_rfc3339())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO usage_counters (subject, dataset, period, quantity) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (subject, dataset, period) DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity",
-        )
-        .bind(&u.subject)
-        .bind(&u.dataset)
-        .bind(&u.period)
-        .bind(i64::try_from(u.quantity).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-        outputs.push(Output { stream: Stream::Usage, key: u.subject.clone(), payload: body });
-    }
-    let encoded = serde_json::to_string(&outputs).map_err(|e| StoreError::Fatal(e.to_string()))?;
-    sqlx::query("INSERT INTO outcomes (idem_key, kind, outputs, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(&c.idem_key)
-        .bind(c.kind)
-        .bind(&encoded)
-        .bind(&c.created_at)
-        .execute(&mut *tx)
-        .await?;
-    Ok(Committed::New(outputs))
+    Ok(())
 }
 
 fn decode_outputs(text: &str) -> Result<Vec<Output>, StoreError> {

@@ -19,6 +19,8 @@ fn tollgate() -> Command {
         }
     }
     c.env("RUST_LOG", "warn");
+    // Binaries run side by side: each takes a free port unless a test picks one.
+    c.env("TOLLGATE_SERVICE__HTTP_LISTEN", "127.0.0.1:0");
     c
 }
 
@@ -114,8 +116,8 @@ issuers = ["{ISSUER}"]
         .unwrap();
 
     let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
-    let token = infra.token(TRAVEL, &[], 600);
-    let body = request("bin-1", Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "api_call", "industry");
+    let token = || infra.token(TRAVEL, &[], 600);
+    let body = request("bin-1", Some(&token()), "smart-tourism", "GX-610100-TOUR-0001", "api_call", "industry");
     client.produce(&t.requests, TRAVEL, body.to_string().as_bytes(), &[]).await.unwrap();
     let reader = client.reader(&[&t.decisions], "bin-reader").unwrap();
     let d = decision(&read_n(&reader, 1).await[0]);
@@ -166,11 +168,11 @@ async fn binary_without_kafka_configured_runs_an_embedded_cluster_others_can_rea
 #[tokio::test]
 async fn audit_verify_passes_on_an_intact_trail_and_names_a_tampered_record() {
     let mut app = spawn_app().await;
-    let token = app.infra.token(TRAVEL, &[], 600);
+    let token = || app.infra.token(TRAVEL, &[], 600);
     for i in 0..3 {
         // One key, so one partition and one chain of three events.
         let body =
-            request(&format!("a-{i}"), Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
+            request(&format!("a-{i}"), Some(&token()), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
         app.send(TRAVEL, body.to_string().as_bytes()).await;
     }
     let _ = app.request_audit(3).await;

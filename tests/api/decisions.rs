@@ -7,8 +7,8 @@ use crate::helpers::*;
 #[tokio::test]
 async fn approved_request_yields_signed_grant_audit_event_and_usage_record() {
     let app = spawn_app().await;
-    let token = app.infra.token(TRAVEL, &[], 600);
-    app.send_json(&request("r-approve-1", Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry"))
+    let token = || app.infra.token(TRAVEL, &[], 600);
+    app.send_json(&request("r-approve-1", Some(&token()), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry"))
         .await;
 
     let decisions = app.reader(&app.infra.topics.decisions);
@@ -54,6 +54,7 @@ async fn each_kind_of_denial_has_its_stable_reason_code_and_no_usage() {
     let app = spawn_app().await;
     let i = &app.infra;
     let good = i.token(TRAVEL, &[], 600);
+    // Every request below carries its own token: a token id authorizes one request.
     let cases = [
         (
             request(
@@ -75,23 +76,58 @@ async fn each_kind_of_denial_has_its_stable_reason_code_and_no_usage() {
             "auth.bad_signature",
         ),
         (
-            request("d-purpose", Some(&good), "smart-tourism", "GX-610100-TOUR-0001", "query", "public_welfare"),
+            request(
+                "d-purpose",
+                Some(&i.token(TRAVEL, &[], 600)),
+                "smart-tourism",
+                "GX-610100-TOUR-0001",
+                "query",
+                "public_welfare",
+            ),
             "policy.purpose_not_allowed",
         ),
         (
-            request("d-core", Some(&good), "smart-tourism", "GX-610000-POPU-0015", "query", "industry"),
+            request(
+                "d-core",
+                Some(&i.token(TRAVEL, &[], 600)),
+                "smart-tourism",
+                "GX-610000-POPU-0015",
+                "query",
+                "industry",
+            ),
             "policy.core_data",
         ),
         (
-            request("d-unknown", Some(&good), "smart-tourism", "GX-999999-NONE-0001", "query", "industry"),
+            request(
+                "d-unknown",
+                Some(&i.token(TRAVEL, &[], 600)),
+                "smart-tourism",
+                "GX-999999-NONE-0001",
+                "query",
+                "industry",
+            ),
             "catalog.unknown_dataset",
         ),
         (
-            request("d-scenario", Some(&good), "space-tourism", "GX-610100-TOUR-0001", "query", "industry"),
+            request(
+                "d-scenario",
+                Some(&i.token(TRAVEL, &[], 600)),
+                "space-tourism",
+                "GX-610100-TOUR-0001",
+                "query",
+                "industry",
+            ),
             "catalog.unknown_scenario",
         ),
         (
-            request("d-norule", Some(&good), "smart-tourism", "GX-610100-TOUR-0001", "download", "industry"),
+            request(
+                "d-norule",
+                Some(&i.token(TRAVEL, &[], 600)),
+                "smart-tourism",
+                "GX-610100-TOUR-0001",
+                "download",
+                "industry",
+            ),
             "policy.no_matching_rule",
         ),
         (

@@ -7,9 +7,9 @@ use crate::helpers::*;
 #[tokio::test]
 async fn redelivered_request_gets_its_original_decision_byte_for_byte() {
     let app = spawn_app().await;
-    let token = app.infra.token(TRAVEL, &[], 600);
+    let token = || app.infra.token(TRAVEL, &[], 600);
     let body =
-        request("r-twice", Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry").to_string();
+        request("r-twice", Some(&token()), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry").to_string();
     app.send(TRAVEL, body.as_bytes()).await;
     app.send(TRAVEL, body.as_bytes()).await;
 
@@ -28,13 +28,12 @@ async fn redelivered_request_gets_its_original_decision_byte_for_byte() {
 #[tokio::test]
 async fn restart_mid_stream_loses_nothing_and_decides_nothing_twice() {
     let app = spawn_app().await;
-    let token = app.infra.token(TRAVEL, &[], 600);
-    send_batch(&app, &token, 0..40).await;
+    send_batch(&app, 0..40).await;
     let reader = app.reader(&app.infra.topics.decisions);
     // Stop while the first batch is still being worked on.
     let _ = read_n(&reader, 5).await;
     let app = app.restart().await;
-    send_batch(&app, &token, 40..80).await;
+    send_batch(&app, 40..80).await;
 
     let mut by_request: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut bytes: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
@@ -78,14 +77,14 @@ async fn monthly_quota_is_enforced_from_the_usage_ledger() {
     settings.policy.dir = dir;
     let app = start(infra, settings).await;
 
-    let token = app.infra.token(TRAVEL, &[], 600);
+    let token = || app.infra.token(TRAVEL, &[], 600);
     let reader = app.reader(&app.infra.topics.decisions);
     let mut outcomes = Vec::new();
     for i in 0..3 {
         // One at a time, so the ledger order is the request order.
         app.send_json(&request(
             &format!("q-{i}"),
-            Some(&token),
+            Some(&token()),
             "smart-tourism",
             "GX-610100-TOUR-0001",
             "query",
@@ -101,10 +100,11 @@ async fn monthly_quota_is_enforced_from_the_usage_ledger() {
     assert!(audit.iter().any(|e| e.event_type == "quota_exceeded"));
 }
 
-async fn send_batch(app: &TestApp, token: &str, range: std::ops::Range<usize>) {
+async fn send_batch(app: &TestApp, range: std::ops::Range<usize>) {
     for i in range {
+        let token = app.infra.token(TRAVEL, &[], 600);
         let body =
-            request(&format!("r-{i:03}"), Some(token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
+            request(&format!("r-{i:03}"), Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
         app.send(TRAVEL, body.to_string().as_bytes()).await;
     }
 }

@@ -136,6 +136,8 @@ impl Infra {
         s.auth.issuers = vec![ISSUER.into()];
         s.grant.signing_key = Some(self.grant_key_path.clone());
         s.service.shutdown_grace_secs = 10;
+        // Tests run side by side: each takes a free port.
+        s.service.http_listen = "127.0.0.1:0".into();
         s
     }
 

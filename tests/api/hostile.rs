@@ -26,6 +26,8 @@ struct Case {
     expect: String,
     #[serde(default)]
     code: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
 }
 
 fn b64(v: &serde_json::Value) -> String {
@@ -104,12 +106,15 @@ async fn every_hostile_input_gets_its_expected_outcome() {
             .unwrap();
     let corpus: Corpus = toml::from_str(&text).unwrap();
     assert!(corpus.case.len() >= 50, "the corpus keeps at least 50 cases");
-    let tokens = tokens(&app.infra);
+    let shared = app.infra.token(TRAVEL, &[], 600);
 
     let mut by_id = HashMap::new();
     let mut by_payload = HashMap::new();
     for (i, case) in corpus.case.iter().enumerate() {
         let id = format!("h-{i:03}");
+        // Fresh tokens per case: a token id authorizes one request.
+        let mut tokens = tokens(&app.infra);
+        tokens.insert("shared", shared.clone());
         let payload: Vec<u8> = match (&case.payload, &case.payload_hex) {
             (Some(p), _) => fill(p, &id, &tokens).into_bytes(),
             (None, Some(h)) => hex::decode(h.replace(' ', "")).unwrap(),
@@ -117,7 +122,8 @@ async fn every_hostile_input_gets_its_expected_outcome() {
         };
         let auth = case.authorization.as_ref().map(|a| fill(a, &id, &tokens));
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
-        app.client.produce(&app.infra.topics.requests, &case.name, &payload, &headers).await.unwrap();
+        let key = case.key.as_deref().unwrap_or(&case.name);
+        app.client.produce(&app.infra.topics.requests, key, &payload, &headers).await.unwrap();
         if case.expect == "dead_letter" {
             assert!(by_payload.insert(payload, case).is_none(), "{}: payloads must differ", case.name);
         } else {

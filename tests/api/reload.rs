@@ -39,10 +39,10 @@ async fn edited_policy_is_reloaded_and_a_bad_edit_keeps_the_last_good_one() {
     settings.policy.dir = dir.clone();
     settings.policy.debounce_ms = 200;
     let app = start(infra, settings).await;
-    let token = app.infra.token(TRAVEL, &[], 600);
+    let token = || app.infra.token(TRAVEL, &[], 600);
     let decisions = app.reader(&app.infra.topics.decisions);
     let audit = app.reader(&app.infra.topics.audit);
-    let ask = |id: &str| request(id, Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "download", "industry");
+    let ask = |id: &str| request(id, Some(&token()), "smart-tourism", "GX-610100-TOUR-0001", "download", "industry");
 
     app.send_json(&ask("before")).await;
     let before = decision(&read_n(&decisions, 1).await[0]);
