@@ -10,6 +10,7 @@ use rdkafka::mocking::MockCluster;
 
 enum Command {
     CreateTopic { name: String, partitions: i32, reply: mpsc::Sender<Result<(), String>> },
+    BrokerUp { id: i32, up: bool, reply: mpsc::Sender<Result<(), String>> },
     Stop,
 }
 
@@ -47,6 +48,10 @@ impl EmbeddedKafka {
                         Command::CreateTopic { name, partitions, reply } => {
                             let _ = reply.send(cluster.create_topic(&name, partitions, 1).map_err(|e| e.to_string()));
                         }
+                        Command::BrokerUp { id, up, reply } => {
+                            let done = if up { cluster.broker_up(id) } else { cluster.broker_down(id) };
+                            let _ = reply.send(done.map_err(|e| e.to_string()));
+                        }
                         Command::Stop => break,
                     }
                 }
@@ -65,6 +70,17 @@ impl EmbeddedKafka {
         self.commands
             .send(Command::CreateTopic { name: name.to_owned(), partitions, reply })
             .map_err(|_| "embedded kafka has stopped".to_owned())?;
+        rx.recv().map_err(|_| "embedded kafka has stopped".to_owned())?
+    }
+}
+
+impl EmbeddedKafka {
+    /// Takes broker `id` (1-based) down, closing its connections and
+    /// refusing new ones, or brings it back: a broker outage on demand, for
+    /// fault tests.
+    pub fn set_broker_up(&self, id: i32, up: bool) -> Result<(), String> {
+        let (reply, rx) = mpsc::channel();
+        self.commands.send(Command::BrokerUp { id, up, reply }).map_err(|_| "embedded kafka has stopped".to_owned())?;
         rx.recv().map_err(|_| "embedded kafka has stopped".to_owned())?
     }
 }

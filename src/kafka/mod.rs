@@ -566,6 +566,12 @@ impl Client {
             }
             by_partition.entry(m.partition).or_default().push(m);
         }
+        // Some brokers (tansu 0.6) report a high watermark inside the last
+        // record batch; what follows it arrives without delay, so read on
+        // until the partitions fall quiet.
+        while let Some(m) = reader.next(Duration::from_millis(500)).await? {
+            by_partition.entry(m.partition).or_default().push(m);
+        }
         Ok(by_partition.into_values().flatten().collect())
     }
 }

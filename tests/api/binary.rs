@@ -10,7 +10,7 @@ use tollgate::kafka::Client;
 
 use crate::helpers::*;
 
-fn tollgate() -> Command {
+pub(crate) fn tollgate() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
     // Settings come only from what each test sets.
     for (k, _) in std::env::vars() {
@@ -18,7 +18,7 @@ fn tollgate() -> Command {
             c.env_remove(k);
         }
     }
-    c.env("RUST_LOG", "warn");
+    c.env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn");
     // Binaries run side by side: each takes a free port unless a test picks one.
     c.env("TOLLGATE_SERVICE__HTTP_LISTEN", "127.0.0.1:0");
     c
@@ -26,7 +26,7 @@ fn tollgate() -> Command {
 
 /// Kills the process if the test fails before stopping it, so a failed test
 /// leaves nothing running.
-struct Running(Child);
+pub(crate) struct Running(pub Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -48,12 +48,12 @@ impl std::ops::DerefMut for Running {
     }
 }
 
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success();
     assert!(ok, "kill -TERM");
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -211,6 +211,31 @@ async fn audit_verify_passes_on_an_intact_trail_and_names_a_tampered_record() {
     assert!(stderr.contains("seq 2") && stderr.contains("changed record"), "{stderr}");
 }
 
+/// `tollgate serve` on the test's topics, group, database and keys, all
+/// from the environment; its log goes to a file in the test's directory.
+pub(crate) fn serve(infra: &Infra) -> Command {
+    let t = &infra.topics;
+    let log = tempfile::Builder::new().suffix(".log").tempfile_in(infra.dir.path()).unwrap().keep().unwrap().0;
+    let mut c = tollgate();
+    c.arg("serve")
+        .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &infra.bootstrap)
+        .env("TOLLGATE_KAFKA__GROUP_ID", &infra.group)
+        .env("TOLLGATE_KAFKA__CREATE_TOPICS", "false")
+        .env("TOLLGATE_TOPICS__REQUESTS", &t.requests)
+        .env("TOLLGATE_TOPICS__DECISIONS", &t.decisions)
+        .env("TOLLGATE_TOPICS__AUDIT", &t.audit)
+        .env("TOLLGATE_TOPICS__USAGE", &t.usage)
+        .env("TOLLGATE_TOPICS__DLQ", &t.dlq)
+        .env("TOLLGATE_DATABASE__URL", &infra.database_url)
+        .env("TOLLGATE_POLICY__DIR", repo_policies())
+        .env("TOLLGATE_AUTH__PUBLIC_KEYS", format!("[\"{}\"]", infra.idp_public.display()))
+        .env("TOLLGATE_AUTH__ISSUERS", format!("[\"{ISSUER}\"]"))
+        .env("TOLLGATE_GRANT__SIGNING_KEY", &infra.grant_key_path)
+        .stdout(Stdio::null())
+        .stderr(log);
+    c
+}
+
 fn run_ok(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     use std::io::Write;
     let mut child =
@@ -311,21 +336,10 @@ async fn sighup_reloads_the_policy_when_file_watching_is_off() {
         std::fs::copy(repo_policies().join(f), dir.join(f)).unwrap();
     }
     let t = &infra.topics;
-    let mut child = tollgate()
-        .arg("serve")
-        .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &infra.bootstrap)
-        .env("TOLLGATE_KAFKA__GROUP_ID", &infra.group)
-        .env("TOLLGATE_KAFKA__CREATE_TOPICS", "false")
-        .env("TOLLGATE_TOPICS__REQUESTS", &t.requests)
-        .env("TOLLGATE_TOPICS__DECISIONS", &t.decisions)
-        .env("TOLLGATE_TOPICS__AUDIT", &t.audit)
-        .env("TOLLGATE_TOPICS__USAGE", &t.usage)
-        .env("TOLLGATE_TOPICS__DLQ", &t.dlq)
-        .env("TOLLGATE_DATABASE__URL", &infra.database_url)
+    let mut child = serve(&infra)
         .env("TOLLGATE_POLICY__DIR", &dir)
         .env("TOLLGATE_POLICY__WATCH", "false")
         .env("TOLLGATE_SERVICE__INSTANCE_ID", "hup-test")
-        .stdout(Stdio::null())
         .spawn()
         .map(Running)
         .unwrap();

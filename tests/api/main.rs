@@ -5,6 +5,7 @@
 mod binary;
 mod decisions;
 mod delivery;
+mod faults;
 mod helpers;
 mod hostile;
 mod reload;

@@ -1,0 +1,430 @@
+//! Faults against the real binary while requests flow: kill -9, SIGTERM, a
+//! broker outage, a database outage and a rebalance between two instances.
+//! Afterwards every request has exactly one decision id, the audit chain
+//! verifies (database and topic) and the usage records match the approvals.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinHandle;
+use tollgate::config::Settings;
+use tollgate::events::Outcome;
+use tollgate::kafka::Client;
+use tollgate::kafka::embedded::EmbeddedKafka;
+
+use crate::binary::{Running, serve, sigterm, tollgate, wait_exit};
+use crate::helpers::*;
+
+/// How long a whole faulty run may take to decide everything.
+const SETTLE: Duration = Duration::from_secs(180);
+
+/// Produces `n` requests at about `per_sec`, each with its own token; one in
+/// ten asks for a purpose the scenario does not allow (a denial). Returns the
+/// request ids with the outcome each must get.
+fn produce_stream(infra: &Infra, prefix: &str, n: usize, per_sec: u64) -> JoinHandle<BTreeMap<String, Outcome>> {
+    let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
+    let topic = infra.topics.requests.clone();
+    let idp = infra.idp.clone();
+    let prefix = prefix.to_owned();
+    tokio::spawn(async move {
+        let mut expected = BTreeMap::new();
+        let pause = Duration::from_micros(1_000_000 / per_sec);
+        for i in 0..n {
+            let id = format!("{prefix}-{i:04}");
+            let token =
+                idp.sign(&tollgate::auth::Claims::new(TRAVEL, ISSUER, "tollgate", 3600).with_roles(&["data_user"]));
+            let (class, outcome) =
+                if i % 10 == 9 { ("public_welfare", Outcome::Denied) } else { ("industry", Outcome::Approved) };
+            let body = request(&id, Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", class);
+            // Keys spread requests over every partition.
+            client.produce(&topic, &format!("k{}", i % 7), body.to_string().as_bytes(), &[]).await.expect("produce");
+            expected.insert(id, outcome);
+            tokio::time::sleep(pause).await;
+        }
+        expected
+    })
+}
+
+/// Per request id: every (decision id, outcome) published for it.
+type Decided = BTreeMap<String, BTreeSet<(String, Outcome)>>;
+
+/// Every decision seen on the topic so far.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Decided>>);
+
+impl Seen {
+    fn watch(infra: &Infra) -> (Seen, JoinHandle<()>) {
+        let seen = Seen::default();
+        let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
+        let reader = client.reader(&[&infra.topics.decisions], &format!("faults-{}", uuid::Uuid::new_v4())).unwrap();
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            loop {
+                if let Ok(Some(m)) = reader.next(Duration::from_secs(1)).await {
+                    let d = decision(&m);
+                    s.0.lock().unwrap().entry(d.request_id).or_default().insert((d.decision_id, d.outcome));
+                }
+            }
+        });
+        (seen, task)
+    }
+
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` requests have a decision.
+    async fn wait_for(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.count() < n {
+            assert!(Instant::now() < deadline, "only {} of {n} requests decided within {within:?}", self.count());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The guarantees, checked after the faults: one decision id per request,
+/// with the expected outcome; chains intact in the database and on the
+/// topic; one usage record per approval, in the database and on the topic.
+async fn assert_nothing_lost_nothing_twice(infra: &Infra, seen: &Seen, expected: &BTreeMap<String, Outcome>) {
+    seen.wait_for(expected.len(), SETTLE).await;
+    let decided = seen.0.lock().unwrap().clone();
+    for (id, outcome) in expected {
+        let ds = decided.get(id).unwrap_or_else(|| panic!("{id} has no decision"));
+        assert_eq!(ds.len(), 1, "{id} was decided more than once: {ds:?}");
+        assert_eq!(ds.iter().next().unwrap().1, *outcome, "{id}");
+    }
+    assert_eq!(decided.len(), expected.len(), "decisions for requests nobody sent");
+
+    for from_kafka in [false, true] {
+        let mut c = tollgate();
+        c.args(["audit", "verify"])
+            .env("TOLLGATE_DATABASE__URL", &infra.database_url)
+            .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &infra.bootstrap)
+            .env("TOLLGATE_TOPICS__AUDIT", &infra.topics.audit);
+        if from_kafka {
+            c.arg("--kafka");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "audit verify (kafka: {from_kafka}): {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let approvals = expected.values().filter(|o| **o == Outcome::Approved).count();
+    let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
+    let (records, _, _) = store.usage_totals().await.unwrap();
+    assert_eq!(records as usize, approvals, "usage records in the database");
+    // A decision's usage record is published beside it, so it may land a
+    // moment after the decision was seen.
+    let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let usage = loop {
+        let usage: BTreeSet<String> = client
+            .read_to_end(&infra.topics.usage)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| serde_json::from_slice::<tollgate::events::UsageRecord>(&m.payload).unwrap().usage_id)
+            .collect();
+        if usage.len() >= approvals || Instant::now() > deadline {
+            break usage;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(usage.len(), approvals, "distinct usage records on the topic");
+}
+
+/// Prints the logs of every `tollgate serve` a test ran when it fails.
+struct LogsOnFailure(std::path::PathBuf);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".log") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("--- {} (last lines) ---", entry.path().display());
+                tail.iter().rev().for_each(|l| eprintln!("{l}"));
+            }
+        }
+    }
+}
+
+/// Fast rejoin after a crash: the group forgets a killed member sooner.
+fn serve_fast(infra: &Infra) -> std::process::Command {
+    let mut c = serve(infra);
+    c.env("TOLLGATE_KAFKA__CONSUMER__SESSION_TIMEOUT_MS", "6000").env("TOLLGATE_SERVICE__MAX_BATCH", "32");
+    c
+}
+
+/// Moves `infra` to an embedded cluster of the test's own (same topics).
+fn own_cluster(infra: &mut Infra) -> EmbeddedKafka {
+    let cluster = EmbeddedKafka::start(1).unwrap();
+    infra.bootstrap = cluster.bootstrap_servers().to_owned();
+    for t in infra.topics.all() {
+        cluster.create_topic(t, 3).unwrap();
+    }
+    cluster
+}
+
+#[tokio::test]
+async fn kill_9_and_sigterm_at_random_moments_lose_nothing_and_decide_nothing_twice() {
+    let mut infra = infra().await;
+    let _logs = LogsOnFailure(infra.dir.path().to_owned());
+    // Always on the embedded broker: tansu 0.6 never expires the session of a
+    // killed member, so its partitions would stay assigned to the dead.
+    let _cluster = own_cluster(&mut infra);
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (seen, watcher) = Seen::watch(&infra);
+    let producing = produce_stream(&infra, "k9", 900, 100);
+    // Kill, stop, kill: each time once the instance is deciding, at a random
+    // moment of its work.
+    for round in 0..3 {
+        let mut child = serve_fast(&infra).spawn().map(Running).unwrap();
+        let before = seen.count();
+        seen.wait_for(before + 1, Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1500))).await;
+        if round == 1 {
+            sigterm(&child);
+            let status = wait_exit(&mut child, Duration::from_secs(40));
+            assert!(status.success(), "SIGTERM exit status {status}");
+        } else {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+    let mut last = serve_fast(&infra).spawn().map(Running).unwrap();
+    let expected = producing.await.unwrap();
+    assert_nothing_lost_nothing_twice(&infra, &seen, &expected).await;
+    sigterm(&last);
+    assert!(wait_exit(&mut last, Duration::from_secs(40)).success());
+    watcher.abort();
+}
+
+#[tokio::test]
+async fn rebalance_between_two_instances_mid_stream_decides_each_request_once() {
+    let infra = infra().await;
+    let _logs = LogsOnFailure(infra.dir.path().to_owned());
+    let (seen, watcher) = Seen::watch(&infra);
+    let producing = produce_stream(&infra, "rb", 600, 100);
+    let mut a = serve(&infra).env("TOLLGATE_SERVICE__INSTANCE_ID", "a").spawn().map(Running).unwrap();
+    seen.wait_for(50, Duration::from_secs(60)).await;
+    // B joins: the partitions are split between them.
+    let mut b = serve(&infra).env("TOLLGATE_SERVICE__INSTANCE_ID", "b").spawn().map(Running).unwrap();
+    seen.wait_for(250, Duration::from_secs(90)).await;
+    // A leaves: B takes everything over.
+    sigterm(&a);
+    assert!(wait_exit(&mut a, Duration::from_secs(40)).success());
+    let expected = producing.await.unwrap();
+    assert_nothing_lost_nothing_twice(&infra, &seen, &expected).await;
+    sigterm(&b);
+    assert!(wait_exit(&mut b, Duration::from_secs(40)).success());
+    watcher.abort();
+}
+
+/// A free loopback port for the binary's HTTP endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET http://127.0.0.1:port/path → (status, body); None when unreachable.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls /readyz until `want` holds of (status, body).
+async fn wait_ready(port: u16, what: &str, want: impl Fn(u16, &str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((status, body)) = tokio::task::block_in_place(|| http_get(port, "/readyz"))
+            && want(status, &body)
+        {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz never showed {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_mid_stream_reports_not_ready_then_resumes_and_loses_nothing() {
+    // A broker of its own, to take down; whichever broker the suite uses.
+    let mut infra = infra().await;
+    let _logs = LogsOnFailure(infra.dir.path().to_owned());
+    let cluster = own_cluster(&mut infra);
+    let port = free_port();
+    let mut child =
+        serve(&infra).env("TOLLGATE_SERVICE__HTTP_LISTEN", format!("127.0.0.1:{port}")).spawn().map(Running).unwrap();
+    let (seen, watcher) = Seen::watch(&infra);
+    let producing = produce_stream(&infra, "bo", 400, 100);
+    seen.wait_for(60, Duration::from_secs(60)).await;
+    wait_ready(port, "ready", |s, _| s == 200).await;
+
+    cluster.set_broker_up(1, false).unwrap();
+    let body = wait_ready(port, "not ready because of kafka", |s, b| s == 503 && b.contains("kafka")).await;
+    println!("during the outage: {body}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.set_broker_up(1, true).unwrap();
+
+    let expected = producing.await.unwrap();
+    assert_nothing_lost_nothing_twice(&infra, &seen, &expected).await;
+    wait_ready(port, "ready again", |s, _| s == 200).await;
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(40)).success());
+    watcher.abort();
+}
+
+/// Makes the test's database unavailable to tollgate and available again.
+enum DbOutage {
+    /// SQLite: the test holds the write lock, so every write is refused
+    /// as busy.
+    Locked { conn: Option<sqlx::SqliteConnection>, path: String },
+    /// PostgreSQL: tollgate connects through a proxy the test can cut.
+    Proxy(TcpProxy),
+}
+
+impl DbOutage {
+    /// Wraps `infra`'s database; rewrites its URL where tollgate must
+    /// connect through the proxy.
+    async fn around(infra: &mut Infra) -> DbOutage {
+        if let Some(path) = infra.database_url.strip_prefix("sqlite://") {
+            return DbOutage::Locked { conn: None, path: path.to_owned() };
+        }
+        let (prefix, rest) = infra.database_url.split_once('@').expect("user@host in the database URL");
+        let (authority, db) = rest.split_once('/').expect("a database name");
+        let proxy = TcpProxy::start(authority).await;
+        infra.database_url = format!("{prefix}@127.0.0.1:{}/{db}", proxy.port);
+        DbOutage::Proxy(proxy)
+    }
+
+    async fn down(&mut self) {
+        match self {
+            DbOutage::Locked { conn, path } => {
+                use sqlx::Connection;
+                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{path}")).await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE").execute(&mut c).await.unwrap();
+                *conn = Some(c);
+            }
+            DbOutage::Proxy(p) => p.cut(),
+        }
+    }
+
+    async fn up(&mut self) {
+        match self {
+            DbOutage::Locked { conn, .. } => {
+                let mut c = conn.take().expect("locked");
+                sqlx::query("COMMIT").execute(&mut c).await.unwrap();
+            }
+            DbOutage::Proxy(p) => p.restore().await,
+        }
+    }
+}
+
+/// A TCP proxy to `upstream` that can drop every connection and refuse new
+/// ones, then accept again on the same port.
+struct TcpProxy {
+    port: u16,
+    upstream: String,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl TcpProxy {
+    async fn start(upstream: &str) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = TcpProxy { port, upstream: upstream.to_owned(), tasks: Arc::default() };
+        proxy.accept(listener);
+        proxy
+    }
+
+    fn accept(&self, listener: tokio::net::TcpListener) {
+        let upstream = self.upstream.clone();
+        let tasks = self.tasks.clone();
+        let acceptor = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tasks.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks.lock().unwrap().push(acceptor);
+    }
+
+    fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    async fn restore(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("rebinding the proxy port: {e}"),
+            }
+        };
+        self.accept(listener);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_pauses_intake_reports_not_ready_and_resumes_by_itself() {
+    let mut infra = infra().await;
+    let _logs = LogsOnFailure(infra.dir.path().to_owned());
+    let mut outage = DbOutage::around(&mut infra).await;
+    let port = free_port();
+    let mut child =
+        serve(&infra).env("TOLLGATE_SERVICE__HTTP_LISTEN", format!("127.0.0.1:{port}")).spawn().map(Running).unwrap();
+    let (seen, watcher) = Seen::watch(&infra);
+    let first = produce_stream(&infra, "db1", 40, 200).await.unwrap();
+    seen.wait_for(first.len(), Duration::from_secs(60)).await;
+    wait_ready(port, "ready", |s, _| s == 200).await;
+
+    outage.down().await;
+    let second = produce_stream(&infra, "db2", 40, 200).await.unwrap();
+    let body = wait_ready(port, "paused for the database", |s, b| s == 503 && b.contains("processing paused")).await;
+    println!("during the outage: {body}");
+    // Backpressure: nothing is decided while the database is away.
+    let decided = seen.count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(seen.count(), decided, "decisions were published while the database was down");
+    assert!(decided < first.len() + second.len());
+
+    outage.up().await;
+    let mut expected = first;
+    expected.extend(second);
+    assert_nothing_lost_nothing_twice(&infra, &seen, &expected).await;
+    wait_ready(port, "ready again", |s, _| s == 200).await;
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("tollgate_processing_retries_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(40)).success());
+    watcher.abort();
+}
