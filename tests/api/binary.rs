@@ -384,3 +384,60 @@ fn loadgen_reports_tollgate_against_the_pass_through_baseline() {
     }
     assert!(report["ratio"].as_f64().unwrap() > 0.0);
 }
+
+#[tokio::test]
+async fn logs_hold_no_tokens_or_secrets_even_at_debug_level() {
+    let infra = infra().await;
+    let secret = "hs256-secret-that-must-never-be-logged";
+    let password = "sasl-password-that-must-never-be-logged";
+    let mut child = serve(&infra)
+        .env("RUST_LOG", "debug")
+        .env("TOLLGATE_AUTH__ALLOW_HS256", "true")
+        .env("TOLLGATE_AUTH__HS256_SECRET", secret)
+        .env("TOLLGATE_KAFKA__PROPERTIES__SASL_PASSWORD", password)
+        .spawn()
+        .map(Running)
+        .unwrap();
+    let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
+    let good = infra.token(TRAVEL, &[], 600);
+    let expired = infra.token(TRAVEL, &[], -3600);
+    let t = &infra.topics;
+    let sends = [
+        ("lg-1", Some(good.as_str()), None),
+        // The same token again: a replay, which is logged.
+        ("lg-2", Some(good.as_str()), None),
+        ("lg-3", Some(expired.as_str()), None),
+        ("lg-4", None, Some(format!("Bearer {}", infra.token(TRAVEL, &[], 600)))),
+    ];
+    let mut tokens = vec![good.clone(), expired.clone()];
+    for (id, token, header) in &sends {
+        let body = request(id, *token, "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
+        let headers: Vec<(&str, &str)> = header.iter().map(|h| ("authorization", h.as_str())).collect();
+        if let Some(h) = header {
+            tokens.push(h.trim_start_matches("Bearer ").to_owned());
+        }
+        client.produce(&t.requests, TRAVEL, body.to_string().as_bytes(), &headers).await.unwrap();
+    }
+    let decided = read_n(&client.reader(&[&t.decisions], "lg-reader").unwrap(), sends.len()).await;
+    let codes: Vec<Option<String>> =
+        decided.iter().map(|m| decision(m).reasons.first().map(|r| r.code.clone())).collect();
+    assert!(codes.contains(&Some("auth.token_replayed".into())), "{codes:?}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+
+    let mut logs = String::new();
+    for entry in std::fs::read_dir(infra.dir.path()).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".log") {
+            logs.push_str(&std::fs::read_to_string(entry.path()).unwrap());
+        }
+    }
+    assert!(logs.contains("replayed token refused"), "the debug log was written");
+    for token in &tokens {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!logs.contains(signature), "a token signature is in the log");
+        let claims = token.split('.').nth(1).unwrap();
+        assert!(!logs.contains(claims), "a token's claims segment is in the log");
+    }
+    assert!(!logs.contains(secret), "the HS256 secret is in the log");
+    assert!(!logs.contains(password), "the SASL password is in the log");
+}

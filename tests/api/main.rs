@@ -6,6 +6,7 @@ mod binary;
 mod decisions;
 mod delivery;
 mod faults;
+mod fuzz;
 mod helpers;
 mod hostile;
 mod reload;
