@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::{SigningKey, Verifier};
-use crate::config::Settings;
+use crate::config::{DeliveryMode, Settings};
 use crate::health::{Health, HttpServer};
 use crate::kafka::{self, Limits, Pipeline, embedded::EmbeddedKafka};
 use crate::reload::Reloader;
@@ -110,7 +110,20 @@ impl App {
                 Some(HttpServer::bind(addr).await.map_err(|source| AppError::Http { addr: addr.to_owned(), source })?)
             }
         };
-        let pipeline = Pipeline::new(&settings.kafka, &bootstrap, &settings.topics.requests, health.clone())?;
+        let transactional_id = (settings.kafka.delivery == DeliveryMode::Transactional).then(|| {
+            settings
+                .kafka
+                .transactional_id
+                .clone()
+                .unwrap_or_else(|| format!("tollgate-{}", settings.service.instance_id))
+        });
+        let pipeline = Pipeline::new(
+            &settings.kafka,
+            &bootstrap,
+            &settings.topics.requests,
+            health.clone(),
+            transactional_id.as_deref(),
+        )?;
         let current = Arc::new(ArcSwap::from_pointee(policy));
         let reloader = Reloader {
             dir: settings.policy.dir.clone(),

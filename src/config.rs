@@ -74,6 +74,23 @@ pub struct KafkaSettings {
     /// librdkafka properties for the producer only.
     #[serde(deserialize_with = "scalar_map")]
     pub producer: BTreeMap<String, String>,
+    /// How outputs and input offsets reach Kafka.
+    pub delivery: DeliveryMode,
+    /// Transactional mode: the producer's `transactional.id`, stable per
+    /// instance and unique in the cluster. Default `tollgate-<instance_id>`.
+    pub transactional_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryMode {
+    /// Idempotent producer; an input's offset is stored once all its outputs
+    /// are acknowledged. Outputs may repeat (identically) after a crash.
+    #[default]
+    AtLeastOnce,
+    /// Each batch's outputs and input offsets in one Kafka transaction: they
+    /// become visible (to `read_committed` consumers) together or not at all.
+    Transactional,
 }
 
 /// librdkafka values are strings, but `TOLLGATE_…=5` arrives as a number
@@ -115,6 +132,8 @@ impl Default for KafkaSettings {
             properties: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
+            delivery: DeliveryMode::AtLeastOnce,
+            transactional_id: None,
         }
     }
 }

@@ -238,7 +238,7 @@ pub async fn run(mut settings: Settings, opts: LoadOptions) -> anyhow::Result<Re
     if opts.baseline {
         let mut base = settings.kafka.clone();
         base.group_id = format!("loadgen-base-{run_id}");
-        let pipeline = Pipeline::new(&base, &bootstrap, &base_topics.requests, Health::new())?;
+        let pipeline = Pipeline::new(&base, &bootstrap, &base_topics.requests, Health::new(), None)?;
         let pass = PassThrough {
             outputs: [base_topics.decisions.clone(), base_topics.audit.clone(), base_topics.usage.clone()],
         };

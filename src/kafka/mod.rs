@@ -192,20 +192,45 @@ fn describe(tpl: &TopicPartitionList) -> String {
 pub struct Pipeline {
     pub consumer: StreamConsumer<LoopContext>,
     pub producer: FutureProducer,
+    /// Outputs and offsets go in Kafka transactions (see [`crate::config::DeliveryMode`]).
+    pub transactional: bool,
 }
 
+/// How long a transaction step may take before it counts as failed.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Pipeline {
+    /// The consumer and producer of the loop. With a `transactional_id`,
+    /// the producer is transactional (initialised here, which blocks until
+    /// the broker answers and fences any older producer with the same id)
+    /// and the consumer commits nothing itself.
     pub fn new(
         settings: &KafkaSettings,
         bootstrap: &str,
         input_topic: &str,
         health: Arc<Health>,
+        transactional_id: Option<&str>,
     ) -> Result<Self, KafkaError> {
-        let consumer: StreamConsumer<LoopContext> =
-            consumer_config(settings, bootstrap).create_with_context(LoopContext { health })?;
+        let mut consumer_cfg = consumer_config(settings, bootstrap);
+        let mut producer_cfg = producer_config(settings, bootstrap);
+        if let Some(id) = transactional_id {
+            consumer_cfg.set("enable.auto.commit", "false");
+            producer_cfg.set("transactional.id", id);
+            // librdkafka requires message.timeout.ms <= transaction.timeout.ms
+            // (60 s by default); the at-least-once default of 300 s is not.
+            let user_set = |k: &str| settings.producer.contains_key(k) || settings.properties.contains_key(k);
+            if !user_set("message.timeout.ms") {
+                let txn = producer_cfg.get("transaction.timeout.ms").unwrap_or("60000").to_owned();
+                producer_cfg.set("message.timeout.ms", txn);
+            }
+        }
+        let consumer: StreamConsumer<LoopContext> = consumer_cfg.create_with_context(LoopContext { health })?;
         consumer.subscribe(&[input_topic])?;
-        let producer: FutureProducer = producer_config(settings, bootstrap).create()?;
-        Ok(Pipeline { consumer, producer })
+        let producer: FutureProducer = producer_cfg.create()?;
+        if transactional_id.is_some() {
+            producer.init_transactions(TXN_TIMEOUT)?;
+        }
+        Ok(Pipeline { consumer, producer, transactional: transactional_id.is_some() })
     }
 }
 
@@ -289,7 +314,7 @@ pub async fn run<P: Processor>(
     limits: Limits,
     health: &Health,
 ) -> Result<(), KafkaError> {
-    let Pipeline { consumer, producer } = pipeline;
+    let Pipeline { consumer, producer, transactional } = pipeline;
     let mut pending = FuturesOrdered::new();
     let mut result = Ok(());
     // A batch waiting for its dependency, and when to try it again.
@@ -359,8 +384,28 @@ pub async fn run<P: Processor>(
                     resume_all(&consumer);
                     health.set_blocked(None);
                 }
-                for (msg, out) in batch.into_iter().zip(outputs) {
-                    pending.push_back(deliver(producer.clone(), out, (msg.topic, msg.partition, msg.offset)));
+                if !transactional {
+                    for (msg, out) in batch.into_iter().zip(outputs) {
+                        pending.push_back(deliver(producer.clone(), out, (msg.topic, msg.partition, msg.offset)));
+                    }
+                    continue;
+                }
+                match publish_in_transaction(&producer, &consumer, &batch, &outputs).await {
+                    Ok(()) => health.set_blocked(None),
+                    Err(TxnFailure::Fatal(e)) => {
+                        error!(message = "transactional producer failed for good (fenced by a newer instance with the same transactional.id?)", error = %e);
+                        result = Err(e);
+                        break;
+                    }
+                    Err(TxnFailure::Aborted(error)) => {
+                        // The batch comes round again and finds its stored
+                        // outcome: the same bytes, in a new transaction.
+                        warn!(message = "transaction aborted; the batch will be re-read", %error);
+                        health.set_blocked(Some(format!("kafka transaction aborted: {error}")));
+                        Health::count(&health.counters.processing_retries);
+                        rewind(&consumer, &batch);
+                        tokio::time::sleep(FIRST_BACKOFF).await;
+                    }
                 }
             }
             Err(Attempt::Retry(error)) => {
@@ -403,6 +448,104 @@ pub async fn run<P: Processor>(
     let _ = producer.flush(rdkafka::util::Timeout::After(Duration::from_secs(5)));
     consumer.unsubscribe();
     result
+}
+
+enum TxnFailure {
+    /// Aborted; the batch can be tried again.
+    Aborted(KafkaError),
+    /// The producer is unusable (fenced, or a fatal librdkafka error).
+    Fatal(KafkaError),
+}
+
+/// Publishes a batch's outputs and commits its input offsets to the group
+/// in one transaction. On any failure that leaves the producer usable the
+/// transaction is aborted, so none of it becomes visible.
+async fn publish_in_transaction(
+    producer: &FutureProducer,
+    consumer: &StreamConsumer<LoopContext>,
+    batch: &[InputMessage],
+    outputs: &[Vec<OutgoingMessage>],
+) -> Result<(), TxnFailure> {
+    let classify = |e: rdkafka::error::KafkaError| match &e {
+        rdkafka::error::KafkaError::Transaction(t) if t.is_fatal() => TxnFailure::Fatal(e.into()),
+        _ => TxnFailure::Aborted(e.into()),
+    };
+    producer.begin_transaction().map_err(classify)?;
+    let mut acks = Vec::with_capacity(outputs.len() * 3);
+    let mut failed = None;
+    for m in outputs.iter().flatten() {
+        match producer.send_result(to_record(m)) {
+            Ok(ack) => acks.push(ack),
+            Err((e, _)) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let committed = match (failed, consumer.group_metadata()) {
+        (Some(e), _) => Err(e),
+        // Not in a group (yet, or any more): nothing to commit offsets to.
+        (None, None) => Err(rdkafka::error::KafkaError::Canceled),
+        (None, Some(group)) => {
+            let mut offsets = TopicPartitionList::new();
+            for (topic, partition, next) in next_offsets(batch) {
+                offsets.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(next)).map_err(classify)?;
+            }
+            let p = producer.clone();
+            tokio::task::spawn_blocking(move || {
+                p.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
+                // Flushes every output of the transaction first.
+                p.commit_transaction(TXN_TIMEOUT)
+            })
+            .await
+            .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+        }
+    };
+    if let Err(e) = committed {
+        let failure = classify(e);
+        if let TxnFailure::Aborted(_) = failure {
+            let p = producer.clone();
+            let aborted = tokio::task::spawn_blocking(move || p.abort_transaction(TXN_TIMEOUT)).await;
+            if let Ok(Err(e)) = aborted {
+                return Err(classify(e));
+            }
+        }
+        return Err(failure);
+    }
+    // Committed, so every output was delivered; a failed acknowledgement
+    // here would be a librdkafka bug, and the batch is decided again anyway.
+    for ack in acks {
+        match ack.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(TxnFailure::Aborted(e.into())),
+            Err(_) => return Err(TxnFailure::Aborted(rdkafka::error::KafkaError::Canceled.into())),
+        }
+    }
+    Ok(())
+}
+
+/// For each input partition in `batch`, the offset after its last input.
+fn next_offsets(batch: &[InputMessage]) -> Vec<(String, i32, i64)> {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in batch {
+        next.insert((&m.topic, m.partition), m.offset + 1);
+    }
+    next.into_iter().map(|((t, p), o)| (t.to_owned(), p, o)).collect()
+}
+
+/// Seeks each partition of `batch` back to its first input there, so an
+/// aborted batch is consumed again.
+fn rewind(consumer: &StreamConsumer<LoopContext>, batch: &[InputMessage]) {
+    let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in batch {
+        first.entry((&m.topic, m.partition)).or_insert(m.offset);
+    }
+    for ((topic, partition), offset) in first {
+        if let Err(error) = consumer.seek(topic, partition, rdkafka::Offset::Offset(offset), Duration::from_secs(10)) {
+            // Revoked meanwhile: its next owner starts from the committed offset.
+            debug!(message = "rewind failed", %topic, partition, offset, %error);
+        }
+    }
 }
 
 fn pause_all(consumer: &StreamConsumer<LoopContext>) {
