@@ -114,6 +114,7 @@ impl Committed {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    sqlite: bool,
 }
 
 impl Store {
@@ -139,7 +140,7 @@ impl Store {
             sqlx::migrate::MigrateError::Execute(e) => StoreError::from(e),
             other => StoreError::Fatal(other.to_string()),
         })?;
-        Ok(Store { pool })
+        Ok(Store { pool, sqlite })
     }
 
     /// Opens a transaction for a batch of inputs: one commit (one fsync)
@@ -152,6 +153,7 @@ impl Store {
             counters: HashMap::new(),
             heads: HashMap::new(),
             pending: Pending::default(),
+            sqlite: self.sqlite,
         })
     }
 
@@ -234,6 +236,7 @@ pub struct Batch {
     /// Chain heads: last (seq, hash) per chain, None for an empty chain.
     heads: HashMap<String, Option<(u64, String)>>,
     pending: Pending,
+    sqlite: bool,
 }
 
 #[derive(Default)]
@@ -269,8 +272,11 @@ pub struct Prefetch {
 /// PostgreSQL's 65 535 bind parameters with 11 columns.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// `($1, $2, …), (…)` for `rows` rows of `cols` placeholders.
-fn placeholders(rows: usize, cols: usize) -> String {
+/// `($1, $2, …), (…)` for `rows` rows of `cols` placeholders; plain `?`
+/// for SQLite, where looking up a numbered parameter's name is a linear
+/// scan per parameter (quadratic in a multi-row statement: it was the top
+/// symbol in a profile).
+fn placeholders(rows: usize, cols: usize, sqlite: bool) -> String {
     let mut s = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
         s.push_str(if r == 0 { "(" } else { ", (" });
@@ -278,8 +284,12 @@ fn placeholders(rows: usize, cols: usize) -> String {
             if c > 0 {
                 s.push_str(", ");
             }
-            s.push('$');
-            s.push_str(&(r * cols + c + 1).to_string());
+            if sqlite {
+                s.push('?');
+            } else {
+                s.push('$');
+                s.push_str(&(r * cols + c + 1).to_string());
+            }
         }
         s.push(')');
     }
@@ -294,8 +304,10 @@ impl Batch {
     pub async fn prefetch(&mut self, keys: &Prefetch) -> Result<(), StoreError> {
         let outcome_keys: Vec<&String> = keys.outcomes.iter().filter(|k| !self.outcomes.contains_key(*k)).collect();
         for chunk in outcome_keys.chunks(ROWS_PER_STATEMENT) {
-            let sql =
-                format!("SELECT idem_key, outputs FROM outcomes WHERE idem_key IN {}", placeholders(1, chunk.len()));
+            let sql = format!(
+                "SELECT idem_key, outputs FROM outcomes WHERE idem_key IN {}",
+                placeholders(1, chunk.len(), self.sqlite)
+            );
             let mut q = sqlx::query(&sql);
             for k in chunk {
                 q = q.bind(k.as_str());
@@ -313,7 +325,7 @@ impl Batch {
         for chunk in token_keys.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "SELECT issuer, jti, request_id FROM token_uses WHERE (issuer, jti) IN (VALUES {})",
-                placeholders(chunk.len(), 2)
+                placeholders(chunk.len(), 2, self.sqlite)
             );
             let mut q = sqlx::query(&sql);
             for (iss, jti) in chunk {
@@ -333,7 +345,7 @@ impl Batch {
             let sql = format!(
                 "SELECT subject, dataset, period, quantity FROM usage_counters \
                  WHERE (subject, dataset, period) IN (VALUES {})",
-                placeholders(chunk.len(), 3)
+                placeholders(chunk.len(), 3, self.sqlite)
             );
             let mut q = sqlx::query(&sql);
             for (s, d, p) in chunk {
@@ -470,10 +482,12 @@ impl Batch {
     /// batch is stored.
     pub async fn finish(mut self) -> Result<(), StoreError> {
         let p = std::mem::take(&mut self.pending);
+        let sqlite = self.sqlite;
         let tx = &mut self.tx;
         let audit: Vec<(&AuditEvent, &String)> = p.audit.iter().zip(&p.audit_bodies).collect();
         insert_rows(
             tx,
+            sqlite,
             "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at) VALUES ",
             7,
             &audit,
@@ -490,6 +504,7 @@ impl Batch {
         .await?;
         insert_rows(
             tx,
+            sqlite,
             "INSERT INTO decisions (request_id, decision_id, subject, dataset, scenario, operation, outcome, \
              reason_code, policy_version, request_digest, decided_at) VALUES ",
             11,
@@ -511,6 +526,7 @@ impl Batch {
         .await?;
         insert_rows(
             tx,
+            sqlite,
             "INSERT INTO usage_records (usage_id, request_id, subject, dataset, period, quantity, amount_fen, body, \
              recorded_at) VALUES ",
             9,
@@ -535,7 +551,7 @@ impl Batch {
             let sql = format!(
                 "INSERT INTO usage_counters (subject, dataset, period, quantity) VALUES {} \
                  ON CONFLICT (subject, dataset, period) DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity",
-                placeholders(chunk.len(), 4)
+                placeholders(chunk.len(), 4, sqlite)
             );
             let mut q = sqlx::query(&sql);
             for ((s, d, per), n) in chunk {
@@ -545,6 +561,7 @@ impl Batch {
         }
         insert_rows(
             tx,
+            sqlite,
             "INSERT INTO token_uses (issuer, jti, request_id, expires_at) VALUES ",
             4,
             &p.tokens,
@@ -553,6 +570,7 @@ impl Batch {
         .await?;
         insert_rows(
             tx,
+            sqlite,
             "INSERT INTO outcomes (idem_key, kind, outputs, created_at) VALUES ",
             4,
             &p.outcomes,
@@ -566,13 +584,14 @@ impl Batch {
 /// Inserts `rows` with as few statements as the parameter limits allow.
 async fn insert_rows<'a, T>(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    sqlite: bool,
     head: &str,
     cols: usize,
     rows: &'a [T],
     bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("{head}{}", placeholders(chunk.len(), cols));
+        let sql = format!("{head}{}", placeholders(chunk.len(), cols, sqlite));
         let mut q = sqlx::query(&sql);
         for row in chunk {
             q = bind(q, row);
