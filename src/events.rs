@@ -204,6 +204,32 @@ pub struct AuditEvent {
     pub trace_id: String,
 }
 
+impl AuditEvent {
+    /// An event for `chain`, not yet sealed: the store assigns `seq`,
+    /// `prev_hash` and `hash` when it appends the event. The caller fills in
+    /// what happened (struct update syntax).
+    pub fn draft(chain: String, occurred_at: chrono::DateTime<chrono::Utc>, trace_id: String) -> AuditEvent {
+        AuditEvent {
+            schema: AUDIT_SCHEMA.into(),
+            chain,
+            seq: 0,
+            prev_hash: String::new(),
+            hash: String::new(),
+            event_type: String::new(),
+            actor: String::new(),
+            subject: String::new(),
+            resource: String::new(),
+            action: String::new(),
+            outcome: String::new(),
+            reasons: Vec::new(),
+            policy_version: String::new(),
+            request_digest: String::new(),
+            occurred_at,
+            trace_id,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
     pub schema: String,

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::events::{AUDIT_SCHEMA, AuditEvent, Reason};
+use crate::events::{AuditEvent, Reason};
 use crate::health::Health;
 use crate::kafka::Client;
 use crate::policy::testing::run_tests;
@@ -230,11 +230,6 @@ impl Reloader {
             decision: None,
             messages: vec![],
             audit: AuditEvent {
-                schema: AUDIT_SCHEMA.into(),
-                chain: chain.clone(),
-                seq: 0,
-                prev_hash: String::new(),
-                hash: String::new(),
                 event_type: event_type.into(),
                 actor: format!("tollgate/{}", self.instance_id),
                 subject: String::new(),
@@ -244,8 +239,11 @@ impl Reloader {
                 reasons: vec![reason],
                 policy_version: version,
                 request_digest: candidate_version(&self.dir).trim_start_matches("sha256:").to_owned(),
-                occurred_at: now,
-                trace_id: opentelemetry::trace::TraceId::from_bytes(rand::random()).to_string(),
+                ..AuditEvent::draft(
+                    chain.clone(),
+                    now,
+                    opentelemetry::trace::TraceId::from_bytes(rand::random()).to_string(),
+                )
             },
             usage: None,
             created_at: now.to_rfc3339(),

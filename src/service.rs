@@ -17,8 +17,8 @@ use crate::audit;
 use crate::auth::{AuthError, Principal, SigningKey, Verifier};
 use crate::config::{GrantSettings, Topics};
 use crate::events::{
-    AUDIT_SCHEMA, AccessRequest, AuditEvent, DEAD_LETTER_SCHEMA, DECISION_SCHEMA, DeadLetter, DeadLetterError,
-    Decision, Grant, Outcome, USAGE_SCHEMA, UsageRecord,
+    AccessRequest, AuditEvent, DEAD_LETTER_SCHEMA, DECISION_SCHEMA, DeadLetter, DeadLetterError, Decision, Grant,
+    Outcome, USAGE_SCHEMA, UsageRecord,
 };
 use crate::health::Health;
 use crate::kafka::{InputMessage, OutgoingMessage, ProcessError, Processor};
@@ -151,11 +151,6 @@ impl DecisionService {
                 payload: serde_json::to_string(&letter).expect("dead letters serialise"),
             }],
             audit: AuditEvent {
-                schema: AUDIT_SCHEMA.into(),
-                chain: format!("{}/{}", msg.topic, msg.partition),
-                seq: 0,
-                prev_hash: String::new(),
-                hash: String::new(),
                 event_type: "input_rejected".into(),
                 actor: "unauthenticated".into(),
                 subject: String::new(),
@@ -165,8 +160,7 @@ impl DecisionService {
                 reasons: vec![crate::events::Reason::new(rejection.code, rejection.message)],
                 policy_version: policy.version().to_owned(),
                 request_digest: audit::digest(&msg.payload),
-                occurred_at: now,
-                trace_id: trace_id.to_owned(),
+                ..AuditEvent::draft(format!("{}/{}", msg.topic, msg.partition), now, trace_id.to_owned())
             },
             usage: None,
             created_at: rfc3339(now),
@@ -281,11 +275,6 @@ impl DecisionService {
                 payload: serde_json::to_string(&decision).expect("decisions serialise"),
             }],
             audit: AuditEvent {
-                schema: AUDIT_SCHEMA.into(),
-                chain: format!("{}/{}", msg.topic, msg.partition),
-                seq: 0,
-                prev_hash: String::new(),
-                hash: String::new(),
                 event_type: event_type.into(),
                 actor: if subject.is_empty() { "unauthenticated".into() } else { subject.clone() },
                 subject,
@@ -295,8 +284,7 @@ impl DecisionService {
                 reasons: eval.reasons.clone(),
                 policy_version: policy.version().to_owned(),
                 request_digest,
-                occurred_at: now,
-                trace_id: trace_id.to_owned(),
+                ..AuditEvent::draft(format!("{}/{}", msg.topic, msg.partition), now, trace_id.to_owned())
             },
             usage,
             created_at: rfc3339(now),

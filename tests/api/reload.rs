@@ -96,3 +96,38 @@ async fn edited_policy_is_reloaded_and_a_bad_edit_keeps_the_last_good_one() {
     assert_eq!(instance["version"], loaded.policy_version.as_str());
     assert!(instance["pending_rejection"].as_str().unwrap().contains("policy test(s) failed"), "{status}");
 }
+
+#[tokio::test]
+async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
+    use std::sync::{Arc, Mutex};
+    use tollgate::reload::{ReloadOutcome, Reloader};
+
+    let infra = infra().await;
+    let dir = editable_policies(&infra);
+    let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
+    let policy = tollgate::reload::build_checked(&dir).await.unwrap();
+    let reloader = Reloader {
+        dir: dir.clone(),
+        current: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+        last_rejected: Mutex::new(None),
+        store: store.clone(),
+        client: tollgate::kafka::Client::new(&infra.settings().kafka, &infra.bootstrap).unwrap(),
+        audit_topic: infra.topics.audit.clone(),
+        instance_id: "dedupe".into(),
+        debounce: Duration::from_millis(10),
+        watch: false,
+        health: tollgate::health::Health::new(),
+    };
+    let rejections =
+        || async { store.audit_events().await.unwrap().iter().filter(|e| e.event_type == "policy_rejected").count() };
+    let rules = std::fs::read_to_string(dir.join("policy.csv")).unwrap();
+    std::fs::write(dir.join("policy.csv"), format!("{rules}p, broken\n")).unwrap();
+    assert!(matches!(reloader.reload("test").await, ReloadOutcome::Rejected { .. }));
+    // An editor writing the same bad file again: rejected, not audited again.
+    assert!(matches!(reloader.reload("test").await, ReloadOutcome::Rejected { .. }));
+    assert_eq!(rejections().await, 1);
+    // A different bad edit is news.
+    std::fs::write(dir.join("policy.csv"), format!("{rules}p, broken, again\n")).unwrap();
+    assert!(matches!(reloader.reload("test").await, ReloadOutcome::Rejected { .. }));
+    assert_eq!(rejections().await, 2);
+}
