@@ -152,11 +152,17 @@ impl Reloader {
     pub async fn announce_start(&self) {
         let version = self.current.load().version().to_owned();
         let reason = Reason::new("policy.loaded", format!("started with {version}"));
-        self.audit("policy_loaded", "loaded", version, reason, Utc::now()).await;
+        self.audit("policy_loaded", "loaded", version, reason, &candidate_version(&self.dir), Utc::now()).await;
     }
 
     pub async fn reload(&self, trigger: &str) -> ReloadOutcome {
         let old = self.current.load_full();
+        // The files' hash before and after the build: a rejection is
+        // audited (and remembered, so the same files are audited once) only
+        // for files that did not change while they were being checked —
+        // else the reason would be filed under the next edit's hash, and
+        // that edit's own rejection swallowed as a repeat.
+        let candidate = candidate_version(&self.dir);
         // Building 100k rules takes seconds of CPU: do it on a blocking
         // thread so the runtime's workers keep deciding meanwhile.
         let dir = self.dir.clone();
@@ -197,7 +203,10 @@ impl Reloader {
                 )
             }
             ReloadOutcome::Rejected { reason } => {
-                let candidate = candidate_version(&self.dir);
+                if candidate_version(&self.dir) != candidate {
+                    info!(message = "policy files changed while being checked; the change is checked next", %trigger);
+                    return outcome;
+                }
                 if self.last_rejected.lock().expect("lock").replace(candidate.clone()).as_deref() == Some(&candidate) {
                     return outcome;
                 }
@@ -211,7 +220,7 @@ impl Reloader {
                 )
             }
         };
-        self.audit(event_type, outcome_word, version, reason, now).await;
+        self.audit(event_type, outcome_word, version, reason, &candidate, now).await;
         outcome
     }
 
@@ -221,6 +230,7 @@ impl Reloader {
         outcome: &str,
         version: String,
         reason: Reason,
+        files: &str,
         now: chrono::DateTime<Utc>,
     ) {
         let chain = format!("policy/{}", self.instance_id);
@@ -238,7 +248,7 @@ impl Reloader {
                 outcome: outcome.into(),
                 reasons: vec![reason],
                 policy_version: version,
-                request_digest: candidate_version(&self.dir).trim_start_matches("sha256:").to_owned(),
+                request_digest: files.trim_start_matches("sha256:").to_owned(),
                 ..AuditEvent::draft(
                     chain.clone(),
                     now,

@@ -378,13 +378,25 @@ impl DecisionService {
     }
 
     /// Decodes and verifies a batch; a large one on two threads, since
-    /// signature checks are most of the CPU a decision costs. (This runs on
-    /// the loop's task either way: the scope only borrows a second core.)
+    /// signature checks are most of the CPU a decision costs (a full batch
+    /// is milliseconds of it). On a multi-threaded runtime the worker hands
+    /// its other tasks over first (`block_in_place`), so acknowledgements
+    /// and the HTTP endpoint are not held up behind the signature checks.
     fn prepare_all<'m>(&self, msgs: &'m [InputMessage]) -> Vec<Prepared<'m>> {
         const PARALLEL_FROM: usize = 16;
         if msgs.len() < PARALLEL_FROM {
             return msgs.iter().map(|m| self.prepare(m)).collect();
         }
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| self.prepare_in_parallel(msgs))
+        } else {
+            self.prepare_in_parallel(msgs)
+        }
+    }
+
+    fn prepare_in_parallel<'m>(&self, msgs: &'m [InputMessage]) -> Vec<Prepared<'m>> {
         let (front, back) = msgs.split_at(msgs.len() / 2);
         std::thread::scope(|scope| {
             let other = scope.spawn(|| back.iter().map(|m| self.prepare(m)).collect::<Vec<_>>());
