@@ -108,3 +108,25 @@ async fn send_batch(app: &TestApp, range: std::ops::Range<usize>) {
         app.send(TRAVEL, body.to_string().as_bytes()).await;
     }
 }
+
+#[tokio::test]
+async fn token_ids_are_forgotten_once_their_token_has_expired() {
+    let infra = infra().await;
+    let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let mut batch = store.begin().await.unwrap();
+    use tollgate::store::TokenUse;
+    assert_eq!(batch.use_token(ISSUER, "old", "r-1", now - 3600).await.unwrap(), TokenUse::Fresh);
+    assert_eq!(batch.use_token(ISSUER, "live", "r-2", now + 3600).await.unwrap(), TokenUse::Fresh);
+    // Within one batch too, another request with a used id is a replay.
+    assert_eq!(batch.use_token(ISSUER, "live", "r-3", now + 3600).await.unwrap(), TokenUse::UsedBy("r-2".into()));
+    batch.finish().await.unwrap();
+
+    assert_eq!(store.purge_token_uses(now, 60).await.unwrap(), 1, "only the expired token's row goes");
+    let mut batch = store.begin().await.unwrap();
+    assert_eq!(batch.use_token(ISSUER, "old", "r-4", now + 3600).await.unwrap(), TokenUse::Fresh);
+    assert_eq!(batch.use_token(ISSUER, "live", "r-5", now + 3600).await.unwrap(), TokenUse::UsedBy("r-2".into()));
+    // The same request again is not a replay.
+    assert_eq!(batch.use_token(ISSUER, "live", "r-2", now + 3600).await.unwrap(), TokenUse::Fresh);
+    batch.finish().await.unwrap();
+}

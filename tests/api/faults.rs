@@ -184,15 +184,17 @@ async fn kill_9_and_sigterm_at_random_moments_lose_nothing_and_decide_nothing_tw
     println!("seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (seen, watcher) = Seen::watch(&infra);
-    let producing = produce_stream(&infra, "k9", 900, 100);
-    // Kill, stop, kill: each time once the instance is deciding, at a random
-    // moment of its work.
-    for round in 0..3 {
+    // About 40 s of requests: long enough for every round to hit mid-stream.
+    const TOTAL: usize = 1200;
+    let producing = produce_stream(&infra, "k9", TOTAL, 30);
+    // Kill, kill, stop, kill: each time once the instance is deciding, at a
+    // random moment of its work.
+    for round in 0..4 {
         let mut child = serve_fast(&infra).spawn().map(Running).unwrap();
         let before = seen.count();
-        seen.wait_for(before + 1, Duration::from_secs(60)).await;
+        seen.wait_for((before + 1).min(TOTAL), Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1500))).await;
-        if round == 1 {
+        if round == 2 {
             sigterm(&child);
             let status = wait_exit(&mut child, Duration::from_secs(40));
             assert!(status.success(), "SIGTERM exit status {status}");
@@ -214,7 +216,7 @@ async fn rebalance_between_two_instances_mid_stream_decides_each_request_once() 
     let infra = infra().await;
     let _logs = LogsOnFailure(infra.dir.path().to_owned());
     let (seen, watcher) = Seen::watch(&infra);
-    let producing = produce_stream(&infra, "rb", 600, 100);
+    let producing = produce_stream(&infra, "rb", 600, 40);
     let mut a = serve(&infra).env("TOLLGATE_SERVICE__INSTANCE_ID", "a").spawn().map(Running).unwrap();
     seen.wait_for(50, Duration::from_secs(60)).await;
     // B joins: the partitions are split between them.
@@ -271,7 +273,7 @@ async fn broker_outage_mid_stream_reports_not_ready_then_resumes_and_loses_nothi
     let mut child =
         serve(&infra).env("TOLLGATE_SERVICE__HTTP_LISTEN", format!("127.0.0.1:{port}")).spawn().map(Running).unwrap();
     let (seen, watcher) = Seen::watch(&infra);
-    let producing = produce_stream(&infra, "bo", 400, 100);
+    let producing = produce_stream(&infra, "bo", 400, 40);
     seen.wait_for(60, Duration::from_secs(60)).await;
     wait_ready(port, "ready", |s, _| s == 200).await;
 
