@@ -680,6 +680,28 @@ impl Client {
 }
 
 impl Client {
+    /// The offsets `group` has committed for each partition of `topic`
+    /// (None: nothing committed), without joining the group: for operators
+    /// and tests checking what an instance has acknowledged.
+    pub fn committed_offsets(&self, group: &str, topic: &str) -> Result<BTreeMap<i32, Option<i64>>, KafkaError> {
+        let mut cfg = base_config(&self.settings, &self.bootstrap);
+        cfg.set("group.id", group).set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = cfg.create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let mut tpl = TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(t.name(), p.id());
+            }
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), if let rdkafka::Offset::Offset(o) = e.offset() { Some(o) } else { None }))
+            .collect())
+    }
+
     /// Everything in `topic` now: each partition read from the beginning up
     /// to the high watermark seen at the start, in partition order.
     pub async fn read_to_end(&self, topic: &str) -> Result<Vec<InputMessage>, KafkaError> {

@@ -410,10 +410,20 @@ async fn database_outage_pauses_intake_reports_not_ready_and_resumes_by_itself()
     let second = produce_stream(&infra, "db2", 40, 200).await.unwrap();
     let body = wait_ready(port, "paused for the database", |s, b| s == 503 && b.contains("processing paused")).await;
     println!("during the outage: {body}");
-    // Backpressure: nothing is decided while the database is away.
+    // Backpressure: nothing is decided, and no offset moves, while the
+    // database is away (offsets stored before it went are committed within
+    // the 1 s auto-commit interval, hence the pause before the snapshot).
+    let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let decided = seen.count();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let committed = client.committed_offsets(&infra.group, &infra.topics.requests).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(seen.count(), decided, "decisions were published while the database was down");
+    assert_eq!(
+        client.committed_offsets(&infra.group, &infra.topics.requests).unwrap(),
+        committed,
+        "offsets were committed while the database was down"
+    );
     assert!(decided < first.len() + second.len());
 
     outage.up().await;
@@ -421,6 +431,16 @@ async fn database_outage_pauses_intake_reports_not_ready_and_resumes_by_itself()
     expected.extend(second);
     assert_nothing_lost_nothing_twice(&infra, &seen, &expected).await;
     wait_ready(port, "ready again", |s, _| s == 200).await;
+    // And afterwards every input is acknowledged (within the commit interval).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: i64 = client.committed_offsets(&infra.group, &infra.topics.requests).unwrap().values().flatten().sum();
+        if now == expected.len() as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "committed offsets add up to {now}, not {}", expected.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (_, metrics) = http_get(port, "/metrics").unwrap();
     assert!(
         metrics.lines().any(|l| l.starts_with("tollgate_processing_retries_total ") && !l.ends_with(" 0")),
