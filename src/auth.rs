@@ -266,9 +266,14 @@ impl Verifier {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLarge(token.len()));
         }
+        self.verify_cached(token, chrono::Utc::now().timestamp())
+    }
+
+    /// [`Verifier::verify`] with the cache's clock reading `now` (the
+    /// signature and claims checks of an uncached token read the real clock).
+    fn verify_cached(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
         let Some(cache) = &self.cache else { return self.verify_uncached(token) };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = chrono::Utc::now().timestamp();
         let leeway = i64::try_from(self.leeway_secs).unwrap_or(i64::MAX);
         let hit = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&digest).cloned();
         if let Some(principal) = hit {
@@ -566,6 +571,17 @@ mod tests {
         assert_eq!(p.subject, sample_uscc());
         assert!(p.roles.contains("data_user"));
         assert!(p.qualifications.contains("medical_research"));
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_it_expires() {
+        let (key, verifier) = setup();
+        let token = key.sign(&claims(&sample_uscc(), 300));
+        let now = chrono::Utc::now().timestamp();
+        assert!(verifier.verify(&token).is_ok());
+        assert!(verifier.verify_cached(&token, now + 300).is_ok(), "within the leeway");
+        // Only the cache can say so: by the real clock the token is valid.
+        assert_eq!(verifier.verify_cached(&token, now + 400).unwrap_err().code(), "auth.token_expired");
     }
 
     #[test]

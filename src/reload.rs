@@ -260,7 +260,7 @@ impl Reloader {
         };
         // Stored first: the database chain is complete even if the broker is
         // unreachable now.
-        match self.store.commit(&commit).await {
+        match self.store.commit(commit).await {
             Ok(committed) => {
                 for o in committed.outputs() {
                     if let Err(error) = self.client.produce(&self.audit_topic, &o.key, o.payload.as_bytes(), &[]).await

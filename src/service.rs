@@ -108,13 +108,13 @@ impl DecisionService {
         }
     }
 
-    fn to_messages(&self, outputs: &[Output], traceparent: &str) -> Vec<OutgoingMessage> {
+    fn to_messages(&self, outputs: Vec<Output>, traceparent: &str) -> Vec<OutgoingMessage> {
         outputs
-            .iter()
+            .into_iter()
             .map(|o| OutgoingMessage {
                 topic: self.topic(o.stream).to_owned(),
-                key: o.key.clone(),
-                payload: o.payload.clone(),
+                key: o.key,
+                payload: o.payload,
                 headers: vec![("traceparent".into(), traceparent.to_owned())],
             })
             .collect()
@@ -165,7 +165,7 @@ impl DecisionService {
             usage: None,
             created_at: rfc3339(now),
         };
-        batch.add(&commit).await
+        batch.add(commit).await
     }
 
     async fn decide(
@@ -291,7 +291,7 @@ impl DecisionService {
         };
         // Only called when this transaction found no outcome for the request.
         let tally = if replayed { Tally::Replayed } else { Tally::Decided(eval.outcome) };
-        Ok((batch.add(&commit).await?, tally))
+        Ok((batch.add(commit).await?, tally))
     }
 
     fn grant_for(
@@ -460,7 +460,7 @@ impl DecisionService {
         } else {
             tally
         };
-        Ok((self.to_messages(committed.outputs(), &origin.traceparent), tally))
+        Ok((self.to_messages(committed.into_outputs(), &origin.traceparent), tally))
     }
 
     fn count(&self, tally: Tally) {

@@ -153,7 +153,7 @@ pub struct LoopContext {
 impl ClientContext for LoopContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
         // Internal and logical brokers are librdkafka's own bookkeeping.
-        let up = statistics.brokers.values().any(|b| b.state == "UP" && b.nodeid >= -1 && b.source != "internal");
+        let up = statistics.brokers.values().any(|b| b.state == "UP" && b.source != "internal");
         self.health.set_kafka_down((!up).then(|| "no broker connection is up".to_owned()));
     }
 

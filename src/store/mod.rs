@@ -109,6 +109,12 @@ impl Committed {
             Committed::New(o) | Committed::Existing(o) => o,
         }
     }
+
+    pub fn into_outputs(self) -> Vec<Output> {
+        match self {
+            Committed::New(o) | Committed::Existing(o) => o,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -161,7 +167,8 @@ impl Store {
     /// audit event onto the chain. Idempotent by `idem_key`: when the input
     /// was already stored, by this or another instance, the stored outputs
     /// come back instead.
-    pub async fn commit(&self, c: &Commit) -> Result<Committed, StoreError> {
+    pub async fn commit(&self, c: Commit) -> Result<Committed, StoreError> {
+        let idem_key = c.idem_key.clone();
         let attempt = async {
             let mut batch = self.begin().await?;
             let committed = batch.add(c).await?;
@@ -173,7 +180,7 @@ impl Store {
                 // Lost a race: either another instance stored this input
                 // (return its outputs) or took our chain position (retry).
                 let mut batch = self.begin().await?;
-                match batch.find_outcome(&c.idem_key).await? {
+                match batch.find_outcome(&idem_key).await? {
                     Some(outputs) => Ok(Committed::Existing(outputs)),
                     None => Err(StoreError::Unavailable(e)),
                 }
@@ -242,8 +249,8 @@ pub struct Batch {
 #[derive(Default)]
 struct Pending {
     outcomes: Vec<(String, &'static str, String, String)>,
-    audit: Vec<AuditEvent>,
-    audit_bodies: Vec<String>,
+    /// Sealed events with their stored JSON.
+    audit: Vec<(AuditEvent, String)>,
     decisions: Vec<DecisionRow>,
     usage: Vec<(UsageRecord, String)>,
     counter_deltas: HashMap<(String, String, String), u64>,
@@ -368,35 +375,20 @@ impl Batch {
     }
 
     pub async fn find_outcome(&mut self, idem_key: &str) -> Result<Option<Vec<Output>>, StoreError> {
-        if let Some(known) = self.outcomes.get(idem_key) {
-            return Ok(known.clone());
+        if !self.outcomes.contains_key(idem_key) {
+            self.prefetch(&Prefetch { outcomes: vec![idem_key.to_owned()], ..Prefetch::default() }).await?;
         }
-        let row = sqlx::query("SELECT outputs FROM outcomes WHERE idem_key = $1")
-            .bind(idem_key)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        let found = row.map(|r| decode_outputs(&r.try_get::<String, _>(0)?)).transpose()?;
-        self.outcomes.insert(idem_key.to_owned(), found.clone());
-        Ok(found)
+        Ok(self.outcomes.get(idem_key).cloned().flatten())
     }
 
     /// Units of `dataset` that `subject` consumed in `period`, this batch
     /// included.
     pub async fn usage_in_period(&mut self, subject: &str, dataset: &str, period: &str) -> Result<u64, StoreError> {
         let key = (subject.to_owned(), dataset.to_owned(), period.to_owned());
-        if let Some(q) = self.counters.get(&key) {
-            return Ok(*q);
+        if !self.counters.contains_key(&key) {
+            self.prefetch(&Prefetch { counters: vec![key.clone()], ..Prefetch::default() }).await?;
         }
-        let row =
-            sqlx::query("SELECT quantity FROM usage_counters WHERE subject = $1 AND dataset = $2 AND period = $3")
-                .bind(subject)
-                .bind(dataset)
-                .bind(period)
-                .fetch_optional(&mut *self.tx)
-                .await?;
-        let q = row.map(|r| r.try_get::<i64, _>(0)).transpose()?.map_or(0, |q| u64::try_from(q).unwrap_or(0));
-        self.counters.insert(key, q);
-        Ok(q)
+        Ok(self.counters.get(&key).copied().unwrap_or(0))
     }
 
     /// Records that `request_id` uses the token (`issuer`, `jti`), valid
@@ -409,18 +401,10 @@ impl Batch {
         expires_at: i64,
     ) -> Result<TokenUse, StoreError> {
         let key = (issuer.to_owned(), jti.to_owned());
-        let known = match self.tokens.get(&key) {
-            Some(k) => k.clone(),
-            None => {
-                let row = sqlx::query("SELECT request_id FROM token_uses WHERE issuer = $1 AND jti = $2")
-                    .bind(issuer)
-                    .bind(jti)
-                    .fetch_optional(&mut *self.tx)
-                    .await?;
-                row.map(|r| r.try_get::<String, _>(0)).transpose()?
-            }
-        };
-        match known {
+        if !self.tokens.contains_key(&key) {
+            self.prefetch(&Prefetch { tokens: vec![key.clone()], ..Prefetch::default() }).await?;
+        }
+        match self.tokens.get(&key).cloned().flatten() {
             Some(other) if other != request_id => Ok(TokenUse::UsedBy(other)),
             Some(_) => Ok(TokenUse::Fresh),
             None => {
@@ -448,33 +432,33 @@ impl Batch {
 
     /// Adds one input's outcome to the batch, or returns the stored outputs
     /// when the input was decided before.
-    pub async fn add(&mut self, c: &Commit) -> Result<Committed, StoreError> {
+    pub async fn add(&mut self, c: Commit) -> Result<Committed, StoreError> {
         if let Some(outputs) = self.find_outcome(&c.idem_key).await? {
             return Ok(Committed::Existing(outputs));
         }
         let prev = self.head(&c.audit.chain).await?;
-        let audit = crate::audit::seal(c.audit.clone(), prev.as_ref().map(|(s, h)| (*s, h.as_str())));
+        let audit = crate::audit::seal(c.audit, prev.as_ref().map(|(s, h)| (*s, h.as_str())));
         let audit_json = serde_json::to_string(&audit).map_err(|e| StoreError::Fatal(e.to_string()))?;
         self.heads.insert(audit.chain.clone(), Some((audit.seq, audit.hash.clone())));
 
-        let mut outputs = c.messages.clone();
+        let mut outputs = c.messages;
         outputs.push(Output { stream: Stream::Audit, key: audit.chain.clone(), payload: audit_json.clone() });
-        if let Some(d) = &c.decision {
-            self.pending.decisions.push(d.clone());
+        if let Some(d) = c.decision {
+            self.pending.decisions.push(d);
         }
-        if let Some(u) = &c.usage {
-            let body = serde_json::to_string(u).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        if let Some(u) = c.usage {
+            let body = serde_json::to_string(&u).map_err(|e| StoreError::Fatal(e.to_string()))?;
             let key = (u.subject.clone(), u.dataset.clone(), u.period.clone());
             *self.counters.entry(key.clone()).or_default() += u.quantity;
             *self.pending.counter_deltas.entry(key).or_default() += u.quantity;
             outputs.push(Output { stream: Stream::Usage, key: u.subject.clone(), payload: body.clone() });
-            self.pending.usage.push((u.clone(), body));
+            self.pending.usage.push((u, body));
         }
         let encoded = serde_json::to_string(&outputs).map_err(|e| StoreError::Fatal(e.to_string()))?;
-        self.pending.outcomes.push((c.idem_key.clone(), c.kind, encoded, c.created_at.clone()));
-        self.pending.audit.push(audit);
-        self.pending.audit_bodies.push(audit_json);
-        self.outcomes.insert(c.idem_key.clone(), Some(outputs.clone()));
+        self.pending.outcomes.push((c.idem_key.clone(), c.kind, encoded, c.created_at));
+        self.pending.audit.push((audit, audit_json));
+        // Kept for an input repeated later in this batch.
+        self.outcomes.insert(c.idem_key, Some(outputs.clone()));
         Ok(Committed::New(outputs))
     }
 
@@ -484,20 +468,19 @@ impl Batch {
         let p = std::mem::take(&mut self.pending);
         let sqlite = self.sqlite;
         let tx = &mut self.tx;
-        let audit: Vec<(&AuditEvent, &String)> = p.audit.iter().zip(&p.audit_bodies).collect();
         insert_rows(
             tx,
             sqlite,
             "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at) VALUES ",
             7,
-            &audit,
+            &p.audit,
             |q, (a, body)| {
                 q.bind(&a.chain)
                     .bind(i64::try_from(a.seq).unwrap_or(i64::MAX))
                     .bind(&a.hash)
                     .bind(&a.prev_hash)
                     .bind(&a.event_type)
-                    .bind(*body)
+                    .bind(body)
                     .bind(a.occurred_at.to_rfc3339())
             },
         )

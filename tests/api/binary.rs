@@ -48,12 +48,20 @@ impl std::ops::DerefMut for Running {
     }
 }
 
-pub(crate) fn sigterm(child: &Child) {
+fn sigterm(child: &Child) {
     let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success();
     assert!(ok, "kill -TERM");
 }
 
-pub(crate) fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+/// SIGTERM, then the process must exit 0 within the grace period (plus a
+/// margin for a loaded machine).
+pub(crate) fn stop_with_sigterm(child: &mut Child) {
+    sigterm(child);
+    let status = wait_exit(child, Duration::from_secs(40));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -123,9 +131,7 @@ issuers = ["{ISSUER}"]
     let d = decision(&read_n(&reader, 1).await[0]);
     assert_eq!(d.outcome, Outcome::Approved, "{:?}", d.reasons);
 
-    sigterm(&child);
-    let status = wait_exit(&mut child, Duration::from_secs(30));
-    assert!(status.success(), "exit status {status}");
+    stop_with_sigterm(&mut child);
 }
 
 #[tokio::test]
@@ -161,8 +167,7 @@ async fn binary_without_kafka_configured_runs_an_embedded_cluster_others_can_rea
     let d = decision(&read_n(&reader, 1).await[0]);
     assert_eq!(d.outcome, Outcome::Approved, "{:?}", d.reasons);
 
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    stop_with_sigterm(&mut child);
 }
 
 #[tokio::test]
@@ -366,8 +371,7 @@ async fn sighup_reloads_the_policy_when_file_watching_is_off() {
         }
     };
     assert_eq!(loaded.chain, "policy/hup-test");
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    stop_with_sigterm(&mut child);
 }
 
 #[test]
@@ -422,8 +426,7 @@ async fn logs_hold_no_tokens_or_secrets_even_at_debug_level() {
     let codes: Vec<Option<String>> =
         decided.iter().map(|m| decision(m).reasons.first().map(|r| r.code.clone())).collect();
     assert!(codes.contains(&Some("auth.token_replayed".into())), "{codes:?}");
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    stop_with_sigterm(&mut child);
 
     let mut logs = String::new();
     for entry in std::fs::read_dir(infra.dir.path()).unwrap().flatten() {

@@ -225,3 +225,19 @@ fn forge(token: &str) -> String {
     chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
     chars.into_iter().collect()
 }
+
+#[tokio::test]
+async fn a_token_without_a_token_id_serves_many_requests_until_it_expires() {
+    let app = spawn_app().await;
+    let mut claims = tollgate::auth::Claims::new(TRAVEL, ISSUER, "tollgate", 600).with_roles(&["data_user"]);
+    claims.jti = None;
+    let token = app.infra.idp.sign(&claims);
+    for id in ["nojti-1", "nojti-2"] {
+        let body = request(id, Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
+        app.send(TRAVEL, body.to_string().as_bytes()).await;
+    }
+    for m in read_n(&app.reader(&app.infra.topics.decisions), 2).await {
+        let d = decision(&m);
+        assert_eq!(d.outcome, Outcome::Approved, "{}: {:?}", d.request_id, d.reasons);
+    }
+}

@@ -15,7 +15,7 @@ use tollgate::events::Outcome;
 use tollgate::kafka::Client;
 use tollgate::kafka::embedded::EmbeddedKafka;
 
-use crate::binary::{Running, serve, sigterm, tollgate, wait_exit};
+use crate::binary::{Running, serve, stop_with_sigterm, tollgate};
 use crate::helpers::*;
 
 /// How long a whole faulty run may take to decide everything.
@@ -195,9 +195,7 @@ async fn kill_9_and_sigterm_at_random_moments_lose_nothing_and_decide_nothing_tw
         seen.wait_for((before + 1).min(TOTAL), Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1500))).await;
         if round == 2 {
-            sigterm(&child);
-            let status = wait_exit(&mut child, Duration::from_secs(40));
-            assert!(status.success(), "SIGTERM exit status {status}");
+            stop_with_sigterm(&mut child);
         } else {
             child.kill().unwrap();
             child.wait().unwrap();
@@ -206,8 +204,7 @@ async fn kill_9_and_sigterm_at_random_moments_lose_nothing_and_decide_nothing_tw
     let mut last = serve_fast(&infra).spawn().map(Running).unwrap();
     let expected = producing.await.unwrap();
     assert_nothing_lost_nothing_twice(&infra, &seen, &expected).await;
-    sigterm(&last);
-    assert!(wait_exit(&mut last, Duration::from_secs(40)).success());
+    stop_with_sigterm(&mut last);
     watcher.abort();
 }
 
@@ -223,12 +220,10 @@ async fn rebalance_between_two_instances_mid_stream_decides_each_request_once() 
     let mut b = serve(&infra).env("TOLLGATE_SERVICE__INSTANCE_ID", "b").spawn().map(Running).unwrap();
     seen.wait_for(250, Duration::from_secs(90)).await;
     // A leaves: B takes everything over.
-    sigterm(&a);
-    assert!(wait_exit(&mut a, Duration::from_secs(40)).success());
+    stop_with_sigterm(&mut a);
     let expected = producing.await.unwrap();
     assert_nothing_lost_nothing_twice(&infra, &seen, &expected).await;
-    sigterm(&b);
-    assert!(wait_exit(&mut b, Duration::from_secs(40)).success());
+    stop_with_sigterm(&mut b);
     watcher.abort();
 }
 
@@ -286,8 +281,7 @@ async fn broker_outage_mid_stream_reports_not_ready_then_resumes_and_loses_nothi
     let expected = producing.await.unwrap();
     assert_nothing_lost_nothing_twice(&infra, &seen, &expected).await;
     wait_ready(port, "ready again", |s, _| s == 200).await;
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(40)).success());
+    stop_with_sigterm(&mut child);
     watcher.abort();
 }
 
@@ -446,8 +440,7 @@ async fn database_outage_pauses_intake_reports_not_ready_and_resumes_by_itself()
         metrics.lines().any(|l| l.starts_with("tollgate_processing_retries_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(40)).success());
+    stop_with_sigterm(&mut child);
     watcher.abort();
 }
 
@@ -476,7 +469,6 @@ async fn transactional_mode_decides_each_request_once_across_a_crash() {
     let mut second = transactional(&infra).spawn().map(Running).unwrap();
     let expected = producing.await.unwrap();
     assert_nothing_lost_nothing_twice(&infra, &seen, &expected).await;
-    sigterm(&second);
-    assert!(wait_exit(&mut second, Duration::from_secs(40)).success());
+    stop_with_sigterm(&mut second);
     watcher.abort();
 }
