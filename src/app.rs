@@ -39,7 +39,7 @@ pub struct App {
     bootstrap: String,
     /// Kept alive for as long as the app runs when no cluster is configured.
     embedded: Option<EmbeddedKafka>,
-    service: DecisionService,
+    service: Arc<DecisionService>,
     pipeline: Pipeline,
     reloader: Reloader,
     health: Arc<Health>,
@@ -137,7 +137,7 @@ impl App {
             watch: settings.policy.watch,
             health: health.clone(),
         };
-        let service = DecisionService {
+        let service = Arc::new(DecisionService {
             policy: current,
             verifier,
             store,
@@ -149,7 +149,7 @@ impl App {
             single_use_jti: settings.auth.single_use_jti,
             token_leeway_secs: i64::try_from(settings.auth.leeway_secs).unwrap_or(i64::MAX),
             last_purge: Default::default(),
-        };
+        });
         Ok(App { settings, bootstrap, embedded, service, pipeline, reloader, health, http })
     }
 
@@ -205,7 +205,8 @@ impl App {
                 }
             })
         });
-        let result = kafka::run(pipeline, &service, shutdown, grace, Limits::from(&settings.service), &health).await;
+        let result =
+            kafka::run(pipeline, service.clone(), shutdown, grace, Limits::from(&settings.service), &health).await;
         reload_stop.cancel();
         let _ = reloading.await;
         if let Some(serving) = serving {

@@ -47,6 +47,8 @@ pub struct Counters {
     pub replays_refused: AtomicU64,
     pub policy_reloads: AtomicU64,
     pub policy_rejections: AtomicU64,
+    /// Reloads triggered with the files in force unchanged (SIGHUP, a touch).
+    pub policy_unchanged: AtomicU64,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -143,7 +145,11 @@ impl Health {
             "policy_reloads_total",
             "counter",
             "Policy reload attempts by result.",
-            &[("{result=\"loaded\"}", get(&c.policy_reloads)), ("{result=\"rejected\"}", get(&c.policy_rejections))],
+            &[
+                ("{result=\"loaded\"}", get(&c.policy_reloads)),
+                ("{result=\"rejected\"}", get(&c.policy_rejections)),
+                ("{result=\"unchanged\"}", get(&c.policy_unchanged)),
+            ],
         );
         out
     }

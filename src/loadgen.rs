@@ -70,7 +70,11 @@ struct PassThrough {
 }
 
 impl Processor for PassThrough {
-    async fn process_batch(&self, msgs: &[InputMessage]) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
+    type Prepared = ();
+
+    fn prepare(&self, _: &[InputMessage]) {}
+
+    async fn process_batch(&self, msgs: &[InputMessage], _: ()) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
         Ok(msgs
             .iter()
             .map(|msg| {
@@ -239,15 +243,15 @@ pub async fn run(mut settings: Settings, opts: LoadOptions) -> anyhow::Result<Re
         let mut base = settings.kafka.clone();
         base.group_id = format!("loadgen-base-{run_id}");
         let pipeline = Pipeline::new(&base, &bootstrap, &base_topics.requests, Health::new(), None)?;
-        let pass = PassThrough {
+        let pass = Arc::new(PassThrough {
             outputs: [base_topics.decisions.clone(), base_topics.audit.clone(), base_topics.usage.clone()],
-        };
+        });
         let stop = CancellationToken::new();
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
         let limits = Limits::from(&settings.service);
         let task = {
             let stop = stop.clone();
-            tokio::spawn(async move { kafka::run(pipeline, &pass, stop, grace, limits, &Health::default()).await })
+            tokio::spawn(async move { kafka::run(pipeline, pass, stop, grace, limits, &Health::default()).await })
         };
         let measured = drive(&client, &base_topics.requests, &base_topics.decisions, &run_id, &work, opts.rate).await?;
         stop.cancel();

@@ -30,7 +30,7 @@ pub enum ReloadOutcome {
 
 /// An active watch on the policy directory; dropping it stops watching.
 pub struct Watch {
-    _debouncer: Option<notify_debouncer_mini::Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>>,
+    _watcher: Option<notify::RecommendedWatcher>,
     changes: mpsc::Receiver<()>,
     /// Installed with the watch: a SIGHUP before it would kill the process.
     #[cfg(unix)]
@@ -62,6 +62,16 @@ fn candidate_version(dir: &Path) -> String {
     version_of(&[(MODEL_FILE, &m), (POLICY_FILE, &p), (CATALOGUE_FILE, &c)])
 }
 
+/// Whether a watcher event can have changed a file's content (inotify also
+/// reports opens and reads; a close after writing is a change).
+fn is_edit(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(access) => *access == AccessKind::Close(AccessMode::Write),
+        _ => true,
+    }
+}
+
 /// Loads and fully validates the policy in `dir`, tests included.
 pub async fn build_checked(dir: &Path) -> Result<Policy, String> {
     let policy = Policy::load(dir).await.map_err(|e| e.to_string())?;
@@ -86,23 +96,26 @@ impl Reloader {
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         if !self.watch {
             return Watch {
-                _debouncer: None,
+                _watcher: None,
                 changes: rx,
                 #[cfg(unix)]
                 hangup,
             };
         }
-        // The watcher thread only signals; the reload itself runs in `run`.
-        let handler = move |res: notify_debouncer_mini::DebounceEventResult| {
-            if res.is_ok() {
+        // The watcher thread only signals; debouncing and the reload itself
+        // run in `run`. Opening and reading a file is not a change: the
+        // reload reads every policy file, and counting that as an edit
+        // would rebuild the policy over and over.
+        let handler = move |res: notify::Result<notify::Event>| {
+            if res.is_ok_and(|event| is_edit(&event.kind)) {
                 let _ = tx.try_send(());
             }
         };
-        let debouncer = match notify_debouncer_mini::new_debouncer(self.debounce, handler) {
-            Ok(mut d) => {
-                use notify_debouncer_mini::notify::RecursiveMode;
-                match d.watcher().watch(&self.dir, RecursiveMode::Recursive) {
-                    Ok(()) => Some(d),
+        let watcher = match notify::recommended_watcher(handler) {
+            Ok(mut w) => {
+                use notify::Watcher;
+                match w.watch(&self.dir, notify::RecursiveMode::Recursive) {
+                    Ok(()) => Some(w),
                     Err(error) => {
                         warn!(message = "cannot watch the policy directory; reload with SIGHUP", dir = %self.dir.display(), %error);
                         None
@@ -115,7 +128,7 @@ impl Reloader {
             }
         };
         Watch {
-            _debouncer: debouncer,
+            _watcher: watcher,
             changes: rx,
             #[cfg(unix)]
             hangup,
@@ -125,9 +138,9 @@ impl Reloader {
     /// Runs until `shutdown`: reloads on debounced file changes and SIGHUP.
     pub async fn run(self, watch: Watch, shutdown: CancellationToken) {
         #[cfg(unix)]
-        let Watch { _debouncer, changes: mut rx, hangup: mut hup } = watch;
+        let Watch { _watcher, changes: mut rx, hangup: mut hup } = watch;
         #[cfg(not(unix))]
-        let Watch { _debouncer, changes: mut rx } = watch;
+        let Watch { _watcher, changes: mut rx } = watch;
         loop {
             #[cfg(unix)]
             let hangup = async {
@@ -140,7 +153,12 @@ impl Reloader {
             let hangup = std::future::pending::<Option<()>>();
             let trigger = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(()) = rx.recv() => "file change",
+                Some(()) = rx.recv() => {
+                    // An editor saves in several steps: wait until the
+                    // files have been quiet for the debounce period.
+                    while let Ok(Some(())) = tokio::time::timeout(self.debounce, rx.recv()).await {}
+                    "file change"
+                }
                 _ = hangup => "SIGHUP",
             };
             self.reload(trigger).await;
@@ -163,22 +181,35 @@ impl Reloader {
         // else the reason would be filed under the next edit's hash, and
         // that edit's own rejection swallowed as a repeat.
         let candidate = candidate_version(&self.dir);
+        if candidate == old.version() {
+            Health::count(&self.health.counters.policy_unchanged);
+            return ReloadOutcome::Unchanged;
+        }
         // Building 100k rules takes seconds of CPU: do it on a blocking
         // thread so the runtime's workers keep deciding meanwhile.
+        // The diff parses both versions' rules, which is as slow: there too.
         let dir = self.dir.clone();
         let handle = tokio::runtime::Handle::current();
-        let built = tokio::task::spawn_blocking(move || handle.block_on(build_checked(&dir)))
-            .await
-            .unwrap_or_else(|e| Err(format!("policy build panicked: {e}")));
+        let previous = old.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let new = handle.block_on(build_checked(&dir))?;
+            if new.version() == previous.version() {
+                return Ok(None);
+            }
+            let (before, after) = (previous.rule_lines().rule_set(), new.rule_lines().rule_set());
+            let (added, removed) = (after.difference(&before).count(), before.difference(&after).count());
+            Ok(Some((new, added, removed)))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("policy build panicked: {e}")));
         let outcome = match built {
-            Ok(new) if new.version() == old.version() => ReloadOutcome::Unchanged,
-            Ok(new) => {
-                let (before, after) = (old.rule_set(), new.rule_set());
+            Ok(None) => ReloadOutcome::Unchanged,
+            Ok(Some((new, added, removed))) => {
                 let outcome = ReloadOutcome::Loaded {
                     old: old.version().to_owned(),
                     new: new.version().to_owned(),
-                    added: after.difference(&before).count(),
-                    removed: before.difference(&after).count(),
+                    added,
+                    removed,
                 };
                 self.current.store(Arc::new(new));
                 outcome

@@ -340,6 +340,14 @@ enum Tally {
 
 /// An input decoded and its token verified: everything about it that needs
 /// no database, done before the batch's transaction starts.
+pub struct Ready {
+    now: DateTime<Utc>,
+    trace_id: String,
+    traceparent: String,
+    input: Result<(AccessRequest, Result<Principal, AuthError>), Rejection>,
+}
+
+/// An input with what was prepared of it.
 struct Prepared<'m> {
     origin: Origin<'m>,
     input: Result<(AccessRequest, Result<Principal, AuthError>), Rejection>,
@@ -353,7 +361,12 @@ struct Origin<'m> {
     traceparent: String,
 }
 
-impl Prepared<'_> {
+impl<'m> Prepared<'m> {
+    fn new(msg: &'m InputMessage, ready: Ready) -> Self {
+        let Ready { now, trace_id, traceparent, input } = ready;
+        Prepared { origin: Origin { msg, now, trace_id, traceparent }, input }
+    }
+
     fn idem_key(&self) -> String {
         let m = self.origin.msg;
         match &self.input {
@@ -364,7 +377,7 @@ impl Prepared<'_> {
 }
 
 impl DecisionService {
-    fn prepare<'m>(&self, msg: &'m InputMessage) -> Prepared<'m> {
+    fn ready(&self, msg: &InputMessage) -> Ready {
         let now = Utc::now();
         let (trace_id, traceparent) = trace_context(msg);
         let input = pipeline::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes).map(|d| {
@@ -374,38 +387,27 @@ impl DecisionService {
             };
             (d.request, identity)
         });
-        Prepared { origin: Origin { msg, now, trace_id, traceparent }, input }
+        Ready { now, trace_id, traceparent, input }
     }
 
     /// Decodes and verifies a batch; a large one on two threads, since
     /// signature checks are most of the CPU a decision costs (a full batch
-    /// is milliseconds of it). On a multi-threaded runtime the worker hands
-    /// its other tasks over first (`block_in_place`), so acknowledgements
-    /// and the HTTP endpoint are not held up behind the signature checks.
-    fn prepare_all<'m>(&self, msgs: &'m [InputMessage]) -> Vec<Prepared<'m>> {
+    /// is milliseconds of it). Runs on a blocking thread (see
+    /// [`Processor::prepare`]), usually while the batch before is decided.
+    fn prepare_all(&self, msgs: &[InputMessage]) -> Vec<Ready> {
         const PARALLEL_FROM: usize = 16;
         if msgs.len() < PARALLEL_FROM {
-            return msgs.iter().map(|m| self.prepare(m)).collect();
+            return msgs.iter().map(|m| self.ready(m)).collect();
         }
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
-            tokio::task::block_in_place(|| self.prepare_in_parallel(msgs))
-        } else {
-            self.prepare_in_parallel(msgs)
-        }
-    }
-
-    fn prepare_in_parallel<'m>(&self, msgs: &'m [InputMessage]) -> Vec<Prepared<'m>> {
         let (front, back) = msgs.split_at(msgs.len() / 2);
         std::thread::scope(|scope| {
-            let other = scope.spawn(|| back.iter().map(|m| self.prepare(m)).collect::<Vec<_>>());
-            let mut prepared: Vec<Prepared<'m>> = front.iter().map(|m| self.prepare(m)).collect();
+            let other = scope.spawn(|| back.iter().map(|m| self.ready(m)).collect::<Vec<_>>());
+            let mut ready: Vec<Ready> = front.iter().map(|m| self.ready(m)).collect();
             match other.join() {
-                Ok(rest) => prepared.extend(rest),
+                Ok(rest) => ready.extend(rest),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-            prepared
+            ready
         })
     }
 
@@ -479,11 +481,24 @@ impl DecisionService {
 }
 
 impl Processor for DecisionService {
+    type Prepared = Vec<Ready>;
+
+    fn prepare(&self, msgs: &[InputMessage]) -> Vec<Ready> {
+        self.prepare_all(msgs)
+    }
+
     /// One policy version and one database transaction for the whole batch;
-    /// decoding and signature checks happen before the transaction opens.
-    async fn process_batch(&self, msgs: &[InputMessage]) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
+    /// decoding and signature checks were done before (see `prepare`).
+    async fn process_batch(
+        &self,
+        msgs: &[InputMessage],
+        ready: Vec<Ready>,
+    ) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
+        if ready.len() != msgs.len() {
+            return Err(ProcessError::Fatal(format!("{} prepared for a batch of {}", ready.len(), msgs.len())));
+        }
+        let prepared: Vec<Prepared<'_>> = msgs.iter().zip(ready).map(|(m, r)| Prepared::new(m, r)).collect();
         let policy = self.policy.load_full();
-        let prepared = self.prepare_all(msgs);
         let keys = self.prefetch(&policy, &prepared);
         let mut batch = self.store.begin().await?;
         batch.prefetch(&keys).await?;

@@ -81,9 +81,21 @@ pub enum ProcessError {
 /// Must be idempotent per input: called again for a re-delivered input, it
 /// returns the same bytes. A batch succeeds or fails as a whole.
 pub trait Processor: Send + Sync + 'static {
+    /// What [`Processor::prepare`] makes of a batch.
+    type Prepared: Send + 'static;
+
+    /// The part of the work that depends on the inputs alone (decoding,
+    /// signature checks): no database, nothing that processing an earlier
+    /// batch changes. The loop runs it on a blocking thread for the next
+    /// batch while the current one is processed; the result is handed to
+    /// `process_batch` with the same inputs, or dropped if the batch is
+    /// prepared again (after a failed attempt) or never processed.
+    fn prepare(&self, msgs: &[InputMessage]) -> Self::Prepared;
+
     fn process_batch(
         &self,
         msgs: &[InputMessage],
+        prepared: Self::Prepared,
     ) -> impl Future<Output = Result<Vec<Vec<OutgoingMessage>>, ProcessError>> + Send;
 }
 
@@ -297,8 +309,54 @@ impl From<&crate::config::ServiceSettings> for Limits {
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// A batch taken from the consumer and being prepared on a blocking thread.
+type Ahead<P> = tokio::task::JoinHandle<(Vec<InputMessage>, <P as Processor>::Prepared)>;
+
+fn prepare_ahead<P: Processor>(processor: &Arc<P>, batch: Vec<InputMessage>) -> Ahead<P> {
+    let processor = processor.clone();
+    tokio::task::spawn_blocking(move || {
+        let prepared = processor.prepare(&batch);
+        (batch, prepared)
+    })
+}
+
+async fn prepared<P: Processor>(ahead: &mut Ahead<P>) -> (Vec<InputMessage>, P::Prepared) {
+    match ahead.await {
+        Ok(done) => done,
+        // A panic in `prepare` is a bug; it is not turned into a decision.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// `first` and whatever else has already arrived, up to `max` inputs: one
+/// database transaction and one round of produce for all of it.
+fn gather(consumer: &StreamConsumer<LoopContext>, first: InputMessage, max: usize) -> Vec<InputMessage> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match consumer.recv().now_or_never() {
+            Some(Ok(m)) => batch.push(detach(&m)),
+            _ => break,
+        }
+    }
+    batch
+}
+
+/// Drops inputs of partitions no longer assigned: they belong to another
+/// instance now, which re-processes them. Returns whether any were dropped.
+fn retain_assigned(consumer: &StreamConsumer<LoopContext>, batch: &mut Vec<InputMessage>) -> bool {
+    let before = batch.len();
+    if let Ok(assigned) = consumer.assignment() {
+        batch.retain(|m| assigned.find_partition(&m.topic, m.partition).is_some());
+    }
+    batch.len() != before
+}
+
 /// Runs until `shutdown` is cancelled (then drains within `grace`) or a fatal
 /// error.
+///
+/// Batches are processed one at a time, in order; while one is processed
+/// the loop keeps storing offsets of delivered outputs and takes the next
+/// batch, whose [`Processor::prepare`] runs meanwhile on another thread.
 ///
 /// When processing fails retryably (the database is down), the batch is held
 /// and retried with backoff while every assigned partition is paused: the
@@ -308,7 +366,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// outage) queue behind the held batch, so nothing overtakes anything.
 pub async fn run<P: Processor>(
     pipeline: Pipeline,
-    processor: &P,
+    processor: Arc<P>,
     shutdown: CancellationToken,
     grace: Duration,
     limits: Limits,
@@ -319,13 +377,15 @@ pub async fn run<P: Processor>(
     let mut result = Ok(());
     // A batch waiting for its dependency, and when to try it again.
     let mut held: Option<Vec<InputMessage>> = None;
+    // The batch after the current one; never set while a batch is held.
+    let mut ahead: Option<Ahead<P>> = None;
     let mut backoff = FIRST_BACKOFF;
     let mut paused = false;
     let retry = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(retry);
     health.set_consuming(true);
     loop {
-        let batch = tokio::select! {
+        let (batch, ready) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             Some(done) = pending.next(), if !pending.is_empty() => {
@@ -339,9 +399,7 @@ pub async fn run<P: Processor>(
                 let mut batch = held.take().unwrap_or_default();
                 // Partitions revoked during the outage belong to another
                 // instance now; it re-processes their inputs.
-                if let Ok(assigned) = consumer.assignment() {
-                    batch.retain(|m| assigned.find_partition(&m.topic, m.partition).is_some());
-                }
+                retain_assigned(&consumer, &mut batch);
                 if batch.is_empty() {
                     paused = false;
                     backoff = FIRST_BACKOFF;
@@ -349,9 +407,22 @@ pub async fn run<P: Processor>(
                     health.set_blocked(None);
                     continue;
                 }
-                batch
+                prepared::<P>(&mut prepare_ahead(&processor, batch)).await
             }
-            received = consumer.recv(), if held.is_some() || pending.len() < limits.max_in_flight => {
+            taken = async { prepared::<P>(ahead.as_mut().expect("checked")).await }, if ahead.is_some() => {
+                ahead = None;
+                let (mut batch, ready) = taken;
+                // Taken before a rebalance that moved some of its partitions.
+                if retain_assigned(&consumer, &mut batch) {
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    prepared::<P>(&mut prepare_ahead(&processor, batch)).await
+                } else {
+                    (batch, ready)
+                }
+            }
+            received = consumer.recv(), if ahead.is_none() && (held.is_some() || pending.len() < limits.max_in_flight) => {
                 let first = match received {
                     Ok(m) => detach(&m),
                     Err(error) => {
@@ -364,19 +435,37 @@ pub async fn run<P: Processor>(
                     pause_all(&consumer);
                     continue;
                 }
-                // Whatever else is already here joins the batch: one database
-                // transaction and one round of produce for all of it.
-                let mut batch = vec![first];
-                while batch.len() < limits.max_batch {
-                    match consumer.recv().now_or_never() {
-                        Some(Ok(m)) => batch.push(detach(&m)),
-                        _ => break,
-                    }
-                }
-                batch
+                ahead = Some(prepare_ahead(&processor, gather(&consumer, first, limits.max_batch)));
+                continue;
             }
         };
-        match attempt(processor, &batch).await {
+        // Process, meanwhile storing offsets as outputs are acknowledged and
+        // taking the next batch (its preparation overlaps this one).
+        let attempted = {
+            let work = attempt(&*processor, &batch, ready);
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    biased;
+                    done = &mut work => break done,
+                    Some(done) = pending.next(), if !pending.is_empty() => {
+                        if let Err(e) = on_delivered(&consumer, done) {
+                            break Err(Attempt::Fatal(e));
+                        }
+                    }
+                    received = consumer.recv(), if ahead.is_none() && !shutdown.is_cancelled() && pending.len() < limits.max_in_flight => {
+                        match received {
+                            Ok(m) => {
+                                let first = detach(&m);
+                                ahead = Some(prepare_ahead(&processor, gather(&consumer, first, limits.max_batch)));
+                            }
+                            Err(error) => warn!(message = "consumer error", %error),
+                        }
+                    }
+                }
+            }
+        };
+        match attempted {
             Ok(outputs) => {
                 if std::mem::take(&mut paused) {
                     backoff = FIRST_BACKOFF;
@@ -399,11 +488,16 @@ pub async fn run<P: Processor>(
                     }
                     Err(TxnFailure::Aborted(error)) => {
                         // The batch comes round again and finds its stored
-                        // outcome: the same bytes, in a new transaction.
+                        // outcome: the same bytes, in a new transaction. The
+                        // batch taken after it is read again too.
                         warn!(message = "transaction aborted; the batch will be re-read", %error);
                         health.set_blocked(Some(format!("kafka transaction aborted: {error}")));
                         Health::count(&health.counters.processing_retries);
-                        rewind(&consumer, &batch);
+                        let mut read = batch;
+                        if let Some(mut next) = ahead.take() {
+                            read.extend(prepared::<P>(&mut next).await.0);
+                        }
+                        rewind(&consumer, &read);
                         tokio::time::sleep(FIRST_BACKOFF).await;
                     }
                 }
@@ -418,7 +512,12 @@ pub async fn run<P: Processor>(
                 paused = true;
                 retry.as_mut().reset(tokio::time::Instant::now() + backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-                held = Some(batch);
+                // The batch taken meanwhile waits behind this one, in order.
+                let mut waiting = batch;
+                if let Some(mut next) = ahead.take() {
+                    waiting.extend(prepared::<P>(&mut next).await.0);
+                }
+                held = Some(waiting);
             }
             Err(Attempt::Fatal(e)) => {
                 result = Err(e);
@@ -575,7 +674,11 @@ enum Attempt {
     Fatal(KafkaError),
 }
 
-async fn attempt<P: Processor>(processor: &P, batch: &[InputMessage]) -> Result<Vec<Vec<OutgoingMessage>>, Attempt> {
+async fn attempt<P: Processor>(
+    processor: &P,
+    batch: &[InputMessage],
+    prepared: P::Prepared,
+) -> Result<Vec<Vec<OutgoingMessage>>, Attempt> {
     let msg = &batch[0];
     let fatal = |message: String| {
         Attempt::Fatal(KafkaError::Processing {
@@ -585,7 +688,7 @@ async fn attempt<P: Processor>(processor: &P, batch: &[InputMessage]) -> Result<
             message,
         })
     };
-    match processor.process_batch(batch).await {
+    match processor.process_batch(batch, prepared).await {
         Ok(out) if out.len() == batch.len() => Ok(out),
         Ok(out) => Err(fatal(format!("{} outputs for a batch of {}", out.len(), batch.len()))),
         Err(ProcessError::Retryable(error)) => Err(Attempt::Retry(error)),

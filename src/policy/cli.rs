@@ -135,11 +135,12 @@ pub async fn explain(dir: &Path, probe: &Probe) -> Result<Report, PolicyError> {
     let policy = Policy::load(dir).await?;
     let eval = probe.evaluate(&policy, chrono::Utc::now());
     let r = &probe.request;
-    let roles = policy.roles_of(&probe.principal.sub, &r.scenario);
-    let groups = policy.groups_of(&r.dataset);
+    let rules = policy.rule_lines();
+    let roles = rules.roles_of(&probe.principal.sub, &r.scenario);
+    let groups = rules.groups_of(&r.dataset);
     let mut subjects: Vec<&str> = vec!["*", probe.principal.sub.as_str()];
     subjects.extend(roles.iter().map(String::as_str));
-    let candidates: Vec<String> = policy
+    let candidates: Vec<String> = rules
         .lines()
         .iter()
         .filter(|(_, f)| f[0] == "p" && f.len() == 6)

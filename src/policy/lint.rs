@@ -20,7 +20,8 @@ pub struct Finding {
 }
 
 pub fn lint(policy: &Policy) -> Vec<Finding> {
-    let lines = policy.lines();
+    let rules = policy.rule_lines();
+    let lines = rules.lines();
     let mut out = Vec::new();
 
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -59,7 +60,7 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
                 .catalogue()
                 .datasets
                 .values()
-                .filter(|d| d.code == f[3] || policy.groups_of(&d.code).contains(&f[3]))
+                .filter(|d| d.code == f[3] || rules.groups_of(&d.code).contains(&f[3]))
                 .collect();
             if !datasets.is_empty() && datasets.iter().all(|d| d.grade == Grade::Core) {
                 out.push(Finding {

@@ -46,17 +46,23 @@ pub struct CasbinVerdict {
     pub denied_by_rule: bool,
 }
 
+/// What must stay true: the rules are held once. With the index, casbin-rs
+/// (its rule store and role manager, the largest copy) is dropped after the
+/// index is built from it, and policy.csv is kept as text, parsed only by
+/// the tools that read rules as written ([`Policy::rule_lines`]); with 100k
+/// rules each extra copy costs tens of MB of a service's memory.
 pub struct Policy {
     version: String,
     catalogue: Catalogue,
-    enforcer: Enforcer,
+    /// casbin-rs itself, kept only when the index cannot decide this model.
+    enforcer: Option<Enforcer>,
     /// The indexed evaluator when the model allows it; else casbin-rs decides.
     engine: Option<engine::IndexedEngine>,
     /// The obligations section (`p2`/`m2`), when the model has one.
     obligations: Option<engine::IndexedEngine>,
     rule_count: usize,
-    /// policy.csv as parsed: (line number, fields), comments dropped.
-    lines: Vec<(usize, Vec<String>)>,
+    /// policy.csv as read.
+    rules_text: String,
 }
 
 impl std::fmt::Debug for Policy {
@@ -96,6 +102,8 @@ impl Policy {
         let catalogue = Catalogue::parse(catalogue_text)?;
         let lines = parse_lines(rules);
         let rule_count = validate_rules(&lines, &catalogue)?;
+        let has_obligations = lines.iter().any(|(_, f)| f[0] == "p2");
+        drop(lines);
 
         let model = DefaultModel::from_str(model)
             .await
@@ -111,7 +119,7 @@ impl Policy {
             .map_err(|e| PolicyError::Invalid { file: POLICY_FILE.into(), message: e.to_string() })?;
         let engine = engine::IndexedEngine::build(&enforcer);
         let has_p2 = enforcer.get_model().get_model().get("p").is_some_and(|p| p.contains_key("p2"));
-        let obligations = if has_p2 && lines.iter().any(|(_, f)| f[0] == "p2") {
+        let obligations = if has_p2 && has_obligations {
             Some(engine::IndexedEngine::build_section(&enforcer, "2", false).ok_or_else(|| {
                 PolicyError::Invalid {
                     file: MODEL_FILE.into(),
@@ -124,7 +132,9 @@ impl Policy {
         } else {
             None
         };
-        let policy = Policy { version, catalogue, enforcer, engine, obligations, rule_count, lines };
+        let enforcer = if engine.is_some() { None } else { Some(enforcer) };
+        let rules_text = rules.to_owned();
+        let policy = Policy { version, catalogue, enforcer, engine, obligations, rule_count, rules_text };
         // Evaluate once so a matcher that only fails at run time (an unknown
         // function, a type error) is rejected at load, not on live traffic.
         policy.authorize("000000000000000000", "probe", "probe", Operation::Query)?;
@@ -143,7 +153,61 @@ impl Policy {
         self.rule_count
     }
 
-    /// The rules of policy.csv as `(line, fields)`, without comments.
+    /// policy.csv parsed line by line, for linting, explanations and diffs.
+    pub fn rule_lines(&self) -> RuleLines<'_> {
+        RuleLines { policy: self, lines: parse_lines(&self.rules_text) }
+    }
+
+    /// Asks Casbin whether `subject` may perform `op` on `dataset` within
+    /// `scenario` (the RBAC domain): through the index when the model allows
+    /// it, else casbin-rs itself.
+    pub fn authorize(
+        &self,
+        subject: &str,
+        scenario: &str,
+        dataset: &str,
+        op: Operation,
+    ) -> Result<CasbinVerdict, PolicyError> {
+        let request = [subject, scenario, dataset, op.as_str()];
+        let (allowed, rules) = match (self.engine.as_ref().and_then(|e| e.enforce(&request)), &self.enforcer) {
+            (Some(decided), _) => decided,
+            (None, Some(enforcer)) => {
+                enforcer.enforce_ex(request.to_vec()).map_err(|e| PolicyError::Eval(e.to_string()))?
+            }
+            // The index declines only a request of another arity than the
+            // model's `r`, which casbin-rs refuses as well.
+            (None, None) => {
+                return Err(PolicyError::Eval("the request does not fit the model's request_definition".into()));
+            }
+        };
+        Ok(verdict(allowed, rules))
+    }
+
+    /// Obligations the matching `p2` rules attach, in policy order, each with
+    /// its rule as written (`p2, sub, dom, obj, act, obligation`).
+    pub fn obligations(&self, subject: &str, scenario: &str, dataset: &str, op: Operation) -> Vec<(String, String)> {
+        let Some(engine) = &self.obligations else { return Vec::new() };
+        engine
+            .matches(&[subject, scenario, dataset, op.as_str()])
+            .unwrap_or_default()
+            .into_iter()
+            .map(|rule| (format!("p2, {}", rule.join(", ")), rule.last().cloned().unwrap_or_default()))
+            .collect()
+    }
+
+    /// Whether decisions use the index (else casbin-rs evaluates every rule).
+    pub fn is_indexed(&self) -> bool {
+        self.engine.is_some()
+    }
+}
+
+/// policy.csv as written: `(line number, fields)`, comments dropped.
+pub struct RuleLines<'p> {
+    policy: &'p Policy,
+    lines: Vec<(usize, Vec<String>)>,
+}
+
+impl RuleLines<'_> {
     pub fn lines(&self) -> &[(usize, Vec<String>)] {
         &self.lines
     }
@@ -168,6 +232,7 @@ impl Policy {
     /// and personal-information groups derived from the catalogue.
     pub fn groups_of(&self, dataset: &str) -> BTreeSet<String> {
         let derived: Vec<Vec<String>> = self
+            .policy
             .catalogue
             .derived_groupings()
             .iter()
@@ -181,57 +246,6 @@ impl Policy {
             .filter(|f| f[0] == "g2" && f.len() == 3)
             .map(|f| (&f[1], &f[2]));
         closure(dataset, edges)
-    }
-
-    /// Asks Casbin whether `subject` may perform `op` on `dataset` within
-    /// `scenario` (the RBAC domain): through the index when the model allows
-    /// it, else casbin-rs itself.
-    pub fn authorize(
-        &self,
-        subject: &str,
-        scenario: &str,
-        dataset: &str,
-        op: Operation,
-    ) -> Result<CasbinVerdict, PolicyError> {
-        let request = [subject, scenario, dataset, op.as_str()];
-        let (allowed, rules) = match self.engine.as_ref().and_then(|e| e.enforce(&request)) {
-            Some(decided) => decided,
-            None => self.enforcer.enforce_ex(request.to_vec()).map_err(|e| PolicyError::Eval(e.to_string()))?,
-        };
-        Ok(verdict(allowed, rules))
-    }
-
-    /// The same question answered by casbin-rs alone, never the index: the
-    /// reference for differential tests and benchmarks.
-    pub fn authorize_with_casbin(
-        &self,
-        subject: &str,
-        scenario: &str,
-        dataset: &str,
-        op: Operation,
-    ) -> Result<CasbinVerdict, PolicyError> {
-        let (allowed, rules) = self
-            .enforcer
-            .enforce_ex(vec![subject, scenario, dataset, op.as_str()])
-            .map_err(|e| PolicyError::Eval(e.to_string()))?;
-        Ok(verdict(allowed, rules))
-    }
-
-    /// Obligations the matching `p2` rules attach, in policy order, each with
-    /// its rule as written (`p2, sub, dom, obj, act, obligation`).
-    pub fn obligations(&self, subject: &str, scenario: &str, dataset: &str, op: Operation) -> Vec<(String, String)> {
-        let Some(engine) = &self.obligations else { return Vec::new() };
-        engine
-            .matches(&[subject, scenario, dataset, op.as_str()])
-            .unwrap_or_default()
-            .into_iter()
-            .map(|rule| (format!("p2, {}", rule.join(", ")), rule.last().cloned().unwrap_or_default()))
-            .collect()
-    }
-
-    /// Whether decisions use the index (else casbin-rs evaluates every rule).
-    pub fn is_indexed(&self) -> bool {
-        self.engine.is_some()
     }
 }
 

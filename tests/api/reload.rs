@@ -131,3 +131,59 @@ async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
     assert!(matches!(reloader.reload("test").await, ReloadOutcome::Rejected { .. }));
     assert_eq!(rejections().await, 2);
 }
+
+#[tokio::test]
+async fn reading_the_policy_files_triggers_no_reload_and_an_edit_does() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    use tollgate::reload::Reloader;
+
+    let infra = infra().await;
+    let dir = editable_policies(&infra);
+    let policy = tollgate::reload::build_checked(&dir).await.unwrap();
+    let health = tollgate::health::Health::new();
+    let reloader = Reloader {
+        dir: dir.clone(),
+        current: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+        last_rejected: Default::default(),
+        store: tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap(),
+        client: tollgate::kafka::Client::new(&infra.settings().kafka, &infra.bootstrap).unwrap(),
+        audit_topic: infra.topics.audit.clone(),
+        instance_id: "watch".into(),
+        debounce: Duration::from_millis(50),
+        watch: true,
+        health: health.clone(),
+    };
+    let watch = reloader.watch_files();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(reloader.run(watch, stop.clone()));
+    let c = &health.counters;
+    let reloads = || [&c.policy_reloads, &c.policy_rejections, &c.policy_unchanged].map(|n| n.load(Relaxed));
+
+    // Linters, backups and the reload itself open and read the files.
+    for _ in 0..5 {
+        for f in ["model.conf", "policy.csv", "catalogue.toml", "tests/domain_rules.toml"] {
+            std::fs::read_to_string(dir.join(f)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(reloads(), [0, 0, 0], "[loaded, rejected, unchanged] after reads only");
+
+    let rules = std::fs::read_to_string(dir.join("policy.csv")).unwrap();
+    std::fs::write(
+        dir.join("policy.csv"),
+        format!("{rules}\np, tourism-developer, smart-tourism, tourism-data, download, allow\n"),
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reloads()[0] == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the edit was not loaded: {:?}", reloads());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The reload's own reads of the new files start nothing further.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(reloads(), [1, 0, 0]);
+    stop.cancel();
+    running.await.unwrap();
+}
