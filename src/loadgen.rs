@@ -140,11 +140,11 @@ async fn drive(
 ) -> anyhow::Result<(usize, f64, Histogram<u64>)> {
     let reader = client.reader(&[output], &format!("loadgen-{run}"))?;
     // Warm up: the clock starts once the pipeline has joined its group and
-    // answered one request, so group rebalancing is not counted.
-    let (key, first) = &work[0];
-    let warm_id = format!("{run}-warmup");
-    let warm = first.replacen(&format!("\"{run}-0\""), &format!("\"{warm_id}\""), 1);
-    client.send(input, key, warm).await?;
+    // answered one request, so group rebalancing is not counted. The last
+    // request of the workload is the warm-up (it has a token of its own).
+    let ((key, warm), work) = work.split_last().ok_or_else(|| anyhow::anyhow!("no requests"))?;
+    let warm_id = format!("\"{run}-{}\"", work.len());
+    client.send(input, key, warm.clone()).await?;
     loop {
         match reader.next(Duration::from_secs(60)).await? {
             Some(m) if String::from_utf8_lossy(&m.payload).contains(&warm_id) => break,
@@ -186,7 +186,8 @@ async fn drive(
     let mut last = started;
     while seen.len() < work.len() {
         let Some(m) = reader.next(Duration::from_secs(60)).await? else { break };
-        let Some(i) = request_index(&m.payload, run) else { continue };
+        // The warm-up (index work.len()) may be answered again: not measured.
+        let Some(i) = request_index(&m.payload, run).filter(|i| *i < work.len()) else { continue };
         if seen.insert(i) {
             let now = Instant::now();
             let sent = sent_at.lock().expect("lock")[i].unwrap_or(started);
@@ -236,7 +237,8 @@ pub async fn run(mut settings: Settings, opts: LoadOptions) -> anyhow::Result<Re
         opts.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", temp.path().join("loadgen.db").display()));
     let client = Client::new(&settings.kafka, &bootstrap)?;
     let idp = SigningKey::generate("loadgen-idp");
-    let work = workload(opts.requests, &run_id, &idp);
+    // One more than measured: the warm-up (see `drive`).
+    let work = workload(opts.requests + 1, &run_id, &idp);
     let mut runs = Vec::new();
 
     if opts.baseline {
@@ -256,7 +258,7 @@ pub async fn run(mut settings: Settings, opts: LoadOptions) -> anyhow::Result<Re
         let measured = drive(&client, &base_topics.requests, &base_topics.decisions, &run_id, &work, opts.rate).await?;
         stop.cancel();
         task.await??;
-        runs.push(report("pass-through", work.len(), measured));
+        runs.push(report("pass-through", opts.requests, measured));
     }
 
     settings.kafka.bootstrap_servers = Some(bootstrap.clone());
@@ -276,7 +278,7 @@ pub async fn run(mut settings: Settings, opts: LoadOptions) -> anyhow::Result<Re
     let measured = drive(&client, &gate_topics.requests, &gate_topics.decisions, &run_id, &work, opts.rate).await?;
     stop.cancel();
     task.await??;
-    runs.push(report("tollgate", work.len(), measured));
+    runs.push(report("tollgate", opts.requests, measured));
 
     let ratio = (runs.len() == 2 && runs[0].per_second > 0.0).then(|| runs[1].per_second / runs[0].per_second);
     drop(client);

@@ -1,6 +1,7 @@
 //! The processor: one input message in, its outputs (decision, audit event,
 //! usage record, or a dead letter) out, stored before they are published.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -120,13 +121,7 @@ impl DecisionService {
             .collect()
     }
 
-    async fn dead_letter(
-        &self,
-        batch: &mut Batch,
-        policy: &Policy,
-        origin: &Origin<'_>,
-        rejection: Rejection,
-    ) -> Result<Committed, StoreError> {
+    fn dead_letter(&self, policy: &Policy, origin: &Origin<'_>, rejection: Rejection) -> Commit {
         let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
         let b64 = base64::engine::general_purpose::STANDARD;
         let letter = DeadLetter {
@@ -141,7 +136,7 @@ impl DecisionService {
             rejected_at: now,
         };
         let key = format!("{}/{}/{}", msg.topic, msg.partition, msg.offset);
-        let commit = Commit {
+        Commit {
             idem_key: format!("input:{key}"),
             kind: "dead_letter",
             decision: None,
@@ -164,19 +159,21 @@ impl DecisionService {
             },
             usage: None,
             created_at: rfc3339(now),
-        };
-        batch.add(commit).await
+        }
     }
 
-    async fn decide(
+    /// The order-dependent part of a decision (phase 1): claims the token
+    /// id, reads the quota counter (with what earlier inputs of the batch
+    /// reserved) and evaluates.
+    async fn draft<'m>(
         &self,
         batch: &mut Batch,
         policy: &Policy,
-        origin: &Origin<'_>,
-        request: &AccessRequest,
+        reserved: &mut HashMap<(String, String, String), u64>,
+        origin: Origin<'m>,
+        request: AccessRequest,
         identity: Result<Principal, AuthError>,
-    ) -> Result<(Committed, Tally), StoreError> {
-        let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
+    ) -> Result<Draft<'m>, StoreError> {
         // A token id authorizes one request; the same request again (a
         // client retry) was answered from its stored outcome before this.
         let identity = match identity {
@@ -194,22 +191,37 @@ impl DecisionService {
             other => other,
         };
         let replayed = matches!(identity, Err(AuthError::Replayed(_)));
-        let period = period_of(now);
-        let used = match &identity {
+        let period = period_of(origin.now);
+        let counter = match &identity {
             Ok(p) if policy.catalogue().datasets.contains_key(&request.dataset) => {
-                batch.usage_in_period(&p.subject, &request.dataset, &period).await?
+                let key = (p.subject.clone(), request.dataset.clone(), period.clone());
+                let stored = batch.usage_in_period(&key.0, &key.1, &key.2).await?;
+                Some((stored + reserved.get(&key).copied().unwrap_or(0), key))
             }
-            _ => 0,
+            _ => None,
         };
         let eval = pipeline::evaluate(&DecisionInput {
-            request,
+            request: &request,
             identity: identity.as_ref(),
             policy,
-            used,
-            now,
+            used: counter.as_ref().map_or(0, |(used, _)| *used),
+            now: origin.now,
             grant_ttl_secs: self.grant.ttl_secs,
         });
+        if let (Some(charge), Some((_, key))) = (&eval.charge, counter) {
+            *reserved.entry(key).or_default() += charge.quantity;
+        }
         let subject = identity.as_ref().map(|p| p.subject.clone()).unwrap_or_default();
+        Ok(Draft { origin, request, subject, eval, period, replayed })
+    }
+
+    /// The rest of a decision (phase 2), the same whatever else the batch
+    /// holds, so drafts are finished on two threads: signs the grant and
+    /// builds the decision, usage record and audit event.
+    fn finish_draft(&self, policy: &Policy, d: Draft<'_>) -> (Commit, Tally) {
+        let Draft { origin, request, subject, eval, period, replayed } = d;
+        let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
+        let request = &request;
         let decision_id = uuid::Uuid::now_v7().to_string();
         let grant = self.grant_for(policy, &eval, request, &subject, &decision_id, now);
         let decision = Decision {
@@ -289,9 +301,8 @@ impl DecisionService {
             usage,
             created_at: rfc3339(now),
         };
-        // Only called when this transaction found no outcome for the request.
-        let tally = if replayed { Tally::Replayed } else { Tally::Decided(eval.outcome) };
-        Ok((batch.add(commit).await?, tally))
+        // Only drafted when this transaction found no outcome for the request.
+        (commit, if replayed { Tally::Replayed } else { Tally::Decided(eval.outcome) })
     }
 
     fn grant_for(
@@ -347,6 +358,50 @@ pub struct Ready {
     input: Result<(AccessRequest, Result<Principal, AuthError>), Rejection>,
 }
 
+/// A decision drafted in phase 1 (see `process_batch`).
+struct Draft<'m> {
+    origin: Origin<'m>,
+    request: AccessRequest,
+    subject: String,
+    eval: Evaluation,
+    period: String,
+    replayed: bool,
+}
+
+/// What becomes of one input of a batch, phase by phase.
+enum Step<'m> {
+    /// Phase 1 made a decision's order-dependent part; phase 2 finishes it.
+    Draft(Box<Draft<'m>>),
+    /// To be stored in phase 3 (a finished draft or a dead letter), with
+    /// its `traceparent`.
+    Commit(Box<Commit>, Tally, String),
+    /// Decided before this batch: published again.
+    Done(Committed, String),
+    /// The same request as an earlier input of this batch (by its key).
+    Repeat(String, String),
+}
+
+/// `f` over `items`, in order; from [`PARALLEL_FROM`] items on, half of them
+/// on a second thread.
+fn on_two_threads<T: Send, R: Send>(mut items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    if items.len() < PARALLEL_FROM {
+        return items.into_iter().map(f).collect();
+    }
+    let back = items.split_off(items.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| back.into_iter().map(&f).collect::<Vec<R>>());
+        let mut out: Vec<R> = items.into_iter().map(&f).collect();
+        match other.join() {
+            Ok(rest) => out.extend(rest),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        out
+    })
+}
+
+/// Below this many inputs a second thread costs more than it saves.
+const PARALLEL_FROM: usize = 16;
+
 /// An input with what was prepared of it.
 struct Prepared<'m> {
     origin: Origin<'m>,
@@ -395,20 +450,7 @@ impl DecisionService {
     /// is milliseconds of it). Runs on a blocking thread (see
     /// [`Processor::prepare`]), usually while the batch before is decided.
     fn prepare_all(&self, msgs: &[InputMessage]) -> Vec<Ready> {
-        const PARALLEL_FROM: usize = 16;
-        if msgs.len() < PARALLEL_FROM {
-            return msgs.iter().map(|m| self.ready(m)).collect();
-        }
-        let (front, back) = msgs.split_at(msgs.len() / 2);
-        std::thread::scope(|scope| {
-            let other = scope.spawn(|| back.iter().map(|m| self.ready(m)).collect::<Vec<_>>());
-            let mut ready: Vec<Ready> = front.iter().map(|m| self.ready(m)).collect();
-            match other.join() {
-                Ok(rest) => ready.extend(rest),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-            ready
-        })
+        on_two_threads(msgs.iter().collect(), |m| self.ready(m))
     }
 
     /// Every key the batch will look up, so the store reads them at once.
@@ -434,35 +476,88 @@ impl DecisionService {
         keys
     }
 
-    async fn process_one(
+    /// Phase 1 for one input: in batch order, since it reads and claims
+    /// what earlier inputs of the batch may have claimed.
+    async fn step<'m>(
         &self,
         batch: &mut Batch,
         policy: &Policy,
-        p: Prepared<'_>,
-    ) -> Result<(Vec<OutgoingMessage>, Tally), StoreError> {
+        reserved: &mut HashMap<(String, String, String), u64>,
+        drafted: &mut HashSet<String>,
+        p: Prepared<'m>,
+    ) -> Result<Step<'m>, StoreError> {
         let Prepared { origin, input } = p;
         let msg = origin.msg;
-        let (committed, tally) = match input {
+        match input {
             Err(rejection) => {
                 info!(message = "input rejected", code = rejection.code, topic = %msg.topic, partition = msg.partition, offset = msg.offset);
-                (self.dead_letter(batch, policy, &origin, rejection).await?, Tally::DeadLetter)
+                let commit = self.dead_letter(policy, &origin, rejection);
+                Ok(Step::Commit(Box::new(commit), Tally::DeadLetter, origin.traceparent))
             }
             Ok((request, identity)) => {
                 let key = format!("request:{}", request.request_id);
-                match batch.find_outcome(&key).await? {
-                    Some(outputs) => (Committed::Existing(outputs), Tally::Republished),
-                    None => self.decide(batch, policy, &origin, &request, identity).await?,
+                if let Some(outputs) = batch.find_outcome(&key).await? {
+                    return Ok(Step::Done(Committed::Existing(outputs), origin.traceparent));
                 }
+                // Decided earlier in this batch: its outcome is stored by
+                // the time this input's turn comes in phase 3.
+                if !drafted.insert(key.clone()) {
+                    return Ok(Step::Repeat(key, origin.traceparent));
+                }
+                Ok(Step::Draft(Box::new(self.draft(batch, policy, reserved, origin, request, identity).await?)))
             }
+        }
+    }
+
+    /// Phase 3 for one input, in batch order: seals the audit event into
+    /// its chain and buffers the rows.
+    async fn commit_step(
+        &self,
+        batch: &mut Batch,
+        step: Step<'_>,
+    ) -> Result<(Vec<OutgoingMessage>, Tally), StoreError> {
+        let (committed, tally, traceparent) = match step {
+            Step::Commit(commit, tally, traceparent) => (batch.add(*commit).await?, tally, traceparent),
+            Step::Done(committed, traceparent) => (committed, Tally::Republished, traceparent),
+            Step::Repeat(key, traceparent) => {
+                let outputs = batch.find_outcome(&key).await?.ok_or_else(|| {
+                    StoreError::Fatal(format!("{key} was decided earlier in the batch but has no outcome"))
+                })?;
+                (Committed::Existing(outputs), Tally::Republished, traceparent)
+            }
+            Step::Draft(_) => return Err(StoreError::Fatal("a draft reached phase 3 unfinished".into())),
         };
         // A dead letter can also be a re-publication (same offset again).
         let tally = if let Committed::Existing(_) = &committed {
-            debug!(message = "re-publishing stored outcome", topic = %msg.topic, partition = msg.partition, offset = msg.offset);
+            debug!(message = "re-publishing stored outcome");
             Tally::Republished
         } else {
             tally
         };
-        Ok((self.to_messages(committed.into_outputs(), &origin.traceparent), tally))
+        Ok((self.to_messages(committed.into_outputs(), &traceparent), tally))
+    }
+
+    /// Phase 2: finishes every draft, on two threads for a large batch
+    /// (signing a grant is the largest cost of a decision after the token
+    /// check).
+    fn finish_drafts<'m>(&self, policy: &Policy, steps: Vec<Step<'m>>) -> Vec<Step<'m>> {
+        let finish = |step: Step<'m>| match step {
+            Step::Draft(d) => {
+                let traceparent = d.origin.traceparent.clone();
+                let (commit, tally) = self.finish_draft(policy, *d);
+                Step::Commit(Box::new(commit), tally, traceparent)
+            }
+            other => other,
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            // The worker hands its other tasks over first, so acknowledgements
+            // and the HTTP endpoint are not held up meanwhile.
+            tokio::task::block_in_place(|| on_two_threads(steps, finish))
+        } else {
+            on_two_threads(steps, finish)
+        }
     }
 
     fn count(&self, tally: Tally) {
@@ -502,10 +597,16 @@ impl Processor for DecisionService {
         let keys = self.prefetch(&policy, &prepared);
         let mut batch = self.store.begin().await?;
         batch.prefetch(&keys).await?;
+        let (mut reserved, mut drafted) = (HashMap::new(), HashSet::new());
+        let mut steps = Vec::with_capacity(msgs.len());
+        for p in prepared {
+            steps.push(self.step(&mut batch, &policy, &mut reserved, &mut drafted, p).await?);
+        }
+        let steps = self.finish_drafts(&policy, steps);
         let mut out = Vec::with_capacity(msgs.len());
         let mut tallies = Vec::with_capacity(msgs.len());
-        for p in prepared {
-            let (messages, tally) = self.process_one(&mut batch, &policy, p).await?;
+        for step in steps {
+            let (messages, tally) = self.commit_step(&mut batch, step).await?;
             out.push(messages);
             tallies.push(tally);
         }

@@ -387,6 +387,9 @@ fn loadgen_reports_tollgate_against_the_pass_through_baseline() {
         assert!(run["latency_ms"]["p99"].as_f64().unwrap() >= run["latency_ms"]["p50"].as_f64().unwrap());
     }
     assert!(report["ratio"].as_f64().unwrap() > 0.0);
+    // Every request has a token of its own, the warm-up included.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("replayed token refused"), "{log}");
 }
 
 #[tokio::test]

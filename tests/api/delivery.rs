@@ -63,18 +63,8 @@ async fn restart_mid_stream_loses_nothing_and_decides_nothing_twice() {
 #[tokio::test]
 async fn monthly_quota_is_enforced_from_the_usage_ledger() {
     let infra = infra().await;
-    // A copy of the shipped policies with a quota of 2 calls on one dataset.
-    let dir = infra.dir.path().join("policies");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["model.conf", "policy.csv"] {
-        std::fs::copy(repo_policies().join(f), dir.join(f)).unwrap();
-    }
-    let catalogue = std::fs::read_to_string(repo_policies().join("catalogue.toml")).unwrap();
-    let patched = catalogue.replacen("cap_fen = 80, monthly_quota = 100000", "cap_fen = 80, monthly_quota = 2", 1);
-    assert_ne!(patched, catalogue);
-    std::fs::write(dir.join("catalogue.toml"), patched).unwrap();
     let mut settings = infra.settings();
-    settings.policy.dir = dir;
+    settings.policy.dir = quota_of_two(&infra);
     let app = start(infra, settings).await;
 
     let token = || app.infra.token(TRAVEL, &[], 600);
@@ -98,6 +88,54 @@ async fn monthly_quota_is_enforced_from_the_usage_ledger() {
     assert_eq!(outcomes[2].reasons[0].code, "quota.exceeded");
     let audit: Vec<_> = app.request_audit(3).await.iter().map(audit_event).collect();
     assert!(audit.iter().any(|e| e.event_type == "quota_exceeded"));
+}
+
+/// A copy of the shipped policies with a quota of 2 calls on GX-610100-TOUR-0001.
+fn quota_of_two(infra: &Infra) -> std::path::PathBuf {
+    let dir = infra.dir.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.conf", "policy.csv"] {
+        std::fs::copy(repo_policies().join(f), dir.join(f)).unwrap();
+    }
+    let catalogue = std::fs::read_to_string(repo_policies().join("catalogue.toml")).unwrap();
+    let patched = catalogue.replacen("cap_fen = 80, monthly_quota = 100000", "cap_fen = 80, monthly_quota = 2", 1);
+    assert_ne!(patched, catalogue);
+    std::fs::write(dir.join("catalogue.toml"), patched).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn quota_and_repeats_hold_within_one_batch() {
+    let infra = infra().await;
+    let mut settings = infra.settings();
+    settings.policy.dir = quota_of_two(&infra);
+    // Queued before the service starts, so its first fetch takes them all
+    // into one batch: decisions there are drafted before any is stored.
+    let client = tollgate::kafka::Client::new(&settings.kafka, &infra.bootstrap).unwrap();
+    let body = |i: usize| {
+        let token = infra.token(TRAVEL, &[], 600);
+        request(&format!("b-{i}"), Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry")
+            .to_string()
+    };
+    let first = body(0);
+    for payload in [first.clone(), first.clone(), body(1), body(2), first] {
+        client.produce(&infra.topics.requests, TRAVEL, payload.as_bytes(), &[]).await.unwrap();
+    }
+    let app = start(infra, settings).await;
+
+    let messages = read_n(&app.reader(&app.infra.topics.decisions), 5).await;
+    let decided: Vec<_> = messages.iter().map(decision).collect();
+    let ids: Vec<&str> = decided.iter().map(|d| d.request_id.as_str()).collect();
+    assert_eq!(ids, ["b-0", "b-0", "b-1", "b-2", "b-0"]);
+    assert_eq!(messages[0].payload, messages[1].payload, "a repeat is the same decision");
+    assert_eq!(messages[0].payload, messages[4].payload);
+    assert_eq!(decided[0].outcome, Outcome::Approved);
+    assert_eq!(decided[2].grant.as_ref().unwrap().quota.unwrap().remaining, 0);
+    assert_eq!(decided[3].reasons[0].code, "quota.exceeded", "the batch's own approvals count");
+    let usage = read_n(&app.reader(&app.infra.topics.usage), 4).await;
+    let ids: BTreeSet<String> =
+        usage.iter().map(|m| serde_json::from_slice::<UsageRecord>(&m.payload).unwrap().request_id).collect();
+    assert_eq!(ids, BTreeSet::from(["b-0".to_owned(), "b-1".to_owned()]));
 }
 
 async fn send_batch(app: &TestApp, range: std::ops::Range<usize>) {
