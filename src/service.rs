@@ -135,9 +135,9 @@ impl DecisionService {
             offset: msg.offset,
             rejected_at: now,
         };
-        let key = format!("{}/{}/{}", msg.topic, msg.partition, msg.offset);
+        let key = position(msg);
         Commit {
-            idem_key: format!("input:{key}"),
+            idem_key: origin.idem_key.clone(),
             kind: "dead_letter",
             decision: None,
             messages: vec![Output {
@@ -266,7 +266,7 @@ impl DecisionService {
         });
         let event_type = if reason_code.as_deref() == Some("quota.exceeded") { "quota_exceeded" } else { "decision" };
         let commit = Commit {
-            idem_key: format!("request:{}", request.request_id),
+            idem_key: origin.idem_key.clone(),
             kind: "decision",
             decision: Some(DecisionRow {
                 request_id: request.request_id.clone(),
@@ -408,26 +408,30 @@ struct Prepared<'m> {
     input: Result<(AccessRequest, Result<Principal, AuthError>), Rejection>,
 }
 
-/// Where an input came from and when it was taken up.
+/// Where an input came from, when it was taken up, and the key its outcome
+/// is stored under (the request id; for an input that is not a request,
+/// its position).
 struct Origin<'m> {
     msg: &'m InputMessage,
+    idem_key: String,
     now: DateTime<Utc>,
     trace_id: String,
     traceparent: String,
 }
 
+/// `topic/partition/offset`: the input's place in the log.
+fn position(msg: &InputMessage) -> String {
+    format!("{}/{}/{}", msg.topic, msg.partition, msg.offset)
+}
+
 impl<'m> Prepared<'m> {
     fn new(msg: &'m InputMessage, ready: Ready) -> Self {
         let Ready { now, trace_id, traceparent, input } = ready;
-        Prepared { origin: Origin { msg, now, trace_id, traceparent }, input }
-    }
-
-    fn idem_key(&self) -> String {
-        let m = self.origin.msg;
-        match &self.input {
+        let idem_key = match &input {
             Ok((request, _)) => format!("request:{}", request.request_id),
-            Err(_) => format!("input:{}/{}/{}", m.topic, m.partition, m.offset),
-        }
+            Err(_) => format!("input:{}", position(msg)),
+        };
+        Prepared { origin: Origin { msg, idem_key, now, trace_id, traceparent }, input }
     }
 }
 
@@ -457,7 +461,7 @@ impl DecisionService {
     fn prefetch(&self, policy: &Policy, prepared: &[Prepared<'_>]) -> Prefetch {
         let mut keys = Prefetch::default();
         for p in prepared {
-            keys.outcomes.push(p.idem_key());
+            keys.outcomes.push(p.origin.idem_key.clone());
             let chain = format!("{}/{}", p.origin.msg.topic, p.origin.msg.partition);
             if !keys.chains.contains(&chain) {
                 keys.chains.push(chain);
@@ -495,14 +499,14 @@ impl DecisionService {
                 Ok(Step::Commit(Box::new(commit), Tally::DeadLetter, origin.traceparent))
             }
             Ok((request, identity)) => {
-                let key = format!("request:{}", request.request_id);
-                if let Some(outputs) = batch.find_outcome(&key).await? {
+                let key = &origin.idem_key;
+                if let Some(outputs) = batch.find_outcome(key).await? {
                     return Ok(Step::Done(Committed::Existing(outputs), origin.traceparent));
                 }
                 // Decided earlier in this batch: its outcome is stored by
                 // the time this input's turn comes in phase 3.
                 if !drafted.insert(key.clone()) {
-                    return Ok(Step::Repeat(key, origin.traceparent));
+                    return Ok(Step::Repeat(origin.idem_key, origin.traceparent));
                 }
                 Ok(Step::Draft(Box::new(self.draft(batch, policy, reserved, origin, request, identity).await?)))
             }

@@ -106,6 +106,7 @@ async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
     let dir = editable_policies(&infra);
     let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
     let policy = tollgate::reload::build_checked(&dir).await.unwrap();
+    let health = tollgate::health::Health::new();
     let reloader = Reloader {
         dir: dir.clone(),
         current: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
@@ -116,8 +117,11 @@ async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
         instance_id: "dedupe".into(),
         debounce: Duration::from_millis(10),
         watch: false,
-        health: tollgate::health::Health::new(),
+        health: health.clone(),
     };
+    // A trigger with the files in force (SIGHUP, a touch) builds nothing.
+    assert_eq!(reloader.reload("test").await, ReloadOutcome::Unchanged);
+    assert_eq!(health.counters.policy_unchanged.load(std::sync::atomic::Ordering::Relaxed), 1);
     let rejections =
         || async { store.audit_events().await.unwrap().iter().filter(|e| e.event_type == "policy_rejected").count() };
     let rules = std::fs::read_to_string(dir.join("policy.csv")).unwrap();
