@@ -183,6 +183,21 @@ impl Reloader {
         let candidate = candidate_version(&self.dir);
         if candidate == old.version() {
             Health::count(&self.health.counters.policy_unchanged);
+            // An author who undoes a rejected edit withdraws it: the status
+            // must stop showing it, and making the same edit again is news.
+            let withdrawn = self.last_rejected.lock().expect("lock").take();
+            if withdrawn.is_some() {
+                info!(message = "policy files are back at the version in force; the rejected edit is withdrawn", %trigger, in_force = %old.version());
+                let reason = Reason::new(
+                    "policy.restored",
+                    format!(
+                        "the files are back at {}, which stays in force; the rejected edit is withdrawn ({trigger})",
+                        old.version()
+                    ),
+                );
+                self.audit("policy_restored", "restored", old.version().to_owned(), reason, &candidate, Utc::now())
+                    .await;
+            }
             return ReloadOutcome::Unchanged;
         }
         // Building 100k rules takes seconds of CPU: do it on a blocking

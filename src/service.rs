@@ -501,11 +501,13 @@ impl DecisionService {
             Ok((request, identity)) => {
                 let key = &origin.idem_key;
                 if let Some(outputs) = batch.find_outcome(key).await? {
+                    debug!(message = "re-publishing stored outcome", idem_key = %key, position = %position(msg));
                     return Ok(Step::Done(Committed::Existing(outputs), origin.traceparent));
                 }
                 // Decided earlier in this batch: its outcome is stored by
                 // the time this input's turn comes in phase 3.
                 if !drafted.insert(key.clone()) {
+                    debug!(message = "repeated within the batch; publishing the first's outcome", idem_key = %key, position = %position(msg));
                     return Ok(Step::Repeat(origin.idem_key, origin.traceparent));
                 }
                 Ok(Step::Draft(Box::new(self.draft(batch, policy, reserved, origin, request, identity).await?)))
@@ -531,12 +533,16 @@ impl DecisionService {
             }
             Step::Draft(_) => return Err(StoreError::Fatal("a draft reached phase 3 unfinished".into())),
         };
-        // A dead letter can also be a re-publication (same offset again).
-        let tally = if let Committed::Existing(_) = &committed {
-            debug!(message = "re-publishing stored outcome");
-            Tally::Republished
-        } else {
-            tally
+        // Stored by another instance between this batch's read and its
+        // write (the primary key settled the race), or a dead letter for an
+        // offset read again: either way the stored outcome is published.
+        let tally = match (&committed, tally) {
+            (Committed::Existing(_), Tally::Republished) => Tally::Republished,
+            (Committed::Existing(_), _) => {
+                debug!(message = "input decided elsewhere first; re-publishing its stored outcome");
+                Tally::Republished
+            }
+            (Committed::New(_), tally) => tally,
         };
         Ok((self.to_messages(committed.into_outputs(), &traceparent), tally))
     }

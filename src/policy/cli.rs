@@ -311,6 +311,10 @@ pub fn status(events: &[crate::events::AuditEvent]) -> Report {
                 s.pending_rejection = Some(message);
                 s.rejected_at = Some(e.occurred_at);
             }
+            "policy_restored" => {
+                s.pending_rejection = None;
+                s.rejected_at = None;
+            }
             _ => {}
         }
     }

@@ -134,6 +134,25 @@ async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
     std::fs::write(dir.join("policy.csv"), format!("{rules}p, broken, again\n")).unwrap();
     assert!(matches!(reloader.reload("test").await, ReloadOutcome::Rejected { .. }));
     assert_eq!(rejections().await, 2);
+    let status = || async { tollgate::policy::cli::status(&store.audit_events().await.unwrap()).json };
+    assert!(status().await["instances"][0]["pending_rejection"].is_string());
+    // The author undoes the edit: the rejection is withdrawn (audited, and
+    // gone from the status) ...
+    std::fs::write(dir.join("policy.csv"), &rules).unwrap();
+    assert_eq!(reloader.reload("test").await, ReloadOutcome::Unchanged);
+    let events = store.audit_events().await.unwrap();
+    let restored: Vec<_> = events.iter().filter(|e| e.event_type == "policy_restored").collect();
+    assert_eq!(restored.len(), 1);
+    assert_eq!(restored[0].policy_version, reloader.current.load().version());
+    assert!(status().await["instances"][0]["pending_rejection"].is_null(), "{}", status().await);
+    // ... and only once: another trigger with the same files is just unchanged.
+    assert_eq!(reloader.reload("test").await, ReloadOutcome::Unchanged);
+    assert_eq!(store.audit_events().await.unwrap().iter().filter(|e| e.event_type == "policy_restored").count(), 1);
+    // Making the same bad edit again is news again.
+    std::fs::write(dir.join("policy.csv"), format!("{rules}p, broken, again\n")).unwrap();
+    assert!(matches!(reloader.reload("test").await, ReloadOutcome::Rejected { .. }));
+    assert_eq!(rejections().await, 3);
+    assert!(tollgate::audit::verify(&store.audit_events().await.unwrap()).is_ok());
 }
 
 #[tokio::test]
