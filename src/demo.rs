@@ -197,7 +197,20 @@ impl Mistake {
 }
 
 pub(crate) fn token(key: &SigningKey, e: &Enterprise, exp_offset: i64, quals: bool) -> String {
-    let mut claims = Claims::new(e.uscc, ISSUER, "tollgate", exp_offset).with_roles(&["data_user"]);
+    token_for(key, e, ISSUER, "tollgate", exp_offset, quals)
+}
+
+/// An enterprise's token from any identity provider (`issuer`) for any
+/// audience: what `loadgen` sends to a running instance.
+pub(crate) fn token_for(
+    key: &SigningKey,
+    e: &Enterprise,
+    issuer: &str,
+    audience: &str,
+    exp_offset: i64,
+    quals: bool,
+) -> String {
+    let mut claims = Claims::new(e.uscc, issuer, audience, exp_offset).with_roles(&["data_user"]);
     if quals {
         claims = claims.with_qualifications(e.qualifications);
     }

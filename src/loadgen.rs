@@ -4,8 +4,14 @@
 //! producer settings and the same loop (offsets after delivery), producing
 //! the same number of outputs per input but doing no authentication, policy,
 //! store or audit.
+//!
+//! The tollgate under load is either started in this process on fresh
+//! topics, or an instance already running elsewhere (`--external`), driven
+//! through its configured topics with tokens from an identity-provider key
+//! it trusts — so a deployment, or `serve` alone, can be measured.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::auth::{SigningKey, Verifier};
 use crate::config::{Settings, Topics};
-use crate::demo::{ENTERPRISES, ISSUER, request_json, token};
+use crate::demo::{ENTERPRISES, ISSUER, request_json, token_for};
 use crate::health::Health;
 use crate::kafka::{
     self, Client, InputMessage, Limits, OutgoingMessage, Pipeline, ProcessError, Processor, embedded::EmbeddedKafka,
@@ -31,8 +37,19 @@ pub struct LoadOptions {
     /// Requests per second; 0 sends as fast as possible.
     pub rate: u32,
     pub baseline: bool,
-    /// Database for tollgate; None: a temporary SQLite file.
-    pub database_url: Option<String>,
+    pub target: Target,
+}
+
+/// The tollgate under load.
+pub enum Target {
+    /// Started in this process on fresh topics; its database is `database_url`
+    /// (None: a temporary SQLite file).
+    InProcess { database_url: Option<String> },
+    /// Already running on `kafka.bootstrap_servers` and the configured
+    /// `topics`, trusting the public half of `idp_key` (kid: the file name
+    /// up to its first dot) for `issuer` (None: the first of
+    /// `auth.issuers`).
+    Running { idp_key: PathBuf, issuer: Option<String> },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,7 +115,7 @@ impl Processor for PassThrough {
 /// with one in ten asking for a purpose that does not fit (a denial). Each
 /// request carries its own token, as the default single-use token ids
 /// require: every decision pays for a signature check and a token-id record.
-fn workload(n: usize, run: &str, idp: &SigningKey) -> Vec<(String, String)> {
+fn workload(n: usize, run: &str, idp: &Idp) -> Vec<(String, String)> {
     let mut rng = StdRng::seed_from_u64(11);
     (0..n)
         .map(|i| {
@@ -111,7 +128,7 @@ fn workload(n: usize, run: &str, idp: &SigningKey) -> Vec<(String, String)> {
                 e.uscc.to_owned(),
                 request_json(
                     &format!("{run}-{i}"),
-                    Some(&token(idp, e, 3600, true)),
+                    Some(&token_for(&idp.key, e, &idp.issuer, &idp.audience, 3600, true)),
                     scenario,
                     dataset,
                     op,
@@ -123,13 +140,21 @@ fn workload(n: usize, run: &str, idp: &SigningKey) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Who signs the workload's tokens, for whom.
+struct Idp {
+    key: SigningKey,
+    issuer: String,
+    audience: String,
+}
+
 fn request_index(payload: &[u8], run: &str) -> Option<usize> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
     v.get("request_id")?.as_str()?.strip_prefix(run)?.strip_prefix('-')?.parse().ok()
 }
 
 /// Produces the workload at `rate` into `input` and times each request until
-/// its first output on `output`.
+/// its first output on `output`, read from the beginning of a fresh topic or
+/// (`from_end`) from what a long-lived one holds now.
 async fn drive(
     client: &Client,
     input: &str,
@@ -137,8 +162,11 @@ async fn drive(
     run: &str,
     work: &[(String, String)],
     rate: u32,
+    from_end: bool,
 ) -> anyhow::Result<(usize, f64, Histogram<u64>)> {
-    let reader = client.reader(&[output], &format!("loadgen-{run}"))?;
+    let group = format!("loadgen-{run}");
+    let reader =
+        if from_end { client.reader_from_end(&[output], &group)? } else { client.reader(&[output], &group)? };
     // Warm up: the clock starts once the pipeline has joined its group and
     // answered one request, so group rebalancing is not counted. The last
     // request of the workload is the warm-up (it has a token of its own).
@@ -211,9 +239,11 @@ fn report(pipeline: &str, requests: usize, (completed, seconds, h): (usize, f64,
     }
 }
 
-pub async fn run(mut settings: Settings, opts: LoadOptions) -> anyhow::Result<Report> {
+pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<Report> {
+    let running = matches!(opts.target, Target::Running { .. });
     let embedded = match &settings.kafka.bootstrap_servers {
         Some(_) => None,
+        None if running => anyhow::bail!("--external needs kafka.bootstrap_servers: the running instance's broker"),
         None => Some(EmbeddedKafka::start(1).map_err(|e| anyhow::anyhow!("embedded kafka: {e}"))?),
     };
     let bootstrap = match &embedded {
@@ -222,21 +252,38 @@ pub async fn run(mut settings: Settings, opts: LoadOptions) -> anyhow::Result<Re
     };
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let base_topics = Topics::with_suffix(&format!("loadgen-base-{run_id}"));
-    let gate_topics = Topics::with_suffix(&format!("loadgen-{run_id}"));
-    let all: Vec<&str> = base_topics.all().into_iter().chain(gate_topics.all()).collect();
+    // A running instance is driven through its own topics, which exist.
+    let gate_topics = if running { settings.topics.clone() } else { Topics::with_suffix(&format!("loadgen-{run_id}")) };
+    let mut fresh: Vec<&str> = Vec::new();
+    if opts.baseline {
+        fresh.extend(base_topics.all());
+    }
+    if !running {
+        fresh.extend(gate_topics.all());
+    }
     match &embedded {
         Some(k) => {
-            for t in &all {
+            for t in &fresh {
                 k.create_topic(t, settings.kafka.partitions).map_err(|e| anyhow::anyhow!(e))?;
             }
         }
-        None => kafka::ensure_topics(&settings.kafka, &bootstrap, &all).await?,
+        None if fresh.is_empty() => {}
+        None => kafka::ensure_topics(&settings.kafka, &bootstrap, &fresh).await?,
     }
-    let temp = tempfile::tempdir()?;
-    let database =
-        opts.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", temp.path().join("loadgen.db").display()));
     let client = Client::new(&settings.kafka, &bootstrap)?;
-    let idp = SigningKey::generate("loadgen-idp");
+    let idp = match &opts.target {
+        Target::InProcess { .. } => {
+            Idp { key: SigningKey::generate("loadgen-idp"), issuer: ISSUER.into(), audience: "tollgate".into() }
+        }
+        Target::Running { idp_key, issuer } => Idp {
+            key: SigningKey::from_pem_file(idp_key)?,
+            issuer: issuer
+                .clone()
+                .or_else(|| settings.auth.issuers.first().cloned())
+                .ok_or_else(|| anyhow::anyhow!("--external needs --issuer or auth.issuers"))?,
+            audience: settings.auth.audience.first().cloned().unwrap_or_else(|| "tollgate".into()),
+        },
+    };
     // One more than measured: the warm-up (see `drive`).
     let work = workload(opts.requests + 1, &run_id, &idp);
     let mut runs = Vec::new();
@@ -255,41 +302,53 @@ pub async fn run(mut settings: Settings, opts: LoadOptions) -> anyhow::Result<Re
             let stop = stop.clone();
             tokio::spawn(async move { kafka::run(pipeline, pass, stop, grace, limits, &Health::default()).await })
         };
-        let measured = drive(&client, &base_topics.requests, &base_topics.decisions, &run_id, &work, opts.rate).await?;
+        let measured =
+            drive(&client, &base_topics.requests, &base_topics.decisions, &run_id, &work, opts.rate, false).await?;
         stop.cancel();
         task.await??;
         runs.push(report("pass-through", opts.requests, measured));
     }
 
-    settings.kafka.bootstrap_servers = Some(bootstrap.clone());
-    settings.kafka.group_id = format!("loadgen-{run_id}");
-    settings.kafka.create_topics = false;
-    settings.topics = gate_topics.clone();
-    settings.database.url = database.clone();
-    settings.policy.watch = false;
-    settings.service.http_listen = String::new();
-    let grant_key = temp.path().join("grants.pem");
-    std::fs::write(&grant_key, SigningKey::generate("loadgen-grants").to_pkcs8_pem())?;
-    settings.grant.signing_key = Some(grant_key);
-    let app =
-        App::build_with_verifier(settings, Some(Verifier::for_ed25519(&idp.public(), ISSUER, "tollgate"))).await?;
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
-    let measured = drive(&client, &gate_topics.requests, &gate_topics.decisions, &run_id, &work, opts.rate).await?;
-    stop.cancel();
-    task.await??;
-    runs.push(report("tollgate", opts.requests, measured));
+    let database = match opts.target {
+        Target::InProcess { database_url } => {
+            let temp = tempfile::tempdir()?;
+            let database =
+                database_url.unwrap_or_else(|| format!("sqlite://{}", temp.path().join("loadgen.db").display()));
+            let mut settings = settings;
+            settings.kafka.bootstrap_servers = Some(bootstrap.clone());
+            settings.kafka.group_id = format!("loadgen-{run_id}");
+            settings.kafka.create_topics = false;
+            settings.topics = gate_topics.clone();
+            settings.database.url = database.clone();
+            settings.policy.watch = false;
+            settings.service.http_listen = String::new();
+            let grant_key = temp.path().join("grants.pem");
+            std::fs::write(&grant_key, SigningKey::generate("loadgen-grants").to_pkcs8_pem())?;
+            settings.grant.signing_key = Some(grant_key);
+            let verifier = Verifier::for_ed25519(&idp.key.public(), &idp.issuer, &idp.audience);
+            let app = App::build_with_verifier(settings, Some(verifier)).await?;
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+            let measured =
+                drive(&client, &gate_topics.requests, &gate_topics.decisions, &run_id, &work, opts.rate, false).await?;
+            stop.cancel();
+            task.await??;
+            runs.push(report("tollgate", opts.requests, measured));
+            // The password, if any, stays out of the report.
+            database.split('@').next_back().unwrap_or_default().to_owned()
+        }
+        Target::Running { .. } => {
+            let measured =
+                drive(&client, &gate_topics.requests, &gate_topics.decisions, &run_id, &work, opts.rate, true).await?;
+            runs.push(report("tollgate", opts.requests, measured));
+            "the running instance's".to_owned()
+        }
+    };
 
     let ratio = (runs.len() == 2 && runs[0].per_second > 0.0).then(|| runs[1].per_second / runs[0].per_second);
     drop(client);
     drop(embedded);
-    Ok(Report {
-        broker: bootstrap,
-        database: database.split('@').next_back().unwrap_or_default().to_owned(),
-        rate: opts.rate,
-        runs,
-        ratio,
-    })
+    Ok(Report { broker: bootstrap, database, rate: opts.rate, runs, ratio })
 }
 
 impl Report {

@@ -60,6 +60,18 @@ enum Command {
         /// Skip the pass-through baseline.
         #[arg(long)]
         no_baseline: bool,
+        /// Drive a tollgate already running on kafka.bootstrap_servers and the
+        /// configured topics instead of starting one in this process.
+        #[arg(long, requires = "idp_key", conflicts_with = "database")]
+        external: bool,
+        /// With --external: an Ed25519 private key (PKCS#8 PEM) whose public
+        /// half the instance trusts (auth.public_keys); its kid is the file
+        /// name up to the first dot.
+        #[arg(long, requires = "external")]
+        idp_key: Option<PathBuf>,
+        /// With --external: the tokens' issuer (default: the first of auth.issuers).
+        #[arg(long, requires = "external")]
+        issuer: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -195,10 +207,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = tollgate::demo::DemoOptions { requests, rate, seed, verbose: !quiet, data_dir };
             tollgate::demo::run(settings, opts).await
         }
-        Command::Loadgen { requests, rate, database, no_baseline, json } => {
+        Command::Loadgen { requests, rate, database, no_baseline, external, idp_key, issuer, json } => {
+            use tollgate::loadgen::{LoadOptions, Target};
             let settings = Settings::load(cli.config.as_deref())?;
-            let opts =
-                tollgate::loadgen::LoadOptions { requests, rate, baseline: !no_baseline, database_url: database };
+            let target = match idp_key {
+                Some(idp_key) if external => Target::Running { idp_key, issuer },
+                _ => Target::InProcess { database_url: database },
+            };
+            let opts = LoadOptions { requests, rate, baseline: !no_baseline, target };
             let report = tollgate::loadgen::run(settings, opts).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

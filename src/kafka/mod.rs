@@ -756,6 +756,17 @@ impl Client {
     /// partitions itself instead of joining a group: no rebalance wait, and
     /// it commits nothing. `group` only names the client.
     pub fn reader(&self, topics: &[&str], group: &str) -> Result<Reader, KafkaError> {
+        self.reader_from(topics, group, false)
+    }
+
+    /// A reader of what is appended to `topics` from now on: each partition
+    /// from its end as of this call (resolved here, so nothing written after
+    /// the call returns is missed).
+    pub fn reader_from_end(&self, topics: &[&str], group: &str) -> Result<Reader, KafkaError> {
+        self.reader_from(topics, group, true)
+    }
+
+    fn reader_from(&self, topics: &[&str], group: &str, at_end: bool) -> Result<Reader, KafkaError> {
         let mut cfg = base_config(&self.settings, &self.bootstrap);
         cfg.set("group.id", group)
             .set("enable.auto.commit", "false")
@@ -773,7 +784,13 @@ impl Client {
                     });
                 }
                 for p in t.partitions() {
-                    tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Beginning)?;
+                    let offset = if at_end {
+                        let (_, high) = consumer.fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))?;
+                        rdkafka::Offset::Offset(high)
+                    } else {
+                        rdkafka::Offset::Beginning
+                    };
+                    tpl.add_partition_offset(t.name(), p.id(), offset)?;
                 }
             }
         }

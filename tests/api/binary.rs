@@ -393,6 +393,39 @@ fn loadgen_reports_tollgate_against_the_pass_through_baseline() {
 }
 
 #[tokio::test]
+async fn loadgen_drives_a_running_instance_through_its_own_topics() {
+    let infra = infra().await;
+    let mut serving = Running(serve(&infra).spawn().unwrap());
+    // The identity provider's private key, named as the instance knows it.
+    let idp_key = infra.dir.path().join("test-idp.pem");
+    std::fs::write(&idp_key, infra.idp.to_pkcs8_pem()).unwrap();
+    let t = &infra.topics;
+    let out = tollgate()
+        .args(["loadgen", "--external", "--no-baseline", "--json", "--requests", "40", "--idp-key"])
+        .arg(&idp_key)
+        .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &infra.bootstrap)
+        .env("TOLLGATE_TOPICS__REQUESTS", &t.requests)
+        .env("TOLLGATE_TOPICS__DECISIONS", &t.decisions)
+        .env("TOLLGATE_AUTH__ISSUERS", format!("[\"{ISSUER}\"]"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{report}");
+    assert_eq!(runs[0]["completed"], 40, "{report}");
+    assert_eq!(report["database"], "the running instance's");
+    // The running instance made those decisions: 41 with the warm-up, and
+    // the demo's mix approves most of them (a token it did not trust, or the
+    // wrong issuer, would deny every one).
+    let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
+    let decisions = read_n(&client.reader(&[&t.decisions], "lg-ext-reader").unwrap(), 41).await;
+    let approved = decisions.iter().filter(|m| decision(m).outcome == Outcome::Approved).count();
+    assert!(approved > 20, "{approved} of 41 approved");
+    stop_with_sigterm(&mut serving);
+}
+
+#[tokio::test]
 async fn logs_hold_no_tokens_or_secrets_even_at_debug_level() {
     let infra = infra().await;
     let secret = "hs256-secret-that-must-never-be-logged";
