@@ -33,6 +33,97 @@ pub struct Health {
     /// is paused meanwhile.
     blocked: Mutex<Option<String>>,
     pub counters: Counters,
+    pub timings: Timings,
+}
+
+/// Where a batch's time goes, as Prometheus histograms: what an operator
+/// looks at when latency or throughput is not what was expected.
+#[derive(Debug)]
+pub struct Timings {
+    /// Inputs per batch.
+    pub batch_inputs: Histogram,
+    /// Decoding and token checks of a batch (done while the batch before
+    /// it is decided).
+    pub prepare: Histogram,
+    /// From a batch taken off the consumer until its decision starts: the
+    /// queue behind the batch being decided.
+    pub wait: Histogram,
+    /// Quota, policy and grants (phases 1 and 2 of a batch).
+    pub decide: Histogram,
+    /// Sealing audit events and the batch's database transaction.
+    pub store: Histogram,
+    /// One input's outputs handed to the producer until all acknowledged.
+    pub deliver: Histogram,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            batch_inputs: Histogram::new(&[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0], 1.0),
+            prepare: Histogram::seconds(),
+            wait: Histogram::seconds(),
+            decide: Histogram::seconds(),
+            store: Histogram::seconds(),
+            deliver: Histogram::seconds(),
+        }
+    }
+}
+
+/// A Prometheus histogram: counts per bucket (upper bound inclusive), sum
+/// and count, updated lock-free from any thread.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One per bound, then +Inf; not cumulative (summed when rendered).
+    counts: Vec<AtomicU64>,
+    /// The sum in units of 1/`scale`, so it can be an integer.
+    sum: AtomicU64,
+    scale: f64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64], scale: f64) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            scale,
+        }
+    }
+
+    /// Durations from 0.5 ms to 10 s, summed in microseconds.
+    pub fn seconds() -> Self {
+        Self::new(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0], 1e6)
+    }
+
+    pub fn observe(&self, value: f64) {
+        let bucket = self.bounds.partition_point(|b| *b < value);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add((value * self.scale).round() as u64, Ordering::Relaxed);
+    }
+
+    pub fn observe_since(&self, start: std::time::Instant) {
+        self.observe(start.elapsed().as_secs_f64());
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines; `labels` without braces
+    /// (`stage="store"`), or empty.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = self.bounds.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(out, "tollgate_{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+        }
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / self.scale;
+        let _ = writeln!(out, "tollgate_{name}_sum{braces} {sum}\ntollgate_{name}_count{braces} {cumulative}");
+    }
 }
 
 /// Monotonic counters, exported as `tollgate_*_total`.
@@ -151,6 +242,22 @@ impl Health {
                 ("{result=\"unchanged\"}", get(&c.policy_unchanged)),
             ],
         );
+        let t = &self.timings;
+        let _ = writeln!(out, "# HELP tollgate_batch_inputs Inputs per batch.\n# TYPE tollgate_batch_inputs histogram");
+        t.batch_inputs.render(&mut out, "batch_inputs", "");
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_stage_seconds Time per batch in each stage (deliver: per input).\n# TYPE tollgate_stage_seconds histogram"
+        );
+        for (stage, h) in [
+            ("prepare", &t.prepare),
+            ("wait", &t.wait),
+            ("decide", &t.decide),
+            ("store", &t.store),
+            ("deliver", &t.deliver),
+        ] {
+            h.render(&mut out, "stage_seconds", &format!("stage=\"{stage}\""));
+        }
         out
     }
 }
@@ -230,5 +337,32 @@ mod tests {
         assert!(text.contains("tollgate_decisions_total{outcome=\"approved\"} 2\n"));
         assert!(text.contains("tollgate_dead_letters_total 1\n"));
         assert!(text.contains("tollgate_ready 0\n"));
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets_with_sum_and_count() {
+        let h = Health::default();
+        for s in [0.0004, 0.003, 0.003, 0.2, 30.0] {
+            h.timings.store.observe(s);
+        }
+        h.timings.batch_inputs.observe(250.0);
+        let text = h.metrics();
+        assert!(text.contains("# TYPE tollgate_stage_seconds histogram\n"), "{text}");
+        for line in [
+            "tollgate_stage_seconds_bucket{stage=\"store\",le=\"0.0005\"} 1\n",
+            "tollgate_stage_seconds_bucket{stage=\"store\",le=\"0.0025\"} 1\n",
+            "tollgate_stage_seconds_bucket{stage=\"store\",le=\"0.005\"} 3\n",
+            "tollgate_stage_seconds_bucket{stage=\"store\",le=\"0.25\"} 4\n",
+            "tollgate_stage_seconds_bucket{stage=\"store\",le=\"10\"} 4\n",
+            "tollgate_stage_seconds_bucket{stage=\"store\",le=\"+Inf\"} 5\n",
+            "tollgate_stage_seconds_sum{stage=\"store\"} 30.2064\n",
+            "tollgate_stage_seconds_count{stage=\"store\"} 5\n",
+            "tollgate_stage_seconds_count{stage=\"decide\"} 0\n",
+            "tollgate_batch_inputs_bucket{le=\"100\"} 0\n",
+            "tollgate_batch_inputs_bucket{le=\"250\"} 1\n",
+            "tollgate_batch_inputs_sum 250\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }

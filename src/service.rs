@@ -454,7 +454,10 @@ impl DecisionService {
     /// is milliseconds of it). Runs on a blocking thread (see
     /// [`Processor::prepare`]), usually while the batch before is decided.
     fn prepare_all(&self, msgs: &[InputMessage]) -> Vec<Ready> {
-        on_two_threads(msgs.iter().collect(), |m| self.ready(m))
+        let start = std::time::Instant::now();
+        let ready = on_two_threads(msgs.iter().collect(), |m| self.ready(m));
+        self.health.timings.prepare.observe_since(start);
+        ready
     }
 
     /// Every key the batch will look up, so the store reads them at once.
@@ -602,6 +605,7 @@ impl Processor for DecisionService {
         if ready.len() != msgs.len() {
             return Err(ProcessError::Fatal(format!("{} prepared for a batch of {}", ready.len(), msgs.len())));
         }
+        let start = std::time::Instant::now();
         let prepared: Vec<Prepared<'_>> = msgs.iter().zip(ready).map(|(m, r)| Prepared::new(m, r)).collect();
         let policy = self.policy.load_full();
         let keys = self.prefetch(&policy, &prepared);
@@ -613,6 +617,9 @@ impl Processor for DecisionService {
             steps.push(self.step(&mut batch, &policy, &mut reserved, &mut drafted, p).await?);
         }
         let steps = self.finish_drafts(&policy, steps);
+        let timings = &self.health.timings;
+        timings.decide.observe_since(start);
+        let start = std::time::Instant::now();
         let mut out = Vec::with_capacity(msgs.len());
         let mut tallies = Vec::with_capacity(msgs.len());
         for step in steps {
@@ -621,6 +628,7 @@ impl Processor for DecisionService {
             tallies.push(tally);
         }
         batch.finish().await?;
+        timings.store.observe_since(start);
         tallies.into_iter().for_each(|t| self.count(t));
         self.purge_expired_token_uses().await;
         Ok(out)

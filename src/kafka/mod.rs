@@ -12,7 +12,7 @@ pub mod embedded;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::KafkaSettings;
-use crate::health::Health;
+use crate::health::{Health, Histogram};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
@@ -261,7 +261,9 @@ async fn deliver(
     producer: FutureProducer,
     outputs: Vec<OutgoingMessage>,
     pos: Position,
+    timer: &Histogram,
 ) -> Result<Position, KafkaError> {
+    let start = Instant::now();
     let mut acks = Vec::with_capacity(outputs.len());
     for m in &outputs {
         // `send` waits for queue space, then for the acknowledgement; with
@@ -273,6 +275,7 @@ async fn deliver(
             return Err(KafkaError::Delivery { topic: pos.0, partition: pos.1, offset: pos.2, message: e.to_string() });
         }
     }
+    timer.observe_since(start);
     Ok(pos)
 }
 
@@ -379,6 +382,8 @@ pub async fn run<P: Processor>(
     let mut held: Option<Vec<InputMessage>> = None;
     // The batch after the current one; never set while a batch is held.
     let mut ahead: Option<Ahead<P>> = None;
+    // When the batch in `ahead` (or held) was taken off the consumer.
+    let mut taken_at = Instant::now();
     let mut backoff = FIRST_BACKOFF;
     let mut paused = false;
     let retry = tokio::time::sleep(Duration::ZERO);
@@ -436,11 +441,14 @@ pub async fn run<P: Processor>(
                     continue;
                 }
                 ahead = Some(prepare_ahead(&processor, gather(&consumer, first, limits.max_batch)));
+                taken_at = Instant::now();
                 continue;
             }
         };
         // Process, meanwhile storing offsets as outputs are acknowledged and
         // taking the next batch (its preparation overlaps this one).
+        health.timings.wait.observe_since(taken_at);
+        health.timings.batch_inputs.observe(batch.len() as f64);
         let attempted = {
             let work = attempt(&*processor, &batch, ready);
             tokio::pin!(work);
@@ -458,6 +466,7 @@ pub async fn run<P: Processor>(
                             Ok(m) => {
                                 let first = detach(&m);
                                 ahead = Some(prepare_ahead(&processor, gather(&consumer, first, limits.max_batch)));
+                                taken_at = Instant::now();
                             }
                             Err(error) => warn!(message = "consumer error", %error),
                         }
@@ -475,7 +484,8 @@ pub async fn run<P: Processor>(
                 }
                 if !transactional {
                     for (msg, out) in batch.into_iter().zip(outputs) {
-                        pending.push_back(deliver(producer.clone(), out, (msg.topic, msg.partition, msg.offset)));
+                        let pos = (msg.topic, msg.partition, msg.offset);
+                        pending.push_back(deliver(producer.clone(), out, pos, &health.timings.deliver));
                     }
                     continue;
                 }

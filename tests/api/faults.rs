@@ -440,6 +440,17 @@ async fn database_outage_pauses_intake_reports_not_ready_and_resumes_by_itself()
         metrics.lines().any(|l| l.starts_with("tollgate_processing_retries_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
+    // Where the time went, stage by stage: every stage saw work.
+    for series in [
+        "tollgate_batch_inputs_count ",
+        "tollgate_stage_seconds_count{stage=\"prepare\"} ",
+        "tollgate_stage_seconds_count{stage=\"wait\"} ",
+        "tollgate_stage_seconds_count{stage=\"decide\"} ",
+        "tollgate_stage_seconds_count{stage=\"store\"} ",
+        "tollgate_stage_seconds_count{stage=\"deliver\"} ",
+    ] {
+        assert!(metrics.lines().any(|l| l.starts_with(series) && !l.ends_with(" 0")), "{series}in\n{metrics}");
+    }
     stop_with_sigterm(&mut child);
     watcher.abort();
 }
