@@ -1,6 +1,7 @@
 //! Persistence (sqlx only lives here). One portable schema for SQLite and
 //! PostgreSQL through sqlx's `Any` driver; migrations run at start-up.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
 
@@ -28,6 +29,37 @@ pub struct Output {
     pub stream: Stream,
     pub key: String,
     pub payload: String,
+}
+
+/// An output as kept in `outcomes.outputs`: inline, or — an audit event or
+/// usage record, stored whole in its own table — by reference, so the
+/// bytes are written once (they were half of what a decision wrote).
+/// Re-publication resolves references to the same bytes. Rows written
+/// before references existed hold every payload inline and still decode.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredOutput<'a> {
+    stream: Stream,
+    key: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload: Option<Cow<'a, str>>,
+    /// Audit: the event's position in chain `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    /// Usage: the record's `usage_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    usage_id: Option<Cow<'a, str>>,
+}
+
+impl<'a> StoredOutput<'a> {
+    fn inline(o: &'a Output) -> Self {
+        StoredOutput {
+            stream: o.stream,
+            key: Cow::Borrowed(&o.key),
+            payload: Some(Cow::Borrowed(&o.payload)),
+            seq: None,
+            usage_id: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -310,37 +342,28 @@ impl Batch {
     /// one per audit chain), instead of one per input.
     pub async fn prefetch(&mut self, keys: &Prefetch) -> Result<(), StoreError> {
         let outcome_keys: Vec<&String> = keys.outcomes.iter().filter(|k| !self.outcomes.contains_key(*k)).collect();
-        for chunk in outcome_keys.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT idem_key, outputs FROM outcomes WHERE idem_key IN {}",
-                placeholders(1, chunk.len(), self.sqlite)
-            );
-            let mut q = sqlx::query(&sql);
-            for k in chunk {
-                q = q.bind(k.as_str());
+        if !outcome_keys.is_empty() {
+            let select = "SELECT idem_key, outputs FROM outcomes WHERE idem_key";
+            let rows = self.select_keys(select, 1, &outcome_keys, |q, k| q.bind(k.as_str())).await?;
+            for k in outcome_keys {
+                self.outcomes.insert(k.clone(), None);
             }
-            let rows = q.fetch_all(&mut *self.tx).await?;
-            for k in chunk {
-                self.outcomes.insert((*k).clone(), None);
-            }
+            let mut found = Vec::with_capacity(rows.len());
             for r in rows {
-                let key: String = r.try_get(0)?;
-                self.outcomes.insert(key, Some(decode_outputs(&r.try_get::<String, _>(1)?)?));
+                found.push((r.try_get::<String, _>(0)?, decode_outputs(&r.try_get::<String, _>(1)?)?));
+            }
+            for (key, outputs) in self.resolve(found).await? {
+                self.outcomes.insert(key, Some(outputs));
             }
         }
         let token_keys: Vec<&(String, String)> = keys.tokens.iter().filter(|k| !self.tokens.contains_key(*k)).collect();
-        for chunk in token_keys.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT issuer, jti, request_id FROM token_uses WHERE (issuer, jti) IN (VALUES {})",
-                placeholders(chunk.len(), 2, self.sqlite)
-            );
-            let mut q = sqlx::query(&sql);
-            for (iss, jti) in chunk {
-                q = q.bind(iss.as_str()).bind(jti.as_str());
-            }
-            let rows = q.fetch_all(&mut *self.tx).await?;
-            for k in chunk {
-                self.tokens.insert((*k).clone(), None);
+        if !token_keys.is_empty() {
+            let select = "SELECT issuer, jti, request_id FROM token_uses WHERE (issuer, jti)";
+            let rows = self
+                .select_keys(select, 2, &token_keys, |q, (iss, jti)| q.bind(iss.as_str()).bind(jti.as_str()))
+                .await?;
+            for k in token_keys {
+                self.tokens.insert(k.clone(), None);
             }
             for r in rows {
                 self.tokens.insert((r.try_get(0)?, r.try_get(1)?), Some(r.try_get(2)?));
@@ -348,19 +371,16 @@ impl Batch {
         }
         let counter_keys: Vec<&(String, String, String)> =
             keys.counters.iter().filter(|k| !self.counters.contains_key(*k)).collect();
-        for chunk in counter_keys.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT subject, dataset, period, quantity FROM usage_counters \
-                 WHERE (subject, dataset, period) IN (VALUES {})",
-                placeholders(chunk.len(), 3, self.sqlite)
-            );
-            let mut q = sqlx::query(&sql);
-            for (s, d, p) in chunk {
-                q = q.bind(s.as_str()).bind(d.as_str()).bind(p.as_str());
-            }
-            let rows = q.fetch_all(&mut *self.tx).await?;
-            for k in chunk {
-                self.counters.insert((*k).clone(), 0);
+        if !counter_keys.is_empty() {
+            let select =
+                "SELECT subject, dataset, period, quantity FROM usage_counters WHERE (subject, dataset, period)";
+            let rows = self
+                .select_keys(select, 3, &counter_keys, |q, (s, d, p)| {
+                    q.bind(s.as_str()).bind(d.as_str()).bind(p.as_str())
+                })
+                .await?;
+            for k in counter_keys {
+                self.counters.insert(k.clone(), 0);
             }
             for r in rows {
                 let quantity: i64 = r.try_get(3)?;
@@ -372,6 +392,96 @@ impl Batch {
             self.head(chain).await?;
         }
         Ok(())
+    }
+
+    /// The rows of `select … WHERE <columns>` `IN` the `keys`, each bound
+    /// as `cols` parameters by `bind`, in as few statements as the
+    /// parameter limits allow.
+    async fn select_keys<T>(
+        &mut self,
+        select: &str,
+        cols: usize,
+        keys: &[T],
+        bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        let mut rows = Vec::new();
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let list = if cols == 1 {
+                placeholders(1, chunk.len(), self.sqlite)
+            } else {
+                format!("(VALUES {})", placeholders(chunk.len(), cols, self.sqlite))
+            };
+            let sql = format!("{select} IN {list}");
+            let mut q = sqlx::query(&sql);
+            for key in chunk {
+                q = bind(q, key);
+            }
+            rows.extend(q.fetch_all(&mut *self.tx).await?);
+        }
+        Ok(rows)
+    }
+
+    /// Stored outcomes with their referenced audit events and usage records
+    /// read back (one query per kind), as the outputs first published.
+    async fn resolve(
+        &mut self,
+        found: Vec<(String, Vec<StoredOutput<'static>>)>,
+    ) -> Result<Vec<(String, Vec<Output>)>, StoreError> {
+        let mut events: HashMap<(String, u64), Option<String>> = HashMap::new();
+        let mut usage: HashMap<String, Option<String>> = HashMap::new();
+        for o in found.iter().flat_map(|(_, outputs)| outputs).filter(|o| o.payload.is_none()) {
+            match (o.seq, &o.usage_id) {
+                (Some(seq), _) => events.insert((o.key.to_string(), seq), None),
+                (None, Some(id)) => usage.insert(id.to_string(), None),
+                (None, None) => {
+                    return Err(StoreError::Fatal("a stored output has neither payload nor reference".into()));
+                }
+            };
+        }
+        let wanted: Vec<(String, u64)> = events.keys().cloned().collect();
+        let select = "SELECT chain, seq, body FROM audit_events WHERE (chain, seq)";
+        let rows = self
+            .select_keys(select, 2, &wanted, |q, (chain, seq)| {
+                q.bind(chain.as_str()).bind(i64::try_from(*seq).unwrap_or(i64::MAX))
+            })
+            .await?;
+        for r in rows {
+            let seq = u64::try_from(r.try_get::<i64, _>(1)?).unwrap_or(0);
+            events.insert((r.try_get(0)?, seq), Some(r.try_get(2)?));
+        }
+        let wanted: Vec<String> = usage.keys().cloned().collect();
+        let select = "SELECT usage_id, body FROM usage_records WHERE usage_id";
+        for r in self.select_keys(select, 1, &wanted, |q, id| q.bind(id.as_str())).await? {
+            usage.insert(r.try_get(0)?, Some(r.try_get(1)?));
+        }
+        let missing =
+            |key: &str, what: String| StoreError::Fatal(format!("outcome {key} refers to {what}, which is not stored"));
+        found
+            .into_iter()
+            .map(|(key, stored)| {
+                let outputs = stored
+                    .into_iter()
+                    .map(|o| {
+                        let payload = match (o.payload, o.seq, &o.usage_id) {
+                            (Some(p), _, _) => p.into_owned(),
+                            (None, Some(seq), _) => events
+                                .get(&(o.key.to_string(), seq))
+                                .cloned()
+                                .flatten()
+                                .ok_or_else(|| missing(&key, format!("audit event {}#{seq}", o.key)))?,
+                            (None, None, Some(id)) => usage
+                                .get(id.as_ref())
+                                .cloned()
+                                .flatten()
+                                .ok_or_else(|| missing(&key, format!("usage record {id}")))?,
+                            (None, None, None) => unreachable!("rejected above"),
+                        };
+                        Ok(Output { stream: o.stream, key: o.key.into_owned(), payload })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                Ok((key, outputs))
+            })
+            .collect()
     }
 
     pub async fn find_outcome(&mut self, idem_key: &str) -> Result<Option<Vec<Output>>, StoreError> {
@@ -442,19 +552,40 @@ impl Batch {
         self.heads.insert(audit.chain.clone(), Some((audit.seq, audit.hash.clone())));
 
         let mut outputs = c.messages;
+        let mut stored: Vec<StoredOutput<'_>> = outputs.iter().map(StoredOutput::inline).collect();
+        stored.push(StoredOutput {
+            stream: Stream::Audit,
+            key: Cow::Borrowed(&audit.chain),
+            payload: None,
+            seq: Some(audit.seq),
+            usage_id: None,
+        });
+        let usage_body = match &c.usage {
+            Some(u) => {
+                stored.push(StoredOutput {
+                    stream: Stream::Usage,
+                    key: Cow::Borrowed(&u.subject),
+                    payload: None,
+                    seq: None,
+                    usage_id: Some(Cow::Borrowed(&u.usage_id)),
+                });
+                Some(serde_json::to_string(u).map_err(|e| StoreError::Fatal(e.to_string()))?)
+            }
+            None => None,
+        };
+        let encoded = serde_json::to_string(&stored).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        drop(stored);
         outputs.push(Output { stream: Stream::Audit, key: audit.chain.clone(), payload: audit_json.clone() });
         if let Some(d) = c.decision {
             self.pending.decisions.push(d);
         }
-        if let Some(u) = c.usage {
-            let body = serde_json::to_string(&u).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        if let (Some(u), Some(body)) = (c.usage, usage_body) {
             let key = (u.subject.clone(), u.dataset.clone(), u.period.clone());
             *self.counters.entry(key.clone()).or_default() += u.quantity;
             *self.pending.counter_deltas.entry(key).or_default() += u.quantity;
             outputs.push(Output { stream: Stream::Usage, key: u.subject.clone(), payload: body.clone() });
             self.pending.usage.push((u, body));
         }
-        let encoded = serde_json::to_string(&outputs).map_err(|e| StoreError::Fatal(e.to_string()))?;
         self.pending.outcomes.push((c.idem_key.clone(), c.kind, encoded, c.created_at));
         self.pending.audit.push((audit, audit_json));
         // Kept for an input repeated later in this batch.
@@ -584,6 +715,33 @@ async fn insert_rows<'a, T>(
     Ok(())
 }
 
-fn decode_outputs(text: &str) -> Result<Vec<Output>, StoreError> {
+fn decode_outputs(text: &str) -> Result<Vec<StoredOutput<'static>>, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Fatal(format!("stored outputs do not decode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn outcomes_stored_with_every_payload_inline_still_decode() {
+        // As rows were written before audit events and usage records were
+        // stored by reference.
+        let legacy = r#"[{"stream":"decisions","key":"s","payload":"{\"d\":1}"},{"stream":"audit","key":"c/0","payload":"{\"a\":1}"}]"#;
+        let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+        let mut batch = store.begin().await.unwrap();
+        let resolved = batch.resolve(vec![("k".into(), decode_outputs(legacy).unwrap())]).await.unwrap();
+        assert_eq!(
+            resolved[0].1,
+            vec![
+                Output { stream: Stream::Decisions, key: "s".into(), payload: "{\"d\":1}".into() },
+                Output { stream: Stream::Audit, key: "c/0".into(), payload: "{\"a\":1}".into() },
+            ]
+        );
+        // A reference to a row that is not there is a fatal inconsistency,
+        // not an empty output.
+        let dangling = decode_outputs(r#"[{"stream":"audit","key":"c/0","seq":7}]"#).unwrap();
+        let err = batch.resolve(vec![("k".into(), dangling)]).await.unwrap_err();
+        assert!(!err.is_retryable() && err.to_string().contains("audit event c/0#7"), "{err}");
+    }
 }

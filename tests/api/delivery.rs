@@ -26,6 +26,47 @@ async fn redelivered_request_gets_its_original_decision_byte_for_byte() {
 }
 
 #[tokio::test]
+async fn request_decided_in_an_earlier_batch_is_republished_from_the_store_byte_for_byte() {
+    let app = spawn_app().await;
+    let body = request(
+        "r-later",
+        Some(&app.infra.token(TRAVEL, &[], 600)),
+        "smart-tourism",
+        "GX-610100-TOUR-0001",
+        "query",
+        "industry",
+    )
+    .to_string();
+    app.send(TRAVEL, body.as_bytes()).await;
+    let (decisions, usage) = (app.reader(&app.infra.topics.decisions), app.reader(&app.infra.topics.usage));
+    let first = read_n(&decisions, 1).await.remove(0);
+    assert_eq!(decision(&first).outcome, Outcome::Approved);
+    // Decided and stored: the same request again is a batch of its own,
+    // answered from the database.
+    app.send(TRAVEL, body.as_bytes()).await;
+    let again = read_n(&decisions, 1).await.remove(0);
+    assert_eq!(first.payload, again.payload);
+    let usage = read_n(&usage, 2).await;
+    assert_eq!(usage[0].payload, usage[1].payload);
+    let audit = app.request_audit(2).await;
+    assert_eq!(audit[0].payload, audit[1].payload, "the audit event is re-published byte for byte");
+
+    // The stored outcome holds the audit event and usage record by
+    // reference: their bytes are written once, in their own tables.
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&app.infra.database_url).await.unwrap();
+    let stored: String = sqlx::query_scalar("SELECT outputs FROM outcomes WHERE idem_key = 'request:r-later'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let event = audit_event(&audit[0]);
+    assert!(!stored.contains(&event.hash), "{stored}");
+    assert!(stored.contains(&format!("\"seq\":{}", event.seq)), "{stored}");
+    let record: UsageRecord = serde_json::from_slice(&usage[0].payload).unwrap();
+    assert!(stored.contains(&record.usage_id) && !stored.contains("amount_fen"), "{stored}");
+}
+
+#[tokio::test]
 async fn restart_mid_stream_loses_nothing_and_decides_nothing_twice() {
     let app = spawn_app().await;
     send_batch(&app, 0..40).await;
