@@ -40,6 +40,10 @@ pub enum KafkaError {
     Delivery { topic: String, partition: i32, offset: i64, message: String },
     #[error("processing {topic}/{partition}@{offset} failed for good: {message}")]
     Processing { topic: String, partition: i32, offset: i64, message: String },
+    /// Transactional mode: the consumer is not (yet, or any more) in its
+    /// group, so a batch's offsets cannot be committed with its outputs.
+    #[error("not a member of the consumer group: the batch's offsets cannot go in its transaction")]
+    NotInGroup,
 }
 
 /// A consumed message, detached from the client.
@@ -579,6 +583,12 @@ async fn publish_in_transaction(
         rdkafka::error::KafkaError::Transaction(t) if t.is_fatal() => TxnFailure::Fatal(e.into()),
         _ => TxnFailure::Aborted(e.into()),
     };
+    // Built before the transaction begins: nothing after `begin` may
+    // return without committing or aborting it.
+    let mut offsets = TopicPartitionList::new();
+    for (topic, partition, next) in next_offsets(batch) {
+        offsets.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(next)).map_err(classify)?;
+    }
     producer.begin_transaction().map_err(classify)?;
     let mut acks = Vec::with_capacity(outputs.len() * 3);
     let mut failed = None;
@@ -592,14 +602,10 @@ async fn publish_in_transaction(
         }
     }
     let committed = match (failed, consumer.group_metadata()) {
-        (Some(e), _) => Err(e),
+        (Some(e), _) => Err(classify(e)),
         // Not in a group (yet, or any more): nothing to commit offsets to.
-        (None, None) => Err(rdkafka::error::KafkaError::Canceled),
+        (None, None) => Err(TxnFailure::Aborted(KafkaError::NotInGroup)),
         (None, Some(group)) => {
-            let mut offsets = TopicPartitionList::new();
-            for (topic, partition, next) in next_offsets(batch) {
-                offsets.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(next)).map_err(classify)?;
-            }
             let p = producer.clone();
             tokio::task::spawn_blocking(move || {
                 p.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
@@ -608,10 +614,10 @@ async fn publish_in_transaction(
             })
             .await
             .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+            .map_err(classify)
         }
     };
-    if let Err(e) = committed {
-        let failure = classify(e);
+    if let Err(failure) = committed {
         if let TxnFailure::Aborted(_) = failure {
             let p = producer.clone();
             let aborted = tokio::task::spawn_blocking(move || p.abort_transaction(TXN_TIMEOUT)).await;
