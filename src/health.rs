@@ -106,10 +106,6 @@ impl Histogram {
         self.observe(start.elapsed().as_secs_f64());
     }
 
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
     /// The `_bucket`, `_sum` and `_count` lines; `labels` without braces
     /// (`stage="store"`), or empty.
     fn render(&self, out: &mut String, name: &str, labels: &str) {

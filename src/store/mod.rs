@@ -33,7 +33,8 @@ pub struct Output {
 
 /// An output as kept in `outcomes.outputs`: inline, or — an audit event or
 /// usage record, stored whole in its own table — by reference, so the
-/// bytes are written once (they were half of what a decision wrote).
+/// bytes are written once (the second copy was nearly a third of what a
+/// decision wrote).
 /// Re-publication resolves references to the same bytes. Rows written
 /// before references existed hold every payload inline and still decode.
 #[derive(Debug, Serialize, Deserialize)]
