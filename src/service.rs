@@ -155,7 +155,7 @@ impl DecisionService {
                 reasons: vec![crate::events::Reason::new(rejection.code, rejection.message)],
                 policy_version: policy.version().to_owned(),
                 request_digest: audit::digest(&msg.payload),
-                ..AuditEvent::draft(format!("{}/{}", msg.topic, msg.partition), now, trace_id.to_owned())
+                ..AuditEvent::draft(origin.chain.clone(), now, trace_id.to_owned())
             },
             usage: None,
             created_at: rfc3339(now),
@@ -296,7 +296,7 @@ impl DecisionService {
                 reasons: eval.reasons.clone(),
                 policy_version: policy.version().to_owned(),
                 request_digest,
-                ..AuditEvent::draft(format!("{}/{}", msg.topic, msg.partition), now, trace_id.to_owned())
+                ..AuditEvent::draft(origin.chain.clone(), now, trace_id.to_owned())
             },
             usage,
             created_at: rfc3339(now),
@@ -408,12 +408,13 @@ struct Prepared<'m> {
     input: Result<(AccessRequest, Result<Principal, AuthError>), Rejection>,
 }
 
-/// Where an input came from, when it was taken up, and the key its outcome
+/// Where an input came from, when it was taken up, the key its outcome
 /// is stored under (the request id; for an input that is not a request,
-/// its position).
+/// its position) and the audit chain its event joins (its partition's).
 struct Origin<'m> {
     msg: &'m InputMessage,
     idem_key: String,
+    chain: String,
     now: DateTime<Utc>,
     trace_id: String,
     traceparent: String,
@@ -431,7 +432,8 @@ impl<'m> Prepared<'m> {
             Ok((request, _)) => format!("request:{}", request.request_id),
             Err(_) => format!("input:{}", position(msg)),
         };
-        Prepared { origin: Origin { msg, idem_key, now, trace_id, traceparent }, input }
+        let chain = format!("{}/{}", msg.topic, msg.partition);
+        Prepared { origin: Origin { msg, idem_key, chain, now, trace_id, traceparent }, input }
     }
 }
 
@@ -465,9 +467,8 @@ impl DecisionService {
         let mut keys = Prefetch::default();
         for p in prepared {
             keys.outcomes.push(p.origin.idem_key.clone());
-            let chain = format!("{}/{}", p.origin.msg.topic, p.origin.msg.partition);
-            if !keys.chains.contains(&chain) {
-                keys.chains.push(chain);
+            if !keys.chains.contains(&p.origin.chain) {
+                keys.chains.push(p.origin.chain.clone());
             }
             if let Ok((request, Ok(principal))) = &p.input {
                 if self.single_use_jti
@@ -536,16 +537,17 @@ impl DecisionService {
             }
             Step::Draft(_) => return Err(StoreError::Fatal("a draft reached phase 3 unfinished".into())),
         };
-        // Stored by another instance between this batch's read and its
-        // write (the primary key settled the race), or a dead letter for an
-        // offset read again: either way the stored outcome is published.
+        // A commit can find its input already stored: a dead letter for an
+        // offset read again (dead letters skip the lookup of phase 1), or a
+        // request another instance stored between this batch's read and its
+        // write. Either way the stored outcome is what gets published.
         let tally = match (&committed, tally) {
+            (Committed::New(_), tally) => tally,
             (Committed::Existing(_), Tally::Republished) => Tally::Republished,
             (Committed::Existing(_), _) => {
-                debug!(message = "input decided elsewhere first; re-publishing its stored outcome");
+                debug!(message = "input already stored; re-publishing its stored outcome");
                 Tally::Republished
             }
-            (Committed::New(_), tally) => tally,
         };
         Ok((self.to_messages(committed.into_outputs(), &traceparent), tally))
     }
