@@ -14,6 +14,7 @@ use crate::auth::{SigningKey, Verifier};
 use crate::config::{DeliveryMode, Settings};
 use crate::health::{Health, HttpServer};
 use crate::kafka::{self, Limits, Pipeline, embedded::EmbeddedKafka};
+use crate::outbox::Outbox;
 use crate::reload::Reloader;
 use crate::service::DecisionService;
 use crate::store::Store;
@@ -123,6 +124,7 @@ impl App {
             &settings.topics.requests,
             health.clone(),
             transactional_id.as_deref(),
+            &settings.service.instance_id,
         )?;
         let current = Arc::new(ArcSwap::from_pointee(policy));
         let reloader = Reloader {
@@ -130,8 +132,11 @@ impl App {
             current: current.clone(),
             last_rejected: Mutex::new(None),
             store: store.clone(),
-            client: kafka::Client::new(&settings.kafka, &bootstrap)?,
-            audit_topic: settings.topics.audit.clone(),
+            outbox: Arc::new(Outbox::new(
+                store.clone(),
+                kafka::Client::new(&settings.kafka, &bootstrap)?,
+                settings.topics.audit.clone(),
+            )),
             instance_id: settings.service.instance_id.clone(),
             debounce: Duration::from_millis(settings.policy.debounce_ms),
             watch: settings.policy.watch,
@@ -145,6 +150,7 @@ impl App {
             grant: settings.grant.clone(),
             topics: settings.topics.clone(),
             max_message_bytes: settings.service.max_message_bytes,
+            dead_letter_max_bytes: settings.service.dead_letter_max_bytes,
             health: health.clone(),
             single_use_jti: settings.auth.single_use_jti,
             token_leeway_secs: i64::try_from(settings.auth.leeway_secs).unwrap_or(i64::MAX),

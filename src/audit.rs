@@ -87,6 +87,25 @@ pub enum ChainError {
     BrokenLink { chain: String, seq: u64 },
     #[error("chain {chain} seq {seq}: two different events with the same position")]
     Conflict { chain: String, seq: u64 },
+    #[error("chain {chain} seq {seq}: the stored {column} column does not match the event (changed record)")]
+    Column { chain: String, seq: u64, column: &'static str },
+}
+
+/// The columns an event is stored under (its chain position and hashes,
+/// which new events are chained onto) must be the event's own.
+pub fn check_columns(event: &AuditEvent, chain: &str, seq: i64, hash: &str, prev_hash: &str) -> Result<(), ChainError> {
+    let column = if chain != event.chain {
+        "chain"
+    } else if u64::try_from(seq).ok() != Some(event.seq) {
+        "seq"
+    } else if hash != event.hash {
+        "hash"
+    } else if prev_hash != event.prev_hash {
+        "prev_hash"
+    } else {
+        return Ok(());
+    };
+    Err(ChainError::Column { chain: event.chain.clone(), seq: event.seq, column })
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -103,6 +103,7 @@ pub struct Claims {
     pub iss: String,
     #[serde(default)]
     pub aud: serde_json::Value,
+    #[serde(default)]
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
@@ -290,6 +291,12 @@ impl Verifier {
     }
 
     fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
+        // A JWS in compact form has exactly three parts; five is an
+        // (unsupported) encrypted JWE, anything else no JWT at all.
+        let parts = token.split('.').count();
+        if parts != 3 {
+            return Err(AuthError::Malformed(format!("{parts} dot-separated parts, not 3")));
+        }
         // A header naming an algorithm jsonwebtoken does not know (such as
         // "none") fails to parse; report it as the algorithm it is.
         let header = jsonwebtoken::decode_header(token).map_err(|e| match header_alg(token) {
@@ -313,6 +320,13 @@ impl Verifier {
             })
             .collect();
         if candidates.is_empty() {
+            // The kid names a key, but one of another algorithm: the key is
+            // known, the algorithm is what is refused.
+            if let Some(kid) = &header.kid
+                && self.keys.iter().any(|k| k.kid.as_deref() == Some(kid.as_str()))
+            {
+                return Err(AuthError::AlgorithmNotAllowed(format!("{alg:?} is not the algorithm of key {kid:?}")));
+            }
             return Err(AuthError::UnknownKey { kid: header.kid.clone(), alg: format!("{alg:?}") });
         }
 
@@ -326,7 +340,7 @@ impl Verifier {
         let mut last = AuthError::BadSignature;
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return principal_from(data.claims),
+                Ok(data) => return self.principal_from(data.claims),
                 Err(e) => {
                     last = map_jwt_error(e.kind());
                     // Only a signature mismatch is worth trying the next key
@@ -363,6 +377,18 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
             AuthError::AlgorithmNotAllowed("mismatch".into())
         }
         other => AuthError::Malformed(format!("{other:?}")),
+    }
+}
+
+impl Verifier {
+    fn principal_from(&self, claims: Claims) -> Result<Principal, AuthError> {
+        // jsonwebtoken checks exp and nbf, not iat: a token "issued" in the
+        // future beyond the leeway is no more valid yet than one whose nbf is.
+        let leeway = i64::try_from(self.leeway_secs).unwrap_or(i64::MAX);
+        if claims.iat.is_some_and(|iat| iat > chrono::Utc::now().timestamp().saturating_add(leeway)) {
+            return Err(AuthError::NotYetValid);
+        }
+        principal_from(claims)
     }
 }
 
@@ -771,6 +797,57 @@ mod tests {
             verifier.verify(&ed.sign(&claims(&sample_uscc(), 300))).unwrap_err().code(),
             "auth.algorithm_not_allowed"
         );
+    }
+
+    #[test]
+    fn a_kid_naming_a_key_of_another_algorithm_refuses_the_algorithm_not_the_key() {
+        use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
+        let dir = tempfile::tempdir().unwrap();
+        let ec = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let ec_pub = ec.public_key().to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        let rsa_pub = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)
+            .unwrap()
+            .to_public_key()
+            .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap();
+        let mut settings = settings_with_key(dir.path(), "ec-1.pub.pem", &ec_pub);
+        settings.public_keys.push(settings_with_key(dir.path(), "rsa-1.pub.pem", &rsa_pub).public_keys.remove(0));
+        let verifier = Verifier::from_settings(&settings).unwrap();
+        let key = EncodingKey::from_ec_pem(ec.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap().as_bytes()).unwrap();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("ec-1".into());
+        let token = jsonwebtoken::encode(&header, &claims(&sample_uscc(), 300), &key).unwrap();
+        assert!(verifier.verify(&token).is_ok());
+        header.kid = Some("rsa-1".into());
+        let token = jsonwebtoken::encode(&header, &claims(&sample_uscc(), 300), &key).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap_err().code(), "auth.algorithm_not_allowed");
+        header.kid = Some("nobody".into());
+        let token = jsonwebtoken::encode(&header, &claims(&sample_uscc(), 300), &key).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap_err().code(), "auth.unknown_key");
+    }
+
+    #[test]
+    fn a_token_without_exp_lacks_a_claim_and_one_issued_in_the_future_is_not_yet_valid() {
+        let (key, verifier) = setup();
+        let now = chrono::Utc::now().timestamp();
+        let no_exp = serde_json::json!({"sub": sample_uscc(), "iss": ISS, "aud": AUD, "iat": now});
+        assert_eq!(verifier.verify(&key.sign(&no_exp)).unwrap_err().code(), "auth.missing_claim");
+        let mut future = claims(&sample_uscc(), 300);
+        future.iat = Some(now + 10 * 365 * 86_400);
+        assert_eq!(verifier.verify(&key.sign(&future)).unwrap_err().code(), "auth.token_not_yet_valid");
+        // Within the leeway, a clock a little ahead is fine.
+        future.iat = Some(now + 30);
+        assert!(verifier.verify(&key.sign(&future)).is_ok());
+    }
+
+    #[test]
+    fn tokens_of_two_or_five_parts_are_malformed_whatever_their_header_says() {
+        let (key, verifier) = setup();
+        let token = key.sign(&claims(&sample_uscc(), 300));
+        let (head, _) = token.rsplit_once('.').unwrap();
+        assert_eq!(verifier.verify(head).unwrap_err().code(), "auth.token_malformed");
+        let five = format!("{token}.e30.e30");
+        assert_eq!(verifier.verify(&five).unwrap_err().code(), "auth.token_malformed");
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct ServiceSettings {
     pub shutdown_grace_secs: u64,
     /// Inputs larger than this go to the dead-letter topic unread.
     pub max_message_bytes: usize,
+    /// How much of an input (payload, key and headers together) a dead
+    /// letter carries; the rest is cut, its length and sha256 stated. Keep
+    /// it well below the producer's and topics' `message.max.bytes`.
+    pub dead_letter_max_bytes: usize,
     /// Outputs awaiting broker acknowledgement before intake pauses.
     pub max_in_flight: usize,
     /// Inputs already received that are decided together, in one database
@@ -46,6 +50,7 @@ impl Default for ServiceSettings {
             instance_id: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "tollgate".into()),
             shutdown_grace_secs: 30,
             max_message_bytes: 64 * 1024,
+            dead_letter_max_bytes: 64 * 1024,
             max_in_flight: 1000,
             max_batch: 256,
             http_listen: "127.0.0.1:9464".into(),
@@ -76,6 +81,12 @@ pub struct KafkaSettings {
     pub producer: BTreeMap<String, String>,
     /// How outputs and input offsets reach Kafka.
     pub delivery: DeliveryMode,
+    /// Join the group as a static member (`group.instance.id` =
+    /// `service.instance_id`, which must then be unique per instance): an
+    /// instance restarted after a crash gets its partitions back at once
+    /// instead of after the session timeout, and brokers that keep a
+    /// crashed member's partitions until it rejoins (tansu 0.6) need it.
+    pub static_membership: bool,
     /// Transactional mode: the producer's `transactional.id`, stable per
     /// instance and unique in the cluster. Default `tollgate-<instance_id>`.
     pub transactional_id: Option<String>,
@@ -133,6 +144,7 @@ impl Default for KafkaSettings {
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
             delivery: DeliveryMode::AtLeastOnce,
+            static_membership: false,
             transactional_id: None,
         }
     }

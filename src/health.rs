@@ -136,6 +136,13 @@ pub struct Counters {
     pub policy_rejections: AtomicU64,
     /// Reloads triggered with the files in force unchanged (SIGHUP, a touch).
     pub policy_unchanged: AtomicU64,
+    /// Outputs the broker refused for good, replaced by dead letters.
+    pub outputs_refused: AtomicU64,
+    /// Outputs sent again after a transient delivery failure.
+    pub delivery_retries: AtomicU64,
+    /// Batches decided again because another instance stored part of
+    /// what they claim first.
+    pub conflicts: AtomicU64,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -221,6 +228,24 @@ impl Health {
             "counter",
             "Batches retried because a dependency was unavailable.",
             &[("", get(&c.processing_retries))],
+        );
+        family(
+            "outputs_refused_total",
+            "counter",
+            "Outputs the broker refused for good; a dead letter (output.refused) stands for each.",
+            &[("", get(&c.outputs_refused))],
+        );
+        family(
+            "delivery_retries_total",
+            "counter",
+            "Outputs sent again after a transient delivery failure.",
+            &[("", get(&c.delivery_retries))],
+        );
+        family(
+            "conflicts_total",
+            "counter",
+            "Batches decided again because another instance stored a token id or chain position first.",
+            &[("", get(&c.conflicts))],
         );
         family(
             "token_replays_total",

@@ -11,6 +11,7 @@ pub mod health;
 pub mod kafka;
 pub mod loadgen;
 pub mod metering;
+pub mod outbox;
 pub mod pipeline;
 pub mod policy;
 pub mod reload;

@@ -109,6 +109,17 @@ impl Processor for PassThrough {
             })
             .collect())
     }
+
+    /// The pass-through has no dead-letter topic: a refused copy becomes an
+    /// empty message on the same topic, so the measured run still ends.
+    fn refused(&self, _: &InputMessage, output: &OutgoingMessage, _: &str, _: bool) -> OutgoingMessage {
+        OutgoingMessage {
+            topic: output.topic.clone(),
+            key: output.key.clone(),
+            payload: String::new(),
+            headers: vec![],
+        }
+    }
 }
 
 /// The request payloads: the demo's enterprises and their usual requests,
@@ -291,7 +302,8 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<Report
     if opts.baseline {
         let mut base = settings.kafka.clone();
         base.group_id = format!("loadgen-base-{run_id}");
-        let pipeline = Pipeline::new(&base, &bootstrap, &base_topics.requests, Health::new(), None)?;
+        let pipeline =
+            Pipeline::new(&base, &bootstrap, &base_topics.requests, Health::new(), None, "loadgen-pass-through")?;
         let pass = Arc::new(PassThrough {
             outputs: [base_topics.decisions.clone(), base_topics.audit.clone(), base_topics.usage.clone()],
         });

@@ -245,13 +245,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?
             } else {
-                tollgate::store::Store::connect(&settings.database.url, 1).await?.audit_events().await?
+                let rows = tollgate::store::Store::connect(&settings.database.url, 1).await?.audit_rows().await?;
+                for r in &rows {
+                    tollgate::audit::check_columns(&r.event, &r.chain, r.seq, &r.hash, &r.prev_hash)
+                        .context("audit chain verification failed")?;
+                }
+                rows.into_iter().map(|r| r.event).collect()
             };
             let report = tollgate::audit::verify(&events).context("audit chain verification failed")?;
             for (chain, (seq, head)) in &report.chains {
                 println!("{chain}: {seq} events, head {head}");
             }
-            println!("ok: {} events on {} chain(s) verified", events.len(), report.chains.len());
+            // Distinct events; identical re-publications (at-least-once) apart.
+            let distinct = events.len() as u64 - report.duplicates;
+            match report.duplicates {
+                0 => println!("ok: {distinct} events on {} chain(s) verified", report.chains.len()),
+                n => println!(
+                    "ok: {distinct} events on {} chain(s) verified; {n} identical re-published copies skipped",
+                    report.chains.len()
+                ),
+            }
             Ok(())
         }
         Command::Keygen { out, name } => {

@@ -401,6 +401,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_model_that_cannot_judge_the_request_denies_it_as_an_evaluation_error() {
+        // A matcher that fails at run time for one scenario only (a division
+        // by zero when the scenario code has 13 characters): the load-time
+        // probe passes, the live request cannot be judged.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let model = "[request_definition]\nr = sub, dom, obj, act\n[policy_definition]\np = sub, dom, obj, act, eft\n\
+                     [role_definition]\ng = _, _, _\ng2 = _, _\n[policy_effect]\ne = some(where (p.eft == allow))\n\
+                     [matchers]\nm = g(r.sub, p.sub, r.dom) && 100 / (r.dom.len() - 13) > 0 && r.act == p.act\n";
+        let rules: String = read("policy.csv").lines().filter(|l| !l.starts_with("p2")).collect::<Vec<_>>().join("\n");
+        let policy = Policy::from_texts(model, &rules, &read("catalogue.toml")).await.unwrap();
+        let r = request("smart-tourism", "GX-610100-TOUR-0001", Operation::Query, PurposeClass::Industry);
+        let e = eval(&policy, &principal(TRAVEL, &[]), &r, 0);
+        assert_eq!((e.outcome, code(&e)), (Outcome::Denied, "policy.evaluation_error"), "{:?}", e.reasons);
+    }
+
+    #[tokio::test]
     async fn admitted_enterprise_is_approved_and_charged_progressively() {
         let policy = shipped().await;
         assert!(policy.is_indexed(), "the shipped model is decided through the index");

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::events::{AuditEvent, Reason};
 use crate::health::Health;
-use crate::kafka::Client;
+use crate::outbox::{self, Outbox};
 use crate::policy::testing::run_tests;
 use crate::policy::{CATALOGUE_FILE, MODEL_FILE, POLICY_FILE, Policy, version_of};
 use crate::store::{Commit, Store};
@@ -45,9 +45,9 @@ pub struct Reloader {
     /// operators see is the audit trail (`tollgate policy status`).
     pub last_rejected: Mutex<Option<String>>,
     pub store: Store,
-    /// Publishes policy audit events; they are stored first either way.
-    pub client: Client,
-    pub audit_topic: String,
+    /// Publishes policy audit events, which are stored (and queued there)
+    /// first.
+    pub outbox: Arc<Outbox>,
     pub instance_id: String,
     pub debounce: Duration,
     pub watch: bool,
@@ -153,6 +153,11 @@ impl Reloader {
             let hangup = std::future::pending::<Option<()>>();
             let trigger = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                // Events a broker outage held back go out once it is back.
+                _ = tokio::time::sleep(outbox::RETRY_EVERY) => {
+                    self.outbox.drain_logged().await;
+                    continue;
+                }
                 Some(()) = rx.recv() => {
                     // An editor saves in several steps: wait until the
                     // files have been quiet for the debounce period.
@@ -304,16 +309,12 @@ impl Reloader {
             usage: None,
             created_at: now.to_rfc3339(),
         };
-        // Stored first: the database chain is complete even if the broker is
-        // unreachable now.
+        // Stored (and queued in the outbox) first: the database chain is
+        // complete even if the broker is unreachable now, and the event is
+        // published once it is back, also after a crash.
         match self.store.commit(commit).await {
-            Ok(committed) => {
-                for o in committed.outputs() {
-                    if let Err(error) = self.client.produce(&self.audit_topic, &o.key, o.payload.as_bytes(), &[]).await
-                    {
-                        warn!(message = "policy audit event stored but not published", %error);
-                    }
-                }
+            Ok(_) => {
+                self.outbox.drain_logged().await;
             }
             Err(error) => error!(message = "policy audit event could not be stored", %error),
         }

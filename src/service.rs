@@ -19,7 +19,7 @@ use crate::auth::{AuthError, Principal, SigningKey, Verifier};
 use crate::config::{GrantSettings, Topics};
 use crate::events::{
     AccessRequest, AuditEvent, DEAD_LETTER_SCHEMA, DECISION_SCHEMA, DeadLetter, DeadLetterError, Decision, Grant,
-    Outcome, USAGE_SCHEMA, UsageRecord,
+    Outcome, RefusedOutput, USAGE_SCHEMA, UsageRecord,
 };
 use crate::health::Health;
 use crate::kafka::{InputMessage, OutgoingMessage, ProcessError, Processor};
@@ -57,6 +57,8 @@ pub struct DecisionService {
     pub grant: GrantSettings,
     pub topics: Topics,
     pub max_message_bytes: usize,
+    /// See `service.dead_letter_max_bytes`.
+    pub dead_letter_max_bytes: usize,
     pub health: Arc<Health>,
     /// See `auth.single_use_jti`.
     pub single_use_jti: bool,
@@ -67,7 +69,11 @@ pub struct DecisionService {
 
 impl From<StoreError> for ProcessError {
     fn from(e: StoreError) -> Self {
-        if e.is_retryable() { ProcessError::Retryable(e.to_string()) } else { ProcessError::Fatal(e.to_string()) }
+        match e {
+            StoreError::Conflict(_) => ProcessError::Conflict(e.to_string()),
+            StoreError::Unavailable(_) => ProcessError::Retryable(e.to_string()),
+            StoreError::Fatal(_) => ProcessError::Fatal(e.to_string()),
+        }
     }
 }
 
@@ -123,18 +129,8 @@ impl DecisionService {
 
     fn dead_letter(&self, policy: &Policy, origin: &Origin<'_>, rejection: Rejection) -> Commit {
         let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let letter = DeadLetter {
-            schema: DEAD_LETTER_SCHEMA.into(),
-            payload_base64: b64.encode(&msg.payload),
-            key_base64: msg.key.as_ref().map(|k| b64.encode(k)),
-            headers: msg.headers.iter().map(|(k, v)| (k.clone(), b64.encode(v))).collect(),
-            error: DeadLetterError { code: rejection.code.into(), message: rejection.message.clone() },
-            source_topic: msg.topic.clone(),
-            partition: msg.partition,
-            offset: msg.offset,
-            rejected_at: now,
-        };
+        let error = DeadLetterError { code: rejection.code.into(), message: rejection.message.clone() };
+        let letter = dead_letter_for(msg, error, self.dead_letter_max_bytes, None, now);
         let key = position(msg);
         Commit {
             idem_key: origin.idem_key.clone(),
@@ -154,7 +150,7 @@ impl DecisionService {
                 outcome: "rejected".into(),
                 reasons: vec![crate::events::Reason::new(rejection.code, rejection.message)],
                 policy_version: policy.version().to_owned(),
-                request_digest: audit::digest(&msg.payload),
+                request_digest: letter.payload_sha256.clone(),
                 ..AuditEvent::draft(origin.chain.clone(), now, trace_id.to_owned())
             },
             usage: None,
@@ -420,6 +416,63 @@ struct Origin<'m> {
     traceparent: String,
 }
 
+/// What is left of a dead letter's size budget as parts of the input are
+/// put in, and whether anything had to be cut.
+struct Budget {
+    left: usize,
+    truncated: bool,
+}
+
+impl Budget {
+    fn take<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
+        let n = bytes.len().min(self.left);
+        self.left -= n;
+        self.truncated |= n < bytes.len();
+        &bytes[..n]
+    }
+}
+
+/// A dead letter for `msg`, carrying as much of the input as `budget` bytes
+/// allow: the payload first (what an operator needs most), then the key,
+/// then headers in order. Its size is bounded whatever the input's, so the
+/// broker never refuses it for its size.
+fn dead_letter_for(
+    msg: &InputMessage,
+    error: DeadLetterError,
+    budget: usize,
+    refused_output: Option<RefusedOutput>,
+    now: DateTime<Utc>,
+) -> DeadLetter {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut budget = Budget { left: budget, truncated: false };
+    let payload_base64 = b64.encode(budget.take(&msg.payload));
+    let key_base64 = msg.key.as_ref().map(|k| b64.encode(budget.take(k)));
+    let mut headers = Vec::with_capacity(msg.headers.len());
+    for (name, value) in &msg.headers {
+        if name.len() > budget.left {
+            budget.truncated = true;
+            break;
+        }
+        budget.left -= name.len();
+        headers.push((name.clone(), b64.encode(budget.take(value))));
+    }
+    DeadLetter {
+        schema: DEAD_LETTER_SCHEMA.into(),
+        payload_base64,
+        payload_bytes: msg.payload.len() as u64,
+        payload_sha256: audit::digest(&msg.payload),
+        key_base64,
+        headers,
+        truncated: budget.truncated,
+        error,
+        source_topic: msg.topic.clone(),
+        partition: msg.partition,
+        offset: msg.offset,
+        refused_output,
+        rejected_at: now,
+    }
+}
+
 /// `topic/partition/offset`: the input's place in the log.
 fn position(msg: &InputMessage) -> String {
     format!("{}/{}/{}", msg.topic, msg.partition, msg.offset)
@@ -597,6 +650,27 @@ impl Processor for DecisionService {
         self.prepare_all(msgs)
     }
 
+    fn refused(&self, input: &InputMessage, output: &OutgoingMessage, error: &str, minimal: bool) -> OutgoingMessage {
+        let refused = RefusedOutput {
+            topic: output.topic.clone(),
+            key: output.key.chars().take(256).collect(),
+            bytes: output.payload.len() as u64,
+            sha256: audit::digest(output.payload.as_bytes()),
+        };
+        let error = DeadLetterError {
+            code: "output.refused".into(),
+            message: format!("the broker refused this input's {} output for good: {error}", output.topic),
+        };
+        let budget = if minimal { 0 } else { self.dead_letter_max_bytes };
+        let letter = dead_letter_for(input, error, budget, Some(refused), Utc::now());
+        OutgoingMessage {
+            topic: self.topics.dlq.clone(),
+            key: position(input),
+            payload: serde_json::to_string(&letter).expect("dead letters serialise"),
+            headers: output.headers.clone(),
+        }
+    }
+
     /// One policy version and one database transaction for the whole batch;
     /// decoding and signature checks were done before (see `prepare`).
     async fn process_batch(
@@ -657,5 +731,46 @@ impl DecisionService {
             Ok(n) => debug!(message = "purged expired token uses", rows = n),
             Err(error) => warn!(message = "purging expired token uses failed; will try again", %error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(payload: &[u8], key: &[u8], headers: &[(&str, &[u8])]) -> InputMessage {
+        InputMessage {
+            topic: "t".into(),
+            partition: 1,
+            offset: 7,
+            key: Some(key.to_vec()),
+            payload: payload.to_vec(),
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())).collect(),
+        }
+    }
+
+    fn error() -> DeadLetterError {
+        DeadLetterError { code: "input.too_large".into(), message: "m".into() }
+    }
+
+    #[test]
+    fn a_dead_letter_carries_payload_key_and_headers_within_its_budget_and_says_what_was_cut() {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let msg = input(&[b'p'; 100], b"kkkk", &[("authorization", &[b'h'; 50]), ("traceparent", b"tp")]);
+        let whole = dead_letter_for(&msg, error(), 1_000, None, Utc::now());
+        assert!(!whole.truncated);
+        assert_eq!((whole.payload_bytes, whole.headers.len()), (100, 2));
+
+        // 100 payload + 4 key + 13 name + 3 of the first header's value.
+        let cut = dead_letter_for(&msg, error(), 120, None, Utc::now());
+        assert!(cut.truncated);
+        assert_eq!(cut.payload_base64, b64(&[b'p'; 100]));
+        assert_eq!(cut.key_base64.as_deref(), Some(b64(b"kkkk").as_str()));
+        assert_eq!(cut.headers, vec![("authorization".to_owned(), b64(b"hhh"))]);
+        assert_eq!(cut.payload_sha256, audit::digest(&msg.payload), "describes the whole original");
+
+        let bare = dead_letter_for(&msg, error(), 0, None, Utc::now());
+        assert!(bare.truncated && bare.payload_base64.is_empty() && bare.headers.is_empty());
+        assert_eq!(bare.payload_bytes, 100);
     }
 }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::KafkaSettings;
-use crate::health::{Health, Histogram};
+use crate::health::Health;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
@@ -76,6 +76,11 @@ pub enum ProcessError {
     /// A dependency (the database) is unavailable: retry the same input.
     #[error("{0}")]
     Retryable(String),
+    /// Another instance stored something this batch claims (a token id
+    /// raced on two partitions): decide the batch again at once; not an
+    /// outage, so nothing pauses.
+    #[error("{0}")]
+    Conflict(String),
     /// Retrying cannot help; the loop stops without storing the offset.
     #[error("{0}")]
     Fatal(String),
@@ -101,47 +106,118 @@ pub trait Processor: Send + Sync + 'static {
         msgs: &[InputMessage],
         prepared: Self::Prepared,
     ) -> impl Future<Output = Result<Vec<Vec<OutgoingMessage>>, ProcessError>> + Send;
+
+    /// The dead letter that stands for `output` of `input` when the broker
+    /// refused it for good (too large, invalid, not authorized), so the
+    /// input still ends in an outcome. `minimal`: without any of the input's
+    /// bytes, for when the fuller letter was refused too.
+    fn refused(&self, input: &InputMessage, output: &OutgoingMessage, error: &str, minimal: bool) -> OutgoingMessage;
 }
 
-fn base_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
+/// Which client a librdkafka property applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Consumer,
+    Producer,
+    Both,
+}
+
+/// The side of a property, as librdkafka's CONFIGURATION.md marks it (C or
+/// P; everything else is `*`, both). `kafka.properties` go to the client
+/// they apply to, so a consumer setting (`fetch.wait.max.ms`, which the
+/// README recommends on tansu) does not make the producer warn at every
+/// start, and the reverse.
+fn side_of(property: &str) -> Side {
+    #[rustfmt::skip]
+    const CONSUMER: &[&str] = &[
+        "group.id", "group.instance.id", "partition.assignment.strategy", "session.timeout.ms",
+        "heartbeat.interval.ms", "group.protocol.type", "group.protocol", "group.remote.assignor",
+        "coordinator.query.interval.ms", "max.poll.interval.ms", "enable.auto.commit", "auto.commit.enable",
+        "auto.commit.interval.ms", "enable.auto.offset.store", "queued.min.messages", "queued.max.messages.kbytes",
+        "fetch.wait.max.ms", "fetch.queue.backoff.ms", "fetch.message.max.bytes", "max.partition.fetch.bytes",
+        "fetch.max.bytes", "fetch.min.bytes", "fetch.error.backoff.ms", "offset.store.method", "offset.store.path",
+        "offset.store.sync.interval.ms", "isolation.level", "enable.partition.eof", "check.crcs", "auto.offset.reset",
+        "consume.callback.max.messages",
+    ];
+    #[rustfmt::skip]
+    const PRODUCER: &[&str] = &[
+        "transactional.id", "transaction.timeout.ms", "enable.idempotence", "enable.gapless.guarantee",
+        "queue.buffering.max.messages", "queue.buffering.max.kbytes", "queue.buffering.max.ms", "linger.ms",
+        "message.send.max.retries", "retries", "queue.buffering.backpressure.threshold", "compression.codec",
+        "compression.type", "compression.level", "batch.num.messages", "batch.size", "delivery.report.only.error",
+        "sticky.partitioning.linger.ms", "request.required.acks", "acks", "request.timeout.ms", "message.timeout.ms",
+        "delivery.timeout.ms", "queuing.strategy", "produce.offset.report", "partitioner",
+    ];
+    if CONSUMER.contains(&property) {
+        Side::Consumer
+    } else if PRODUCER.contains(&property) {
+        Side::Producer
+    } else {
+        Side::Both
+    }
+}
+
+/// The bootstrap servers and the `kafka.properties` that apply to `side`.
+fn base_config(settings: &KafkaSettings, bootstrap: &str, side: Side) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", bootstrap);
-    for (k, v) in &settings.properties {
-        cfg.set(k, v);
-    }
+    set_properties(&mut cfg, settings, side);
     cfg
 }
 
-pub fn producer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
-    let mut cfg = base_config(settings, bootstrap);
-    cfg.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "300000");
-    for (k, v) in &settings.producer {
+/// The shared `kafka.properties` that apply to `side`.
+fn set_properties(cfg: &mut ClientConfig, settings: &KafkaSettings, side: Side) {
+    for (k, v) in &settings.properties {
+        let applies = side_of(k);
+        if applies == Side::Both || applies == side {
+            cfg.set(k, v);
+        }
+    }
+}
+
+/// The shared properties for `side`, then that side's own (`kafka.consumer`
+/// or `kafka.producer`): for the decision loop's clients only.
+fn set_loop_properties(cfg: &mut ClientConfig, settings: &KafkaSettings, side: Side) {
+    set_properties(cfg, settings, side);
+    let own = if side == Side::Consumer { &settings.consumer } else { &settings.producer };
+    for (k, v) in own {
         cfg.set(k, v);
     }
+}
+
+/// Order: tollgate's tunable defaults, then the operator's properties
+/// (shared, then this side's), then what correctness rests on, which no
+/// setting may change.
+pub fn producer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap).set("linger.ms", "5").set("message.timeout.ms", "300000");
+    set_loop_properties(&mut cfg, settings, Side::Producer);
+    // No output lost or duplicated by the producer's own retries.
+    cfg.set("enable.idempotence", "true").set("acks", "all");
     cfg
 }
 
 pub fn consumer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
-    let mut cfg = base_config(settings, bootstrap);
-    cfg.set("group.id", &settings.group_id)
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
         .set("enable.auto.commit", "true")
-        // Offsets are stored by the loop after delivery, never on receipt.
-        .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .set("isolation.level", "read_committed")
         // Broker reachability for readiness (see LoopContext::stats).
         .set("statistics.interval.ms", "5000");
-    for (k, v) in &settings.consumer {
-        cfg.set(k, v);
-    }
+    set_loop_properties(&mut cfg, settings, Side::Consumer);
+    cfg.set("group.id", &settings.group_id)
+        // Offsets are stored by the loop after delivery, never on receipt.
+        .set("enable.auto.offset.store", "false")
+        // Outputs of aborted transactions are never inputs.
+        .set("isolation.level", "read_committed");
     cfg
 }
 
 /// Creates each missing topic. An existing topic is left as it is.
 pub async fn ensure_topics(settings: &KafkaSettings, bootstrap: &str, topics: &[&str]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = base_config(settings, bootstrap).create()?;
+    let admin: AdminClient<DefaultClientContext> = base_config(settings, bootstrap, Side::Producer).create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, settings.partitions, TopicReplication::Fixed(settings.replication_factor)))
@@ -226,9 +302,13 @@ impl Pipeline {
         input_topic: &str,
         health: Arc<Health>,
         transactional_id: Option<&str>,
+        instance_id: &str,
     ) -> Result<Self, KafkaError> {
         let mut consumer_cfg = consumer_config(settings, bootstrap);
         let mut producer_cfg = producer_config(settings, bootstrap);
+        if settings.static_membership && consumer_cfg.get("group.instance.id").is_none() {
+            consumer_cfg.set("group.instance.id", instance_id);
+        }
         if let Some(id) = transactional_id {
             consumer_cfg.set("enable.auto.commit", "false");
             producer_cfg.set("transactional.id", id);
@@ -260,12 +340,47 @@ fn to_record<'a>(m: &'a OutgoingMessage) -> FutureRecord<'a, String, String> {
     FutureRecord::to(&m.topic).key(&m.key).payload(&m.payload).headers(headers)
 }
 
-/// Publishes `outputs` in order and resolves when all are acknowledged.
-async fn deliver(
+/// How a delivery failure is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The broker (or librdkafka, checking the same limits) will never take
+    /// this message: it stands for its input as a dead letter instead.
+    Permanent,
+    /// Unreachable broker, timeout, missing topic: sending again can work.
+    Transient,
+}
+
+fn classify(error: &rdkafka::error::KafkaError) -> Failure {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::MessageBatchTooLarge
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::PolicyViolation
+            | C::UnsupportedForMessageFormat
+            | C::InvalidTimestamp
+            | C::InvalidArgument
+            | C::BadMessage,
+        ) => Failure::Permanent,
+        _ => Failure::Transient,
+    }
+}
+
+/// Publishes one input's outputs and resolves when the broker has taken
+/// each of them, or a dead letter standing for it (see [`resend`]).
+async fn deliver<P: Processor>(
     producer: FutureProducer,
+    processor: Arc<P>,
+    input: InputMessage,
     outputs: Vec<OutgoingMessage>,
-    pos: Position,
-    timer: &Histogram,
+    health: &Health,
 ) -> Result<Position, KafkaError> {
     let start = Instant::now();
     let mut acks = Vec::with_capacity(outputs.len());
@@ -274,13 +389,63 @@ async fn deliver(
         // the idempotent producer librdkafka retries until message.timeout.ms.
         acks.push(producer.send(to_record(m), rdkafka::util::Timeout::Never));
     }
-    for ack in futures_util::future::join_all(acks).await {
-        if let Err((e, _)) = ack {
-            return Err(KafkaError::Delivery { topic: pos.0, partition: pos.1, offset: pos.2, message: e.to_string() });
+    let results = futures_util::future::join_all(acks).await;
+    for (output, result) in outputs.iter().zip(results) {
+        if let Err((error, _)) = result {
+            resend(&producer, &*processor, &input, output, error, health).await?;
         }
     }
-    timer.observe_since(start);
-    Ok(pos)
+    health.timings.deliver.observe_since(start);
+    Ok((input.topic, input.partition, input.offset))
+}
+
+/// An output the broker did not take. A transient failure is retried with
+/// backoff (the same bytes: consumers see at most a repeat) until it goes
+/// through or the loop stops; a permanent refusal is replaced by an
+/// `output.refused` dead letter, then by one without the input's bytes.
+/// Only when even that is refused does delivery fail: the input's offset is
+/// then never stored and the instance stops (see [`run`]).
+async fn resend<P: Processor>(
+    producer: &FutureProducer,
+    processor: &P,
+    input: &InputMessage,
+    output: &OutgoingMessage,
+    mut error: rdkafka::error::KafkaError,
+    health: &Health,
+) -> Result<(), KafkaError> {
+    let (mut current, mut substitutes, mut backoff) = (None::<OutgoingMessage>, 0, FIRST_BACKOFF);
+    loop {
+        let sending = current.as_ref().unwrap_or(output);
+        match classify(&error) {
+            Failure::Permanent if substitutes == 2 => {
+                return Err(KafkaError::Delivery {
+                    topic: input.topic.clone(),
+                    partition: input.partition,
+                    offset: input.offset,
+                    message: format!("refused for good, and so were both dead letters standing for it: {error}"),
+                });
+            }
+            Failure::Permanent => {
+                error!(message = "output refused for good; a dead letter stands for it", topic = %sending.topic,
+                       bytes = sending.payload.len(), input = %format_args!("{}/{}@{}", input.topic, input.partition, input.offset), %error);
+                Health::count(&health.counters.outputs_refused);
+                substitutes += 1;
+                current = Some(processor.refused(input, output, &error.to_string(), substitutes == 2));
+            }
+            Failure::Transient => {
+                warn!(message = "output not delivered; sending it again", topic = %sending.topic, %error,
+                      backoff_ms = backoff.as_millis() as u64);
+                Health::count(&health.counters.delivery_retries);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        let sending = current.as_ref().unwrap_or(output);
+        match producer.send(to_record(sending), rdkafka::util::Timeout::Never).await {
+            Ok(_) => return Ok(()),
+            Err((e, _)) => error = e,
+        }
+    }
 }
 
 fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> InputMessage {
@@ -314,6 +479,9 @@ impl From<&crate::config::ServiceSettings> for Limits {
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// A batch that conflicts this often in a row is not racing another
+/// instance; it waits with backoff like any other retryable failure.
+const MAX_CONFLICTS: u32 = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A batch taken from the consumer and being prepared on a blocking thread.
@@ -381,6 +549,9 @@ pub async fn run<P: Processor>(
 ) -> Result<(), KafkaError> {
     let Pipeline { consumer, producer, transactional } = pipeline;
     let mut pending = FuturesOrdered::new();
+    let mut offsets = Offsets::default();
+    // Conflicts in a row: past MAX_CONFLICTS, handled as an outage.
+    let mut conflicts = 0;
     let mut result = Ok(());
     // A batch waiting for its dependency, and when to try it again.
     let mut held: Option<Vec<InputMessage>> = None;
@@ -398,7 +569,7 @@ pub async fn run<P: Processor>(
             biased;
             _ = shutdown.cancelled() => break,
             Some(done) = pending.next(), if !pending.is_empty() => {
-                if let Err(e) = on_delivered(&consumer, done) {
+                if let Err(e) = offsets.on_delivered(&consumer, done) {
                     result = Err(e);
                     break;
                 }
@@ -461,7 +632,7 @@ pub async fn run<P: Processor>(
                     biased;
                     done = &mut work => break done,
                     Some(done) = pending.next(), if !pending.is_empty() => {
-                        if let Err(e) = on_delivered(&consumer, done) {
+                        if let Err(e) = offsets.on_delivered(&consumer, done) {
                             break Err(Attempt::Fatal(e));
                         }
                     }
@@ -480,6 +651,7 @@ pub async fn run<P: Processor>(
         };
         match attempted {
             Ok(outputs) => {
+                conflicts = 0;
                 if std::mem::take(&mut paused) {
                     backoff = FIRST_BACKOFF;
                     info!(message = "processing resumed");
@@ -488,12 +660,11 @@ pub async fn run<P: Processor>(
                 }
                 if !transactional {
                     for (msg, out) in batch.into_iter().zip(outputs) {
-                        let pos = (msg.topic, msg.partition, msg.offset);
-                        pending.push_back(deliver(producer.clone(), out, pos, &health.timings.deliver));
+                        pending.push_back(deliver(producer.clone(), processor.clone(), msg, out, health));
                     }
                     continue;
                 }
-                match publish_in_transaction(&producer, &consumer, &batch, &outputs).await {
+                match publish_in_transaction(&producer, &consumer, &*processor, &batch, outputs).await {
                     Ok(()) => health.set_blocked(None),
                     Err(TxnFailure::Fatal(e)) => {
                         error!(message = "transactional producer failed for good (fenced by a newer instance with the same transactional.id?)", error = %e);
@@ -516,7 +687,20 @@ pub async fn run<P: Processor>(
                     }
                 }
             }
-            Err(Attempt::Retry(error)) => {
+            Err(Attempt::Conflict(error)) if conflicts < MAX_CONFLICTS => {
+                conflicts += 1;
+                info!(message = "another instance stored part of this batch first; deciding it again", %error);
+                Health::count(&health.counters.conflicts);
+                // Retried at once, ahead of anything taken meanwhile; no
+                // pause, readiness unchanged.
+                let mut again = batch;
+                if let Some(mut next) = ahead.take() {
+                    again.extend(prepared::<P>(&mut next).await.0);
+                }
+                held = Some(again);
+                retry.as_mut().reset(tokio::time::Instant::now());
+            }
+            Err(Attempt::Retry(error) | Attempt::Conflict(error)) => {
                 let first = &batch[0];
                 warn!(message = "processing paused; will retry", topic = %first.topic, partition = first.partition, offset = first.offset,
                       %error, backoff_ms = backoff.as_millis() as u64);
@@ -542,11 +726,15 @@ pub async fn run<P: Processor>(
     health.set_stopping();
     // Drain: what was decided gets delivered and its offset stored, within
     // the grace period; anything left is re-delivered to the next owner.
+    // A partition whose delivery failed stores nothing more.
     let drain = async {
+        let mut failed = Ok(());
         while let Some(done) = pending.next().await {
-            on_delivered(&consumer, done)?;
+            if let Err(e) = offsets.on_delivered(&consumer, done) {
+                failed = failed.and(Err(e));
+            }
         }
-        Ok(())
+        failed
     };
     match tokio::time::timeout(grace, drain).await {
         Ok(Err(e)) if result.is_ok() => result = Err(e),
@@ -573,11 +761,12 @@ enum TxnFailure {
 /// Publishes a batch's outputs and commits its input offsets to the group
 /// in one transaction. On any failure that leaves the producer usable the
 /// transaction is aborted, so none of it becomes visible.
-async fn publish_in_transaction(
+async fn publish_in_transaction<P: Processor>(
     producer: &FutureProducer,
     consumer: &StreamConsumer<LoopContext>,
+    processor: &P,
     batch: &[InputMessage],
-    outputs: &[Vec<OutgoingMessage>],
+    outputs: Vec<Vec<OutgoingMessage>>,
 ) -> Result<(), TxnFailure> {
     let classify = |e: rdkafka::error::KafkaError| match &e {
         rdkafka::error::KafkaError::Transaction(t) if t.is_fatal() => TxnFailure::Fatal(e.into()),
@@ -592,12 +781,14 @@ async fn publish_in_transaction(
     producer.begin_transaction().map_err(classify)?;
     let mut acks = Vec::with_capacity(outputs.len() * 3);
     let mut failed = None;
-    for m in outputs.iter().flatten() {
-        match producer.send_result(to_record(m)) {
-            Ok(ack) => acks.push(ack),
-            Err((e, _)) => {
-                failed = Some(e);
-                break;
+    'inputs: for (input, out) in batch.iter().zip(&outputs) {
+        for m in out {
+            match enqueue_or_substitute(producer, processor, input, m) {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    failed = Some(e);
+                    break 'inputs;
+                }
             }
         }
     }
@@ -639,6 +830,34 @@ async fn publish_in_transaction(
     Ok(())
 }
 
+/// Enqueues `output` in the open transaction. A message librdkafka refuses
+/// at once for good (larger than `message.max.bytes`, say) is replaced by
+/// the dead letter standing for it, as outside transactions; refusals the
+/// broker reports later abort the transaction, which is then tried again.
+fn enqueue_or_substitute<P: Processor>(
+    producer: &FutureProducer,
+    processor: &P,
+    input: &InputMessage,
+    output: &OutgoingMessage,
+) -> Result<rdkafka::producer::DeliveryFuture, rdkafka::error::KafkaError> {
+    let mut error = match producer.send_result(to_record(output)) {
+        Ok(ack) => return Ok(ack),
+        Err((e, _)) => e,
+    };
+    for minimal in [false, true] {
+        if classify(&error) == Failure::Transient {
+            break;
+        }
+        error!(message = "output refused for good; a dead letter stands for it", topic = %output.topic, %error);
+        let letter = processor.refused(input, output, &error.to_string(), minimal);
+        match producer.send_result(to_record(&letter)) {
+            Ok(ack) => return Ok(ack),
+            Err((e, _)) => error = e,
+        }
+    }
+    Err(error)
+}
+
 /// For each input partition in `batch`, the offset after its last input.
 fn next_offsets(batch: &[InputMessage]) -> Vec<(String, i32, i64)> {
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
@@ -675,18 +894,49 @@ fn resume_all(consumer: &StreamConsumer<LoopContext>) {
     }
 }
 
-fn on_delivered(consumer: &StreamConsumer<LoopContext>, done: Result<Position, KafkaError>) -> Result<(), KafkaError> {
-    let (topic, partition, offset) = done?;
-    // Fails only when the partition was revoked meanwhile; its next owner
-    // re-processes the input idempotently.
-    if let Err(error) = consumer.store_offset(&topic, partition, offset) {
-        debug!(message = "offset not stored", %topic, partition, offset, %error);
+/// Stores input offsets as their outputs are acknowledged, in input order
+/// (deliveries resolve in the order they were started).
+///
+/// What must stay true: no offset is ever stored at or past an input whose
+/// outputs were not all taken by the broker. Once an input's delivery has
+/// failed for good, its partition stores nothing more, even as later inputs
+/// there are delivered: after a restart the failed input is read again.
+#[derive(Default)]
+struct Offsets {
+    failed: std::collections::HashSet<(String, i32)>,
+}
+
+impl Offsets {
+    fn on_delivered(
+        &mut self,
+        consumer: &StreamConsumer<LoopContext>,
+        done: Result<Position, KafkaError>,
+    ) -> Result<(), KafkaError> {
+        let (topic, partition, offset) = match done {
+            Ok(position) => position,
+            Err(e) => {
+                if let KafkaError::Delivery { topic, partition, .. } = &e {
+                    self.failed.insert((topic.clone(), *partition));
+                }
+                return Err(e);
+            }
+        };
+        if self.failed.contains(&(topic.clone(), partition)) {
+            debug!(message = "offset not stored: an earlier input of the partition was not delivered", %topic, partition, offset);
+            return Ok(());
+        }
+        // Fails only when the partition was revoked meanwhile; its next owner
+        // re-processes the input idempotently.
+        if let Err(error) = consumer.store_offset(&topic, partition, offset) {
+            debug!(message = "offset not stored", %topic, partition, offset, %error);
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 enum Attempt {
     Retry(String),
+    Conflict(String),
     Fatal(KafkaError),
 }
 
@@ -708,6 +958,7 @@ async fn attempt<P: Processor>(
         Ok(out) if out.len() == batch.len() => Ok(out),
         Ok(out) => Err(fatal(format!("{} outputs for a batch of {}", out.len(), batch.len()))),
         Err(ProcessError::Retryable(error)) => Err(Attempt::Retry(error)),
+        Err(ProcessError::Conflict(error)) => Err(Attempt::Conflict(error)),
         Err(ProcessError::Fatal(message)) => {
             error!(message = "processing failed", topic = %msg.topic, partition = msg.partition, offset = msg.offset, error = %message);
             Err(fatal(message))
@@ -783,7 +1034,7 @@ impl Client {
     }
 
     fn reader_from(&self, topics: &[&str], group: &str, at_end: bool) -> Result<Reader, KafkaError> {
-        let mut cfg = base_config(&self.settings, &self.bootstrap);
+        let mut cfg = base_config(&self.settings, &self.bootstrap, Side::Consumer);
         cfg.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -820,7 +1071,7 @@ impl Client {
     /// (None: nothing committed), without joining the group: for operators
     /// and tests checking what an instance has acknowledged.
     pub fn committed_offsets(&self, group: &str, topic: &str) -> Result<BTreeMap<i32, Option<i64>>, KafkaError> {
-        let mut cfg = base_config(&self.settings, &self.bootstrap);
+        let mut cfg = base_config(&self.settings, &self.bootstrap, Side::Consumer);
         cfg.set("group.id", group).set("enable.auto.commit", "false");
         let consumer: BaseConsumer = cfg.create()?;
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -889,5 +1140,37 @@ impl Reader {
             Ok(Ok(m)) => Ok(Some(detach(&m))),
             Ok(Err(e)) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_properties_go_only_to_the_clients_they_apply_to() {
+        let mut settings = KafkaSettings::default();
+        for (k, v) in [("fetch.wait.max.ms", "50"), ("linger.ms", "20"), ("security.protocol", "plaintext")] {
+            settings.properties.insert(k.into(), v.into());
+        }
+        let (consumer, producer) = (consumer_config(&settings, "b:1"), producer_config(&settings, "b:1"));
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("50"));
+        assert_eq!(producer.get("fetch.wait.max.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("20"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(
+            (consumer.get("security.protocol"), producer.get("security.protocol")),
+            (Some("plaintext"), Some("plaintext"))
+        );
+    }
+
+    #[test]
+    fn refusals_for_good_are_told_from_failures_that_can_pass() {
+        use rdkafka::error::KafkaError::MessageProduction;
+        assert_eq!(classify(&MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)), Failure::Permanent);
+        assert_eq!(classify(&MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)), Failure::Permanent);
+        assert_eq!(classify(&MessageProduction(RDKafkaErrorCode::MessageTimedOut)), Failure::Transient);
+        assert_eq!(classify(&MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition)), Failure::Transient);
+        assert_eq!(classify(&MessageProduction(RDKafkaErrorCode::AllBrokersDown)), Failure::Transient);
     }
 }

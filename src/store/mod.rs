@@ -68,6 +68,11 @@ pub enum StoreError {
     /// The database is unreachable, busy or timed out: try again later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// Another writer stored a row this transaction also claims (a token
+    /// id, a chain position, an outcome): not an outage. Deciding again
+    /// sees what the other one stored.
+    #[error("conflict with another writer: {0}")]
+    Conflict(#[source] sqlx::Error),
     /// A bug or a corrupted row: retrying will not help.
     #[error("database error: {0}")]
     Fatal(String),
@@ -75,7 +80,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Conflict(_))
     }
 }
 
@@ -85,6 +90,9 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        if is_unique_violation(&e) {
+            return StoreError::Conflict(e);
+        }
         match e {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
@@ -96,6 +104,20 @@ impl From<sqlx::Error> for StoreError {
             other => StoreError::Fatal(other.to_string()),
         }
     }
+}
+
+fn decode_audit(body: &str) -> Result<AuditEvent, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::Fatal(format!("audit row: {e}")))
+}
+
+/// An audit event as stored: its body and the columns beside it.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub chain: String,
+    pub seq: i64,
+    pub hash: String,
+    pub prev_hash: String,
+    pub event: AuditEvent,
 }
 
 /// A decision row for querying history (the published bytes live in
@@ -200,22 +222,26 @@ impl Store {
     /// audit event onto the chain. Idempotent by `idem_key`: when the input
     /// was already stored, by this or another instance, the stored outputs
     /// come back instead.
+    ///
+    /// Its audit event also goes into the outbox in the same transaction
+    /// ([`Store::outbox`]): no input's redelivery would publish it again.
     pub async fn commit(&self, c: Commit) -> Result<Committed, StoreError> {
         let idem_key = c.idem_key.clone();
         let attempt = async {
             let mut batch = self.begin().await?;
             let committed = batch.add(c).await?;
+            batch.pending.outbox = batch.pending.audit.iter().map(|(a, _)| (a.chain.clone(), a.seq)).collect();
             batch.finish().await?;
             Ok::<_, StoreError>(committed)
         };
         match attempt.await {
-            Err(StoreError::Unavailable(e)) if is_unique_violation(&e) => {
+            Err(StoreError::Conflict(e)) => {
                 // Lost a race: either another instance stored this input
                 // (return its outputs) or took our chain position (retry).
                 let mut batch = self.begin().await?;
                 match batch.find_outcome(&idem_key).await? {
                     Some(outputs) => Ok(Committed::Existing(outputs)),
-                    None => Err(StoreError::Unavailable(e)),
+                    None => Err(StoreError::Conflict(e)),
                 }
             }
             other => other,
@@ -232,15 +258,59 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Audit events stored but not yet acknowledged by the broker (see
+    /// [`Store::commit`]), chain by chain in sequence order.
+    /// Each comes with its seq and as the message to publish: the stored
+    /// bytes, keyed by chain.
+    pub async fn outbox(&self) -> Result<Vec<(u64, Output)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT o.chain, o.seq, e.body FROM audit_outbox o JOIN audit_events e ON e.chain = o.chain AND e.seq = o.seq \
+             ORDER BY o.chain, o.seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let seq = u64::try_from(r.try_get::<i64, _>(1)?).unwrap_or(0);
+                Ok((seq, Output { stream: Stream::Audit, key: r.try_get(0)?, payload: r.try_get(2)? }))
+            })
+            .collect()
+    }
+
+    /// Takes an event out of the outbox once the broker acknowledged it.
+    pub async fn published(&self, chain: &str, seq: u64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM audit_outbox WHERE chain = $1 AND seq = $2")
+            .bind(chain)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every audit event with the columns it is stored under, chain by chain
+    /// in sequence order: `audit verify` holds the columns (new events are
+    /// chained onto `hash`) to the event's own fields.
+    pub async fn audit_rows(&self) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query("SELECT chain, seq, hash, prev_hash, body FROM audit_events ORDER BY chain, seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    chain: r.try_get(0)?,
+                    seq: r.try_get(1)?,
+                    hash: r.try_get(2)?,
+                    prev_hash: r.try_get(3)?,
+                    event: decode_audit(&r.try_get::<String, _>(4)?)?,
+                })
+            })
+            .collect()
+    }
+
     /// Every audit event, chain by chain in sequence order.
     pub async fn audit_events(&self) -> Result<Vec<AuditEvent>, StoreError> {
         let rows = sqlx::query("SELECT body FROM audit_events ORDER BY chain, seq").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                let body: String = r.try_get(0)?;
-                serde_json::from_str(&body).map_err(|e| StoreError::Fatal(format!("audit row: {e}")))
-            })
-            .collect()
+        rows.iter().map(|r| decode_audit(&r.try_get::<String, _>(0)?)).collect()
     }
 
     /// (records, total quantity, total amount in fen) of all usage.
@@ -288,6 +358,8 @@ struct Pending {
     usage: Vec<(UsageRecord, String)>,
     counter_deltas: HashMap<(String, String, String), u64>,
     tokens: Vec<(String, String, String, i64)>,
+    /// Chain positions to publish from the outbox.
+    outbox: Vec<(String, u64)>,
 }
 
 /// A token's use by a request (single-use token ids).
@@ -683,6 +755,10 @@ impl Batch {
             |q, (iss, jti, req, exp)| q.bind(iss).bind(jti).bind(req).bind(*exp),
         )
         .await?;
+        insert_rows(tx, sqlite, "INSERT INTO audit_outbox (chain, seq) VALUES ", 2, &p.outbox, |q, (chain, seq)| {
+            q.bind(chain).bind(i64::try_from(*seq).unwrap_or(i64::MAX))
+        })
+        .await?;
         insert_rows(
             tx,
             sqlite,
@@ -744,5 +820,49 @@ mod tests {
         let dangling = decode_outputs(r#"[{"stream":"audit","key":"c/0","seq":7}]"#).unwrap();
         let err = batch.resolve(vec![("k".into(), dangling)]).await.unwrap_err();
         assert!(!err.is_retryable() && err.to_string().contains("audit event c/0#7"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_token_id_another_writer_stored_first_is_a_conflict_not_an_outage() {
+        let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+        let mut first = store.begin().await.unwrap();
+        assert_eq!(first.use_token("iss", "jti-1", "req-a", 0).await.unwrap(), TokenUse::Fresh);
+        first.finish().await.unwrap();
+        // The second batch read before the first committed (on PostgreSQL,
+        // another instance's transaction): it believes the id unused.
+        let mut second = store.begin().await.unwrap();
+        second.tokens.insert(("iss".into(), "jti-1".into()), None);
+        assert_eq!(second.use_token("iss", "jti-1", "req-b", 0).await.unwrap(), TokenUse::Fresh);
+        let err = second.finish().await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        // Deciding again sees the first writer's row.
+        let mut again = store.begin().await.unwrap();
+        assert_eq!(again.use_token("iss", "jti-1", "req-b", 0).await.unwrap(), TokenUse::UsedBy("req-a".into()));
+    }
+
+    #[tokio::test]
+    async fn an_event_stored_on_its_own_waits_in_the_outbox_until_published() {
+        let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+        let now = chrono::Utc::now();
+        let commit = |key: &str| Commit {
+            idem_key: key.into(),
+            kind: "policy",
+            decision: None,
+            messages: vec![],
+            audit: AuditEvent::draft("policy/i".into(), now, "t".into()),
+            usage: None,
+            created_at: now.to_rfc3339(),
+        };
+        store.commit(commit("p1")).await.unwrap();
+        store.commit(commit("p2")).await.unwrap();
+        let queued = store.outbox().await.unwrap();
+        assert_eq!(
+            queued.iter().map(|(seq, o)| (*seq, o.key.as_str())).collect::<Vec<_>>(),
+            [(1, "policy/i"), (2, "policy/i")]
+        );
+        let stored = store.audit_events().await.unwrap();
+        assert_eq!(queued[0].1.payload, serde_json::to_string(&stored[0]).unwrap(), "the stored bytes");
+        store.published("policy/i", 1).await.unwrap();
+        assert_eq!(store.outbox().await.unwrap().len(), 1);
     }
 }

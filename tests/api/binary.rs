@@ -181,6 +181,10 @@ async fn audit_verify_passes_on_an_intact_trail_and_names_a_tampered_record() {
         app.send(TRAVEL, body.to_string().as_bytes()).await;
     }
     let _ = app.request_audit(3).await;
+    // A re-sent request: its event is re-published behind the chain's head.
+    let again = request("a-0", Some(&token()), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
+    app.send(TRAVEL, again.to_string().as_bytes()).await;
+    let _ = app.request_audit(4).await;
     app.stop().await;
 
     let verify = |from_kafka: bool| {
@@ -199,9 +203,27 @@ async fn audit_verify_passes_on_an_intact_trail_and_names_a_tampered_record() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 events"));
     let out = verify(true);
     assert!(out.status.success(), "from the topic: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Distinct events (3 of the request chain, 1 policy_loaded); the copy apart.
+    assert!(stdout.contains("ok: 4 events on 2 chain(s)") && stdout.contains("1 identical re-published"), "{stdout}");
+    readme_verifier_accepts_republished_copies_and_rejects_a_differing_one(&app).await;
+
+    // Rewrite the stored hash column new events chain onto, leaving the body.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.infra.database_url).await.unwrap();
+    let second = "seq = 2 AND chain LIKE 'tollgate.requests%'";
+    let original: String =
+        sqlx::query_scalar(&format!("SELECT hash FROM audit_events WHERE {second}")).fetch_one(&pool).await.unwrap();
+    let set_hash = format!("UPDATE audit_events SET hash = $1 WHERE {second}");
+    let changed = sqlx::query(&set_hash).bind("f".repeat(64)).execute(&pool).await.unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    let out = verify(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("seq 2") && stderr.contains("hash column"), "{stderr}");
+    sqlx::query(&set_hash).bind(original).execute(&pool).await.unwrap();
+    pool.close().await;
 
     // Rewrite the outcome of the second event, as an insider with database access might.
-    sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&app.infra.database_url).await.unwrap();
     let changed =
         sqlx::query("UPDATE audit_events SET body = REPLACE(body, '\"approved\"', '\"denied\"') WHERE seq = 2")
@@ -214,6 +236,50 @@ async fn audit_verify_passes_on_an_intact_trail_and_names_a_tampered_record() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("seq 2") && stderr.contains("changed record"), "{stderr}");
+}
+
+/// The README's stand-alone verifier, run by python3 over the audit topic:
+/// it must accept re-published copies anywhere (at-least-once) and reject
+/// a differing event at a position already seen.
+async fn readme_verifier_accepts_republished_copies_and_rejects_a_differing_one(app: &TestApp) {
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("```python\nimport hashlib, json").expect("the README's verifier") + "```python\n".len();
+    let snippet = &readme[start..start + readme[start..].find("```").unwrap()];
+    let events: Vec<String> = app
+        .client
+        .read_to_end(&app.infra.topics.audit)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8(m.payload.clone()).unwrap())
+        .collect();
+    let run = |lines: &[String]| {
+        let script = format!("{snippet}\nimport sys\nverify([json.loads(l) for l in sys.stdin if l.strip()])\n");
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(lines.join("\n").as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&events);
+    assert!(out.status.success(), "README verifier on the topic: {}", String::from_utf8_lossy(&out.stderr));
+    // The re-published event again at the end, changed and re-hashed:
+    // same position, different event.
+    let mut forged: tollgate::events::AuditEvent = serde_json::from_str(
+        events.iter().find(|e| e.contains("\"seq\":1") && e.contains("tollgate.requests")).unwrap(),
+    )
+    .unwrap();
+    forged.outcome = "denied".into();
+    forged.hash = tollgate::audit::compute_hash(&forged);
+    let mut tampered = events.clone();
+    tampered.push(serde_json::to_string(&forged).unwrap());
+    let out = run(&tampered);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("two different events"), "{stderr}");
 }
 
 /// `tollgate serve` on the test's topics, group, database and keys, all

@@ -209,3 +209,86 @@ async fn token_ids_are_forgotten_once_their_token_has_expired() {
     assert_eq!(batch.use_token(ISSUER, "live", "r-2", now + 3600).await.unwrap(), TokenUse::Fresh);
     batch.finish().await.unwrap();
 }
+
+/// Fails its first batch as a conflict (another instance stored a token id
+/// first), then passes every input through to `out`.
+struct ConflictOnce {
+    tripped: std::sync::atomic::AtomicBool,
+    out: String,
+}
+
+impl tollgate::kafka::Processor for ConflictOnce {
+    type Prepared = ();
+
+    fn prepare(&self, _: &[tollgate::kafka::InputMessage]) {}
+
+    async fn process_batch(
+        &self,
+        msgs: &[tollgate::kafka::InputMessage],
+        _: (),
+    ) -> Result<Vec<Vec<tollgate::kafka::OutgoingMessage>>, tollgate::kafka::ProcessError> {
+        if !self.tripped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(tollgate::kafka::ProcessError::Conflict("token id stored by another instance".into()));
+        }
+        Ok(msgs
+            .iter()
+            .map(|m| {
+                let payload = String::from_utf8_lossy(&m.payload).into_owned();
+                vec![tollgate::kafka::OutgoingMessage {
+                    topic: self.out.clone(),
+                    key: "k".into(),
+                    payload,
+                    headers: vec![],
+                }]
+            })
+            .collect())
+    }
+
+    fn refused(
+        &self,
+        _: &tollgate::kafka::InputMessage,
+        output: &tollgate::kafka::OutgoingMessage,
+        _: &str,
+        _: bool,
+    ) -> tollgate::kafka::OutgoingMessage {
+        output.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_conflict_with_another_instance_is_decided_again_at_once_without_pausing() {
+    let infra = infra().await;
+    let settings = infra.settings();
+    let health = tollgate::health::Health::new();
+    let pipeline = tollgate::kafka::Pipeline::new(
+        &settings.kafka,
+        &infra.bootstrap,
+        &infra.topics.requests,
+        health.clone(),
+        None,
+        "c",
+    )
+    .unwrap();
+    let processor =
+        std::sync::Arc::new(ConflictOnce { tripped: Default::default(), out: infra.topics.decisions.clone() });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let limits = tollgate::kafka::Limits::from(&settings.service);
+    let run = {
+        let (stop, health) = (stop.clone(), health.clone());
+        tokio::spawn(async move {
+            tollgate::kafka::run(pipeline, processor, stop, std::time::Duration::from_secs(5), limits, &health).await
+        })
+    };
+    let client = tollgate::kafka::Client::new(&settings.kafka, &infra.bootstrap).unwrap();
+    for i in 0..3 {
+        client.produce(&infra.topics.requests, "one-partition", format!("input-{i}").as_bytes(), &[]).await.unwrap();
+    }
+    let reader = client.reader(&[&infra.topics.decisions], "conflict-test").unwrap();
+    let out: Vec<Vec<u8>> = read_n(&reader, 3).await.into_iter().map(|m| m.payload).collect();
+    assert_eq!(out, [b"input-0".to_vec(), b"input-1".to_vec(), b"input-2".to_vec()], "in order, each once");
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(get(&health.counters.conflicts), 1);
+    assert_eq!(get(&health.counters.processing_retries), 0, "a conflict is not an outage");
+}

@@ -44,6 +44,8 @@ pub struct TestApp {
     pub infra: Infra,
     pub client: Client,
     pub settings: Settings,
+    /// The instance's readiness and metrics, as `/readyz` and `/metrics` serve them.
+    pub health: std::sync::Arc<tollgate::health::Health>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<Result<(), AppError>>>,
     /// A test that does not stop its app still lets it wind down.
@@ -157,10 +159,11 @@ pub async fn spawn_app() -> TestApp {
 pub async fn start(infra: Infra, settings: Settings) -> TestApp {
     let client = Client::new(&settings.kafka, &infra.bootstrap).unwrap();
     let app = App::build(settings.clone()).await.expect("app builds");
+    let health = app.health();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let _stop_on_drop = shutdown.clone().drop_guard();
-    TestApp { infra, client, settings, shutdown, handle: Some(handle), _stop_on_drop }
+    TestApp { infra, client, settings, health, shutdown, handle: Some(handle), _stop_on_drop }
 }
 
 /// A v1 access request as JSON.

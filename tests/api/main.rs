@@ -9,4 +9,5 @@ mod faults;
 mod fuzz;
 mod helpers;
 mod hostile;
+mod poison;
 mod reload;

@@ -4,6 +4,12 @@ use tollgate::events::Outcome;
 
 use crate::helpers::*;
 
+/// Publishes a reloader's events to the test's audit topic.
+fn outbox(infra: &Infra, store: &tollgate::store::Store) -> std::sync::Arc<tollgate::outbox::Outbox> {
+    let client = tollgate::kafka::Client::new(&infra.settings().kafka, &infra.bootstrap).unwrap();
+    std::sync::Arc::new(tollgate::outbox::Outbox::new(store.clone(), client, infra.topics.audit.clone()))
+}
+
 /// A copy of the shipped policies (tests included) the test may edit.
 fn editable_policies(infra: &Infra) -> std::path::PathBuf {
     let dir = infra.dir.path().join("policies");
@@ -112,8 +118,7 @@ async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
         current: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
         last_rejected: Mutex::new(None),
         store: store.clone(),
-        client: tollgate::kafka::Client::new(&infra.settings().kafka, &infra.bootstrap).unwrap(),
-        audit_topic: infra.topics.audit.clone(),
+        outbox: outbox(&infra, &store),
         instance_id: "dedupe".into(),
         debounce: Duration::from_millis(10),
         watch: false,
@@ -163,15 +168,15 @@ async fn reading_the_policy_files_triggers_no_reload_and_an_edit_does() {
 
     let infra = infra().await;
     let dir = editable_policies(&infra);
+    let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
     let policy = tollgate::reload::build_checked(&dir).await.unwrap();
     let health = tollgate::health::Health::new();
     let reloader = Reloader {
         dir: dir.clone(),
         current: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
         last_rejected: Default::default(),
-        store: tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap(),
-        client: tollgate::kafka::Client::new(&infra.settings().kafka, &infra.bootstrap).unwrap(),
-        audit_topic: infra.topics.audit.clone(),
+        store: store.clone(),
+        outbox: outbox(&infra, &store),
         instance_id: "watch".into(),
         debounce: Duration::from_millis(50),
         watch: true,
@@ -209,4 +214,57 @@ async fn reading_the_policy_files_triggers_no_reload_and_an_edit_does() {
     assert_eq!(reloads(), [1, 0, 0]);
     stop.cancel();
     running.await.unwrap();
+}
+
+/// What a crash between storing a policy event and publishing it leaves:
+/// the event (and its outbox entry) in the database, not on the topic. No
+/// input will ever be redelivered for it; the next start must publish it.
+#[tokio::test]
+async fn a_policy_event_stored_before_a_crash_reaches_the_topic_at_the_next_start() {
+    let infra = infra().await;
+    let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
+    let now = chrono::Utc::now();
+    let crashed = tollgate::store::Commit {
+        idem_key: "policy:crashed:1".into(),
+        kind: "policy",
+        decision: None,
+        messages: vec![],
+        audit: tollgate::events::AuditEvent {
+            event_type: "policy_loaded".into(),
+            actor: "tollgate/crashed".into(),
+            action: "reload".into(),
+            outcome: "loaded".into(),
+            policy_version: "sha256:before-the-crash".into(),
+            ..tollgate::events::AuditEvent::draft("policy/crashed".into(), now, "t".into())
+        },
+        usage: None,
+        created_at: now.to_rfc3339(),
+    };
+    store.commit(crashed).await.unwrap();
+    assert_eq!(store.outbox().await.unwrap().len(), 1, "stored and queued, never published");
+
+    let settings = infra.settings();
+    let mut app = start(infra, settings).await;
+    let audit = app.reader(&app.infra.topics.audit);
+    let mut chains = std::collections::BTreeSet::new();
+    while chains.len() < 2 {
+        let e = audit_event(&read_n(&audit, 1).await[0]);
+        assert_eq!((e.event_type.as_str(), e.seq), ("policy_loaded", 1));
+        chains.insert(e.chain);
+    }
+    assert!(chains.contains("policy/crashed"), "{chains:?}");
+    app.stop().await;
+    assert!(store.outbox().await.unwrap().is_empty(), "published events leave the outbox");
+
+    // The topic holds every stored event: the same distinct count as the database.
+    let stored = store.audit_events().await.unwrap().len();
+    let out = crate::binary::tollgate()
+        .args(["audit", "verify", "--kafka"])
+        .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &app.infra.bootstrap)
+        .env("TOLLGATE_TOPICS__AUDIT", &app.infra.topics.audit)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("ok: {stored} events on 2 chain(s)")), "{stdout}");
 }

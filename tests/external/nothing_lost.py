@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""The reliability promise checked as a user would, with clients that are not
+tollgate's: confluent-kafka produces and consumes, PyJWT signs the requesters'
+tokens and verifies the grants.
+
+On one partition: 20 valid requests, an 800 000-byte message, a request whose
+token alone is 600 KB, 20 more valid requests. tollgate must decide all 40,
+dead-letter the two oversized inputs with letters that fit (cut, their length
+and sha256 stated), keep running, commit offsets past everything, and stop
+cleanly on SIGTERM. Then `tollgate audit verify --kafka` must pass.
+
+    python3 tests/external/nothing_lost.py TOLLGATE_BINARY BOOTSTRAP [DATABASE_URL]
+
+Needs `pip install confluent-kafka pyjwt cryptography`. Exits 1 on failure.
+"""
+import base64
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import jwt
+from confluent_kafka import Consumer, Producer, TopicPartition
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+SUBJECT = "91610131MA6TG1L5X1"
+ISSUER = "https://idp.external.test"
+
+
+def main(binary, bootstrap, database_url=None):
+    run = uuid.uuid4().hex[:10]
+    work = tempfile.mkdtemp()
+    topics = {name: f"tollgate.{name}.ext{run}" for name in ("requests", "decisions", "audit", "usage", "dlq")}
+    idp = Ed25519PrivateKey.generate()
+    idp_pub = os.path.join(work, "ext-idp.pub.pem")
+    with open(idp_pub, "wb") as f:
+        f.write(idp.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+    env.update({
+        "TOLLGATE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "TOLLGATE_KAFKA__GROUP_ID": f"tollgate-ext{run}",
+        "TOLLGATE_DATABASE__URL": database_url or f"sqlite://{work}/tollgate.db",
+        "TOLLGATE_AUTH__PUBLIC_KEYS": json.dumps([idp_pub]),
+        "TOLLGATE_AUTH__ISSUERS": json.dumps([ISSUER]),
+        "TOLLGATE_SERVICE__HTTP_LISTEN": "127.0.0.1:0",
+        "TOLLGATE_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS": "100",
+        "RUST_LOG": "info,librdkafka=warn",
+    })
+    env.update({f"TOLLGATE_TOPICS__{k.upper()}": v for k, v in topics.items()})
+    log = open(os.path.join(work, "serve.log"), "w+")
+    serve = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        jwk = wait_for_jwk(serve)
+        partition, last = check(serve, bootstrap, topics, idp, jwk, run)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0, f"exit status {serve.returncode} after SIGTERM"
+        assert_committed(bootstrap, topics, run, partition, last + 1)
+        verify = subprocess.run([binary, "audit", "verify", "--kafka"], env=env, capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stderr
+        print(verify.stdout.strip().splitlines()[-1])
+    except BaseException:
+        log.seek(0)
+        sys.stderr.write("--- tollgate serve log (tail) ---\n" + "".join(log.readlines()[-40:]))
+        raise
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    print("external check passed: 40 decisions, 2 dead letters that fit, offsets past every input")
+
+
+def wait_for_jwk(serve):
+    for line in serve.stdout:
+        if line.startswith("grant verification key (JWK): "):
+            return json.loads(line.split(": ", 1)[1])
+    raise AssertionError(f"tollgate serve exited ({serve.wait()}) before printing its grant key")
+
+
+def token(idp, extra=None):
+    now = int(time.time())
+    claims = {"sub": SUBJECT, "iss": ISSUER, "aud": "tollgate", "iat": now, "exp": now + 600,
+              "jti": str(uuid.uuid4()), "roles": ["data_user"]}
+    claims.update(extra or {})
+    return jwt.encode(claims, idp, algorithm="EdDSA", headers={"kid": "ext-idp"})
+
+
+def request(request_id, tok):
+    return json.dumps({
+        "schema": "tollgate.access_request/v1", "request_id": request_id, "token": tok,
+        "dataset": "GX-610100-TOUR-0001", "operation": "query", "scenario": "smart-tourism",
+        "purpose": {"class": "industry", "statement": "visitor-flow forecasts"},
+    }).encode()
+
+
+def check(serve, bootstrap, topics, idp, jwk, run):
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    big = b"x" * 800_000
+    huge_token = request(f"ext-{run}-huge-token", token(idp, {"pad": "p" * 600_000}))
+    inputs = [request(f"ext-{run}-before-{i}", token(idp)) for i in range(20)]
+    inputs += [big, huge_token]
+    inputs += [request(f"ext-{run}-after-{i}", token(idp)) for i in range(20)]
+    delivered = []
+    for value in inputs:
+        producer.produce(topics["requests"], key=b"one-partition", value=value,
+                         on_delivery=lambda err, m: delivered.append((err, m.partition(), m.offset())))
+    assert producer.flush(30) == 0, "requests not acknowledged"
+    assert len(delivered) == len(inputs) and all(err is None for err, _, _ in delivered), delivered[:3]
+
+    decisions = consume(bootstrap, topics["decisions"], 40)
+    grant_key = jwt.PyJWK(jwk)
+    for d in decisions:
+        assert d["outcome"] == "approved", d
+        claims = jwt.decode(d["grant"]["token"], grant_key.key, algorithms=["EdDSA"], options={"verify_aud": False})
+        assert (claims["sub"], claims["request_id"], claims["jti"]) == (SUBJECT, d["request_id"], d["decision_id"])
+    assert len({d["request_id"] for d in decisions}) == 40
+
+    letters = {l["payload_sha256"]: l for l in consume(bootstrap, topics["dlq"], 2)}
+    for original in (big, huge_token):
+        letter = letters[hashlib.sha256(original).hexdigest()]
+        assert letter["error"]["code"] == "input.too_large", letter["error"]
+        carried = base64.b64decode(letter["payload_base64"])
+        assert letter["truncated"] and letter["payload_bytes"] == len(original) and original.startswith(carried)
+        assert len(json.dumps(letter)) < 1_000_000
+    assert serve.poll() is None, "tollgate exited"
+    _, partition, last = max(delivered, key=lambda d: d[2])
+    return partition, last
+
+
+def consume(bootstrap, topic, n, within=120):
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+    c.subscribe([topic])
+    out, deadline = [], time.time() + within
+    while len(out) < n and time.time() < deadline:
+        m = c.poll(1.0)
+        if m is not None and m.error() is None:
+            out.append(json.loads(m.value()))
+    c.close()
+    assert len(out) == n, f"{len(out)} of {n} messages on {topic}"
+    return out
+
+
+def assert_committed(bootstrap, topics, run, partition, want):
+    """The group's committed offset on the partition: past every input."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"tollgate-ext{run}", "enable.auto.commit": False})
+    [tp] = c.committed([TopicPartition(topics["requests"], partition)], timeout=10)
+    c.close()
+    assert tp.offset == want, f"partition {partition}: committed {tp.offset}, want {want}"
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
