@@ -13,10 +13,10 @@ use tracing::{info, warn};
 use crate::auth::{SigningKey, Verifier};
 use crate::config::{DeliveryMode, Settings};
 use crate::health::{Health, HttpServer};
-use crate::kafka::{self, Limits, Pipeline, embedded::EmbeddedKafka};
+use crate::kafka::{self, Limits, LoopClients, embedded::EmbeddedKafka};
 use crate::outbox::Outbox;
 use crate::reload::Reloader;
-use crate::service::DecisionService;
+use crate::service::{DecisionService, SystemSource};
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub struct App {
     /// Kept alive for as long as the app runs when no cluster is configured.
     embedded: Option<EmbeddedKafka>,
     service: Arc<DecisionService>,
-    pipeline: Pipeline,
+    pipeline: LoopClients,
     reloader: Reloader,
     health: Arc<Health>,
     http: Option<HttpServer>,
@@ -118,7 +118,7 @@ impl App {
                 .clone()
                 .unwrap_or_else(|| format!("tollgate-{}", settings.service.instance_id))
         });
-        let pipeline = Pipeline::new(
+        let pipeline = LoopClients::new(
             &settings.kafka,
             &bootstrap,
             &settings.topics.requests,
@@ -143,6 +143,7 @@ impl App {
             health: health.clone(),
         };
         let service = Arc::new(DecisionService {
+            source: Box::new(SystemSource),
             policy: current,
             verifier,
             store,

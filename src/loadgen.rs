@@ -29,7 +29,7 @@ use crate::config::{Settings, Topics};
 use crate::demo::{ENTERPRISES, ISSUER, request_json, token_for};
 use crate::health::Health;
 use crate::kafka::{
-    self, Client, InputMessage, Limits, OutgoingMessage, Pipeline, ProcessError, Processor, embedded::EmbeddedKafka,
+    self, Client, InputMessage, Limits, LoopClients, OutgoingMessage, ProcessError, Processor, embedded::EmbeddedKafka,
 };
 
 pub struct LoadOptions {
@@ -303,7 +303,7 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<Report
         let mut base = settings.kafka.clone();
         base.group_id = format!("loadgen-base-{run_id}");
         let pipeline =
-            Pipeline::new(&base, &bootstrap, &base_topics.requests, Health::new(), None, "loadgen-pass-through")?;
+            LoopClients::new(&base, &bootstrap, &base_topics.requests, Health::new(), None, "loadgen-pass-through")?;
         let pass = Arc::new(PassThrough {
             outputs: [base_topics.decisions.clone(), base_topics.audit.clone(), base_topics.usage.clone()],
         });

@@ -47,7 +47,30 @@ pub struct GrantClaims {
     pub policy_version: String,
 }
 
+/// Where decisions get their time and ids: the system clock and UUIDv7 in
+/// service; fixed ones in the test that holds every published message to
+/// the bytes it had (`tests/golden/`).
+pub trait Source: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+    fn id(&self) -> uuid::Uuid;
+}
+
+/// The system clock and time-ordered UUIDs.
+pub struct SystemSource;
+
+impl Source for SystemSource {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn id(&self) -> uuid::Uuid {
+        uuid::Uuid::now_v7()
+    }
+}
+
 pub struct DecisionService {
+    /// Time and ids of decisions (see [`Source`]).
+    pub source: Box<dyn Source>,
     /// The policy in force; swapped whole by the reloader, read once per
     /// input so one decision never mixes two versions.
     pub policy: Arc<ArcSwap<Policy>>,
@@ -218,7 +241,7 @@ impl DecisionService {
         let Draft { origin, request, subject, eval, period, replayed } = d;
         let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
         let request = &request;
-        let decision_id = uuid::Uuid::now_v7().to_string();
+        let decision_id = self.source.id().to_string();
         let grant = self.grant_for(policy, &eval, request, &subject, &decision_id, now);
         let decision = Decision {
             schema: DECISION_SCHEMA.into(),
@@ -241,7 +264,7 @@ impl DecisionService {
         let reason_code = eval.reasons.first().map(|r| r.code.clone());
         let usage = eval.charge.as_ref().map(|c| UsageRecord {
             schema: USAGE_SCHEMA.into(),
-            usage_id: uuid::Uuid::now_v7().to_string(),
+            usage_id: self.source.id().to_string(),
             request_id: request.request_id.clone(),
             decision_id: decision_id.clone(),
             subject: subject.clone(),
@@ -492,7 +515,7 @@ impl<'m> Prepared<'m> {
 
 impl DecisionService {
     fn ready(&self, msg: &InputMessage) -> Ready {
-        let now = Utc::now();
+        let now = self.source.now();
         let (trace_id, traceparent) = trace_context(msg);
         let input = pipeline::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes).map(|d| {
             let identity = match d.token.as_deref() {
@@ -662,7 +685,7 @@ impl Processor for DecisionService {
             message: format!("the broker refused this input's {} output for good: {error}", output.topic),
         };
         let budget = if minimal { 0 } else { self.dead_letter_max_bytes };
-        let letter = dead_letter_for(input, error, budget, Some(refused), Utc::now());
+        let letter = dead_letter_for(input, error, budget, Some(refused), self.source.now());
         OutgoingMessage {
             topic: self.topics.dlq.clone(),
             key: position(input),

@@ -260,7 +260,7 @@ async fn a_conflict_with_another_instance_is_decided_again_at_once_without_pausi
     let infra = infra().await;
     let settings = infra.settings();
     let health = tollgate::health::Health::new();
-    let pipeline = tollgate::kafka::Pipeline::new(
+    let pipeline = tollgate::kafka::LoopClients::new(
         &settings.kafka,
         &infra.bootstrap,
         &infra.topics.requests,

@@ -208,6 +208,57 @@ async fn kill_9_and_sigterm_at_random_moments_lose_nothing_and_decide_nothing_tw
     watcher.abort();
 }
 
+/// Audit events in the database, and distinct events on the audit topic.
+async fn audit_counts(infra: &Infra, client: &Client) -> (usize, usize) {
+    let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
+    let stored = store.audit_events().await.unwrap().len();
+    let on_topic: BTreeSet<(String, u64)> = client
+        .read_to_end(&infra.topics.audit)
+        .await
+        .unwrap()
+        .iter()
+        .map(audit_event)
+        .map(|e| (e.chain, e.seq))
+        .collect();
+    (stored, on_topic.len())
+}
+
+#[tokio::test]
+async fn kill_9_at_random_moments_of_start_up_leaves_no_stored_audit_event_off_the_topic() {
+    let infra = infra().await;
+    let _logs = LogsOnFailure(infra.dir.path().to_owned());
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Start-up connects, migrates, loads the policy, stores its
+    // policy_loaded event and publishes it: killed anywhere in that.
+    for _ in 0..8 {
+        let mut child = serve(&infra).env("TOLLGATE_SERVICE__INSTANCE_ID", "startup").spawn().map(Running).unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(50..2500))).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let mut last = serve(&infra).env("TOLLGATE_SERVICE__INSTANCE_ID", "startup").spawn().map(Running).unwrap();
+    let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (stored, on_topic) = audit_counts(&infra, &client).await;
+        if stored > 0 && on_topic == stored {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stored} audit events stored, {on_topic} on the topic");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop_with_sigterm(&mut last);
+    let out = tollgate()
+        .args(["audit", "verify", "--kafka"])
+        .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &infra.bootstrap)
+        .env("TOLLGATE_TOPICS__AUDIT", &infra.topics.audit)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[tokio::test]
 async fn rebalance_between_two_instances_mid_stream_decides_each_request_once() {
     let infra = infra().await;

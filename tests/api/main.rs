@@ -7,6 +7,7 @@ mod decisions;
 mod delivery;
 mod faults;
 mod fuzz;
+mod golden;
 mod helpers;
 mod hostile;
 mod poison;
