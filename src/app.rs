@@ -2,7 +2,7 @@
 //! database, policy, keys); `run_until_stopped` runs the decision loop until
 //! the shutdown token is cancelled.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::{SigningKey, Verifier};
+use crate::broker::DecisionService;
+use crate::broker::outbox::Outbox;
+use crate::broker::reload::Reloader;
 use crate::config::{DeliveryMode, Settings};
 use crate::health::{Health, HttpServer};
 use crate::kafka::{self, Limits, LoopClients, embedded::EmbeddedKafka};
-use crate::outbox::Outbox;
-use crate::reload::Reloader;
-use crate::service::{DecisionService, SystemSource};
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub struct App {
     /// Kept alive for as long as the app runs when no cluster is configured.
     embedded: Option<EmbeddedKafka>,
     service: Arc<DecisionService>,
-    pipeline: LoopClients,
+    clients: LoopClients,
     reloader: Reloader,
     health: Arc<Health>,
     http: Option<HttpServer>,
@@ -55,38 +55,9 @@ impl App {
     /// As [`App::build`], with a ready-made token verifier instead of the
     /// configured key files (the demo acts as its own identity provider).
     pub async fn build_with_verifier(settings: Settings, verifier: Option<Verifier>) -> Result<App, AppError> {
-        let (bootstrap, embedded) = match &settings.kafka.bootstrap_servers {
-            Some(b) => (b.clone(), None),
-            None => {
-                let cluster = EmbeddedKafka::start(1).map_err(AppError::Embedded)?;
-                warn!(
-                    message = "NO KAFKA CONFIGURED: using the EMBEDDED in-process Kafka; its data is lost when tollgate stops. Set kafka.bootstrap_servers (TOLLGATE_KAFKA__BOOTSTRAP_SERVERS) for a real cluster.",
-                    bootstrap_servers = %cluster.bootstrap_servers()
-                );
-                (cluster.bootstrap_servers().to_owned(), Some(cluster))
-            }
-        };
-        if settings.kafka.create_topics {
-            match &embedded {
-                // The mock cluster has no admin API.
-                Some(cluster) => {
-                    for t in settings.topics.all() {
-                        cluster.create_topic(t, settings.kafka.partitions).map_err(AppError::Embedded)?;
-                    }
-                }
-                None => kafka::ensure_topics(&settings.kafka, &bootstrap, &settings.topics.all()).await?,
-            }
-        }
-
+        let (bootstrap, embedded) = connect_kafka(&settings).await?;
         let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
-        // The same checks as a reload, tests included: nothing unvalidated is
-        // ever in force, at start-up either.
-        let policy = crate::reload::build_checked(&settings.policy.dir)
-            .await
-            .map_err(|message| AppError::Policy { dir: settings.policy.dir.display().to_string(), message })?;
-        info!(message = "policy loaded", version = %policy.version(), rules = policy.rule_count(),
-              datasets = policy.catalogue().datasets.len(), scenarios = policy.catalogue().scenarios.len());
-
+        let policy = Arc::new(ArcSwap::from_pointee(load_policy(&settings.policy.dir).await?));
         let verifier = match verifier {
             Some(v) => v,
             None => Verifier::from_settings(&settings.auth)?,
@@ -96,14 +67,6 @@ impl App {
                 message = "no token verification keys configured (auth.public_keys / auth.jwks): every request will be denied with auth.unknown_key or auth.algorithm_not_allowed"
             );
         }
-        let grant_key = match &settings.grant.signing_key {
-            Some(path) => SigningKey::from_pem_file(path)?,
-            None => {
-                let key = SigningKey::generate("tollgate-ephemeral");
-                warn!(message = "no grant.signing_key configured: grants are signed with a key generated for this run", jwk = %key.public().to_jwk());
-                key
-            }
-        };
         let health = Health::new();
         let http = match settings.service.http_listen.as_str() {
             "" => None,
@@ -111,53 +74,14 @@ impl App {
                 Some(HttpServer::bind(addr).await.map_err(|source| AppError::Http { addr: addr.to_owned(), source })?)
             }
         };
-        let transactional_id = (settings.kafka.delivery == DeliveryMode::Transactional).then(|| {
-            settings
-                .kafka
-                .transactional_id
-                .clone()
-                .unwrap_or_else(|| format!("tollgate-{}", settings.service.instance_id))
-        });
-        let pipeline = LoopClients::new(
-            &settings.kafka,
-            &bootstrap,
-            &settings.topics.requests,
-            health.clone(),
-            transactional_id.as_deref(),
-            &settings.service.instance_id,
-        )?;
-        let current = Arc::new(ArcSwap::from_pointee(policy));
-        let reloader = Reloader {
-            dir: settings.policy.dir.clone(),
-            current: current.clone(),
-            last_rejected: Mutex::new(None),
-            store: store.clone(),
-            outbox: Arc::new(Outbox::new(
-                store.clone(),
-                kafka::Client::new(&settings.kafka, &bootstrap)?,
-                settings.topics.audit.clone(),
-            )),
-            instance_id: settings.service.instance_id.clone(),
-            debounce: Duration::from_millis(settings.policy.debounce_ms),
-            watch: settings.policy.watch,
-            health: health.clone(),
-        };
-        let service = Arc::new(DecisionService {
-            source: Box::new(SystemSource),
-            policy: current,
-            verifier,
-            store,
-            grant_key,
-            grant: settings.grant.clone(),
-            topics: settings.topics.clone(),
-            max_message_bytes: settings.service.max_message_bytes,
-            dead_letter_max_bytes: settings.service.dead_letter_max_bytes,
-            health: health.clone(),
-            single_use_jti: settings.auth.single_use_jti,
-            token_leeway_secs: i64::try_from(settings.auth.leeway_secs).unwrap_or(i64::MAX),
-            last_purge: Default::default(),
-        });
-        Ok(App { settings, bootstrap, embedded, service, pipeline, reloader, health, http })
+        let clients = loop_clients(&settings, &bootstrap, health.clone())?;
+        let client = kafka::Client::new(&settings.kafka, &bootstrap)?;
+        let outbox = Arc::new(Outbox::new(store.clone(), client, settings.topics.audit.clone()));
+        let instance = &settings.service.instance_id;
+        let reloader = Reloader::new(&settings.policy, instance, policy.clone(), store.clone(), outbox, health.clone());
+        let service =
+            Arc::new(DecisionService::new(&settings, policy, verifier, store, grant_key(&settings)?, health.clone()));
+        Ok(App { settings, bootstrap, embedded, service, clients, reloader, health, http })
     }
 
     pub fn bootstrap_servers(&self) -> &str {
@@ -178,20 +102,20 @@ impl App {
     }
 
     pub fn store(&self) -> &Store {
-        &self.service.store
+        self.service.store()
     }
 
     pub fn policy_version(&self) -> String {
-        self.service.policy.load().version().to_owned()
+        self.service.policy_version()
     }
 
     /// The public key data hosts use to verify grants, as a JWK.
     pub fn grant_jwk(&self) -> serde_json::Value {
-        self.service.grant_key.public().to_jwk()
+        self.service.grant_key().public().to_jwk()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        let App { settings, bootstrap, embedded, service, pipeline, reloader, health, http } = self;
+        let App { settings, bootstrap, embedded, service, clients, reloader, health, http } = self;
         info!(message = "tollgate is consuming", %bootstrap, topic = %settings.topics.requests, group = %settings.kafka.group_id,
               instance = %settings.service.instance_id);
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
@@ -213,7 +137,7 @@ impl App {
             })
         });
         let result =
-            kafka::run(pipeline, service.clone(), shutdown, grace, Limits::from(&settings.service), &health).await;
+            kafka::run(clients, service.clone(), shutdown, grace, Limits::from(&settings.service), &health).await;
         reload_stop.cancel();
         let _ = reloading.await;
         if let Some(serving) = serving {
@@ -224,4 +148,64 @@ impl App {
         info!(message = "tollgate stopped");
         Ok(result?)
     }
+}
+
+/// The configured cluster, or an embedded one when none is; topics created
+/// when `kafka.create_topics` says so.
+async fn connect_kafka(settings: &Settings) -> Result<(String, Option<EmbeddedKafka>), AppError> {
+    let (bootstrap, embedded) = match &settings.kafka.bootstrap_servers {
+        Some(b) => (b.clone(), None),
+        None => {
+            let cluster = EmbeddedKafka::start(1).map_err(AppError::Embedded)?;
+            warn!(
+                message = "NO KAFKA CONFIGURED: using the EMBEDDED in-process Kafka; its data is lost when tollgate stops. Set kafka.bootstrap_servers (TOLLGATE_KAFKA__BOOTSTRAP_SERVERS) for a real cluster.",
+                bootstrap_servers = %cluster.bootstrap_servers()
+            );
+            (cluster.bootstrap_servers().to_owned(), Some(cluster))
+        }
+    };
+    if settings.kafka.create_topics {
+        match &embedded {
+            // The mock cluster has no admin API.
+            Some(cluster) => {
+                for t in settings.topics.all() {
+                    cluster.create_topic(t, settings.kafka.partitions).map_err(AppError::Embedded)?;
+                }
+            }
+            None => kafka::ensure_topics(&settings.kafka, &bootstrap, &settings.topics.all()).await?,
+        }
+    }
+    Ok((bootstrap, embedded))
+}
+
+/// The same checks as a reload, tests included: nothing unvalidated is ever
+/// in force, at start-up either.
+async fn load_policy(dir: &std::path::Path) -> Result<crate::policy::Policy, AppError> {
+    let policy = crate::broker::reload::build_checked(dir)
+        .await
+        .map_err(|message| AppError::Policy { dir: dir.display().to_string(), message })?;
+    info!(message = "policy loaded", version = %policy.version(), rules = policy.rule_count(),
+          datasets = policy.catalogue().datasets.len(), scenarios = policy.catalogue().scenarios.len());
+    Ok(policy)
+}
+
+fn grant_key(settings: &Settings) -> Result<SigningKey, AppError> {
+    Ok(match &settings.grant.signing_key {
+        Some(path) => SigningKey::from_pem_file(path)?,
+        None => {
+            let key = SigningKey::generate("tollgate-ephemeral");
+            warn!(message = "no grant.signing_key configured: grants are signed with a key generated for this run", jwk = %key.public().to_jwk());
+            key
+        }
+    })
+}
+
+/// The decision loop's consumer and producer; transactional when
+/// `kafka.delivery` says so.
+fn loop_clients(settings: &Settings, bootstrap: &str, health: Arc<Health>) -> Result<LoopClients, AppError> {
+    let transactional_id = (settings.kafka.delivery == DeliveryMode::Transactional).then(|| {
+        settings.kafka.transactional_id.clone().unwrap_or_else(|| format!("tollgate-{}", settings.service.instance_id))
+    });
+    let (kafka, topic, instance) = (&settings.kafka, &settings.topics.requests, &settings.service.instance_id);
+    Ok(LoopClients::new(kafka, bootstrap, topic, health, transactional_id.as_deref(), instance)?)
 }

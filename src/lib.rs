@@ -4,6 +4,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod demo;
 pub mod events;
@@ -11,10 +12,7 @@ pub mod health;
 pub mod kafka;
 pub mod loadgen;
 pub mod metering;
-pub mod outbox;
 pub mod pipeline;
 pub mod policy;
-pub mod reload;
-pub mod service;
 pub mod store;
 pub mod telemetry;

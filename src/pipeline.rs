@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use crate::auth::{AuthError, Principal};
 use crate::events::{AccessRequest, Outcome, Quota, REQUEST_SCHEMA, Reason};
 use crate::metering::Unit;
-use crate::policy::{Grade, Policy};
+use crate::policy::{Dataset, Grade, Policy, Scenario};
 
 /// Why an input could not be read as a request at all: it goes to the
 /// dead-letter topic with this code.
@@ -166,155 +166,212 @@ fn end_of_day(d: chrono::NaiveDate) -> DateTime<Utc> {
 }
 
 /// Decides one request. The checks run in a fixed order and the first that
-/// fails names the reason, so the same input always gets the same code.
+/// fails names the reason, so the same input always gets the same code; the
+/// order is part of the contract (README, Reason codes).
 pub fn evaluate(input: &DecisionInput<'_>) -> Evaluation {
-    let r = input.request;
-    let now = input.now;
-    let principal = match input.identity {
-        Ok(p) => p,
-        Err(e) => return Evaluation::deny(e.code(), e.to_string()),
-    };
-    if let Some(w) = &r.window {
-        if w.not_after <= w.not_before {
-            return Evaluation::deny("request.invalid_window", "window.not_after must be later than window.not_before");
-        }
-        if w.not_after < now {
-            return Evaluation::deny(
-                "request.window_lapsed",
-                format!("the requested window ended at {}", w.not_after.to_rfc3339()),
-            );
-        }
+    match decide(input) {
+        Ok(eval) => eval,
+        Err(denial) => denial.into(),
     }
-    let catalogue = input.policy.catalogue();
-    let Some(scenario) = catalogue.scenarios.get(&r.scenario) else {
-        return Evaluation::deny(
-            "catalog.unknown_scenario",
-            format!("scenario {:?} is not an approved scenario", truncate(&r.scenario, 64)),
-        );
-    };
+}
+
+/// A failed check: its stable code, why, and the rules that matched.
+struct Denial {
+    code: &'static str,
+    message: String,
+    matched_rules: Vec<String>,
+}
+
+impl Denial {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Denial { code, message: message.into(), matched_rules: Vec::new() }
+    }
+}
+
+impl From<Denial> for Evaluation {
+    fn from(d: Denial) -> Self {
+        Evaluation { matched_rules: d.matched_rules, ..Evaluation::deny(d.code, d.message) }
+    }
+}
+
+/// The checks, in their order.
+fn decide(input: &DecisionInput<'_>) -> Result<Evaluation, Denial> {
+    let principal = input.identity.map_err(|e| Denial::new(e.code(), e.to_string()))?;
+    check_window(input.request, input.now)?;
+    let (scenario, dataset) = check_catalogue(input)?;
+    check_purpose(input.request, scenario, dataset)?;
+    check_qualifications(principal, dataset)?;
+    let matched_rules = check_rules(input, principal, scenario, dataset)?;
+    let quantity = check_quota(input, dataset, &matched_rules)?;
+    let held = obligations(input, principal, dataset, matched_rules);
+    if !held.review_rules.is_empty() {
+        return Ok(held.pending_review(dataset));
+    }
+    Ok(approve(input, scenario, dataset, quantity, held))
+}
+
+fn check_window(r: &AccessRequest, now: DateTime<Utc>) -> Result<(), Denial> {
+    let Some(w) = &r.window else { return Ok(()) };
+    if w.not_after <= w.not_before {
+        return Err(Denial::new("request.invalid_window", "window.not_after must be later than window.not_before"));
+    }
+    if w.not_after < now {
+        let message = format!("the requested window ended at {}", w.not_after.to_rfc3339());
+        return Err(Denial::new("request.window_lapsed", message));
+    }
+    Ok(())
+}
+
+/// The scenario and dataset, each known and still authorized.
+fn check_catalogue<'p>(input: &DecisionInput<'p>) -> Result<(&'p Scenario, &'p Dataset), Denial> {
+    let (r, now, catalogue) = (input.request, input.now, input.policy.catalogue());
+    let scenario = catalogue.scenarios.get(&r.scenario).ok_or_else(|| {
+        let message = format!("scenario {:?} is not an approved scenario", truncate(&r.scenario, 64));
+        Denial::new("catalog.unknown_scenario", message)
+    })?;
     if end_of_day(scenario.authorized_until) < now {
-        return Evaluation::deny(
-            "catalog.scenario_lapsed",
-            format!("authorization of scenario {} ended on {}", scenario.code, scenario.authorized_until),
-        );
+        let message = format!("authorization of scenario {} ended on {}", scenario.code, scenario.authorized_until);
+        return Err(Denial::new("catalog.scenario_lapsed", message));
     }
-    let Some(dataset) = catalogue.datasets.get(&r.dataset) else {
-        return Evaluation::deny(
-            "catalog.unknown_dataset",
-            format!("no registered dataset has code {:?}", truncate(&r.dataset, 64)),
-        );
-    };
+    let dataset = catalogue.datasets.get(&r.dataset).ok_or_else(|| {
+        let message = format!("no registered dataset has code {:?}", truncate(&r.dataset, 64));
+        Denial::new("catalog.unknown_dataset", message)
+    })?;
     if end_of_day(dataset.registered_until) < now {
-        return Evaluation::deny(
-            "catalog.registration_expired",
-            format!("registration of {} expired on {}", dataset.code, dataset.registered_until),
-        );
+        let message = format!("registration of {} expired on {}", dataset.code, dataset.registered_until);
+        return Err(Denial::new("catalog.registration_expired", message));
     }
+    Ok((scenario, dataset))
+}
+
+fn check_purpose(r: &AccessRequest, scenario: &Scenario, dataset: &Dataset) -> Result<(), Denial> {
     if dataset.grade == Grade::Core {
-        return Evaluation::deny(
-            "policy.core_data",
-            format!("{} is core data, which is never authorized for operation", dataset.code),
-        );
+        let message = format!("{} is core data, which is never authorized for operation", dataset.code);
+        return Err(Denial::new("policy.core_data", message));
     }
     if !scenario.purposes.contains(&r.purpose.class) {
-        return Evaluation::deny(
-            "policy.purpose_not_allowed",
-            format!("purpose class {} does not fit scenario {}", r.purpose.class.as_str(), scenario.code),
-        );
+        let message = format!("purpose class {} does not fit scenario {}", r.purpose.class.as_str(), scenario.code);
+        return Err(Denial::new("policy.purpose_not_allowed", message));
     }
     if r.purpose.statement.trim().is_empty() {
-        return Evaluation::deny("policy.purpose_not_stated", "purpose.statement must say what the data is for");
+        return Err(Denial::new("policy.purpose_not_stated", "purpose.statement must say what the data is for"));
     }
+    Ok(())
+}
+
+fn check_qualifications(principal: &Principal, dataset: &Dataset) -> Result<(), Denial> {
     let missing: Vec<&str> = dataset
         .requires_qualifications
         .iter()
         .filter(|q| !principal.qualifications.contains(*q))
         .map(String::as_str)
         .collect();
-    if !missing.is_empty() {
-        return Evaluation::deny(
-            "policy.qualification_missing",
-            format!("{} requires qualification(s): {}", dataset.code, missing.join(", ")),
-        );
+    if missing.is_empty() {
+        return Ok(());
     }
-    let verdict = match input.policy.authorize(&principal.subject, &r.scenario, &r.dataset, r.operation) {
-        Ok(v) => v,
-        Err(e) => return Evaluation::deny("policy.evaluation_error", e.to_string()),
-    };
-    if !verdict.allowed {
-        let mut eval = if verdict.denied_by_rule {
-            Evaluation::deny(
-                "policy.denied_by_rule",
-                format!("{} on {} in {} is denied by rule", r.operation.as_str(), dataset.code, scenario.code),
-            )
-        } else {
-            Evaluation::deny(
-                "policy.no_matching_rule",
-                format!(
-                    "no rule lets {} {} {} in {}",
-                    principal.subject,
-                    r.operation.as_str(),
-                    dataset.code,
-                    scenario.code
-                ),
-            )
-        };
-        eval.matched_rules = verdict.matched_rules;
-        return eval;
-    }
+    let message = format!("{} requires qualification(s): {}", dataset.code, missing.join(", "));
+    Err(Denial::new("policy.qualification_missing", message))
+}
 
+/// Casbin's verdict: the rules that allow the request, or the denial.
+fn check_rules(
+    input: &DecisionInput<'_>,
+    principal: &Principal,
+    scenario: &Scenario,
+    dataset: &Dataset,
+) -> Result<Vec<String>, Denial> {
+    let r = input.request;
+    let verdict = input
+        .policy
+        .authorize(&principal.subject, &r.scenario, &r.dataset, r.operation)
+        .map_err(|e| Denial::new("policy.evaluation_error", e.to_string()))?;
+    if verdict.allowed {
+        return Ok(verdict.matched_rules);
+    }
+    let op = r.operation.as_str();
+    let mut denial = if verdict.denied_by_rule {
+        Denial::new("policy.denied_by_rule", format!("{op} on {} in {} is denied by rule", dataset.code, scenario.code))
+    } else {
+        let message = format!("no rule lets {} {op} {} in {}", principal.subject, dataset.code, scenario.code);
+        Denial::new("policy.no_matching_rule", message)
+    };
+    denial.matched_rules = verdict.matched_rules;
+    Err(denial)
+}
+
+/// How much the request uses, within what is left of the monthly quota.
+fn check_quota(input: &DecisionInput<'_>, dataset: &Dataset, matched_rules: &[String]) -> Result<u64, Denial> {
     let price = &dataset.price;
-    let Some(quantity) = price.quantity(r.volume.as_ref()) else {
-        return Evaluation::deny(
-            "request.volume_required",
-            format!("{} is metered per {:?}; volume must say how much", dataset.code, price.unit).to_lowercase(),
-        );
+    let Some(quantity) = price.quantity(input.request.volume.as_ref()) else {
+        let message = format!("{} is metered per {:?}; volume must say how much", dataset.code, price.unit);
+        return Err(Denial::new("request.volume_required", message.to_lowercase()));
     };
     let limit = price.monthly_quota;
     if input.used.saturating_add(quantity) > limit {
-        let mut eval = Evaluation::deny(
-            "quota.exceeded",
-            format!("{quantity} more would exceed the monthly quota of {limit} (used {})", input.used),
-        );
-        eval.matched_rules = verdict.matched_rules;
-        return eval;
+        let message = format!("{quantity} more would exceed the monthly quota of {limit} (used {})", input.used);
+        return Err(Denial { matched_rules: matched_rules.to_vec(), ..Denial::new("quota.exceeded", message) });
     }
-    // Obligations come from the policy's p2 rules (in rule order), then the
-    // catalogue's masked fields; pending_review holds the request for a person.
-    let mut matched_rules = verdict.matched_rules;
-    let mut obligations: Vec<String> = Vec::new();
-    let mut review_rules = Vec::new();
+    Ok(quantity)
+}
+
+/// What an allowed request carries: the rules that matched (allow rules,
+/// then `p2` rules in rule order), obligations (from `p2` rules, then the
+/// catalogue's masked fields), and the `p2` rules that hold it for review.
+struct Held {
+    matched_rules: Vec<String>,
+    obligations: Vec<String>,
+    review_rules: Vec<String>,
+}
+
+fn obligations(
+    input: &DecisionInput<'_>,
+    principal: &Principal,
+    dataset: &Dataset,
+    matched_rules: Vec<String>,
+) -> Held {
+    let r = input.request;
+    let mut held = Held { matched_rules, obligations: Vec::new(), review_rules: Vec::new() };
     for (rule, obligation) in input.policy.obligations(&principal.subject, &r.scenario, &r.dataset, r.operation) {
         if obligation == "pending_review" {
-            review_rules.push(rule.clone());
-        } else if !obligations.contains(&obligation) {
-            obligations.push(obligation);
+            held.review_rules.push(rule.clone());
+        } else if !held.obligations.contains(&obligation) {
+            held.obligations.push(obligation);
         }
-        matched_rules.push(rule);
+        held.matched_rules.push(rule);
     }
     for field in &dataset.masked_fields {
         let mask = format!("mask:{field}");
-        if !obligations.contains(&mask) {
-            obligations.push(mask);
+        if !held.obligations.contains(&mask) {
+            held.obligations.push(mask);
         }
     }
-    if !review_rules.is_empty() {
-        return Evaluation {
+    held
+}
+
+impl Held {
+    /// A `p2` rule holds the request for a person: no grant, no charge.
+    fn pending_review(self, dataset: &Dataset) -> Evaluation {
+        let message =
+            format!("a reviewer of {} must approve this request ({})", dataset.holder, self.review_rules.join("; "));
+        Evaluation {
             outcome: Outcome::PendingReview,
-            reasons: vec![Reason::new(
-                "review.required",
-                format!("a reviewer of {} must approve this request ({})", dataset.holder, review_rules.join("; ")),
-            )],
-            matched_rules,
-            obligations,
+            reasons: vec![Reason::new("review.required", message)],
+            matched_rules: self.matched_rules,
+            obligations: self.obligations,
             charge: None,
             grant_expires_at: None,
-        };
+        }
     }
+}
 
+/// Approved: charged progressively (free for public use, metered all the
+/// same), with a grant that ends at the earliest of its TTL, the request
+/// window, the dataset's registration and the scenario's authorization.
+fn approve(input: &DecisionInput<'_>, scenario: &Scenario, dataset: &Dataset, quantity: u64, held: Held) -> Evaluation {
+    let (r, price) = (input.request, &dataset.price);
     let charge = price.charge(input.used, quantity);
     let fee_waived = r.purpose.class.is_fee_exempt();
-    let used_after = input.used + quantity;
+    let (limit, used_after) = (price.monthly_quota, input.used + quantity);
     let charge = ChargeDraft {
         unit: price.unit,
         quantity,
@@ -326,21 +383,19 @@ pub fn evaluate(input: &DecisionInput<'_>) -> Evaluation {
             .then(|| format!("{} use is free of charge (NDRC 2025 pricing notice)", r.purpose.class.as_str())),
         quota: Quota { limit, used: used_after, remaining: limit - used_after },
     };
-
-    let mut grant_expires_at = now + chrono::Duration::seconds(input.grant_ttl_secs);
-    grant_expires_at =
-        grant_expires_at.min(end_of_day(dataset.registered_until)).min(end_of_day(scenario.authorized_until));
+    let mut expires_at = (input.now + chrono::Duration::seconds(input.grant_ttl_secs))
+        .min(end_of_day(dataset.registered_until))
+        .min(end_of_day(scenario.authorized_until));
     if let Some(w) = &r.window {
-        grant_expires_at = grant_expires_at.min(w.not_after);
+        expires_at = expires_at.min(w.not_after);
     }
-
     Evaluation {
         outcome: Outcome::Approved,
         reasons: Vec::new(),
-        matched_rules,
-        obligations,
+        matched_rules: held.matched_rules,
+        obligations: held.obligations,
         charge: Some(charge),
-        grant_expires_at: Some(grant_expires_at),
+        grant_expires_at: Some(expires_at),
     }
 }
 

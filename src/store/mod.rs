@@ -672,80 +672,10 @@ impl Batch {
         let p = std::mem::take(&mut self.pending);
         let sqlite = self.sqlite;
         let tx = &mut self.tx;
-        insert_rows(
-            tx,
-            sqlite,
-            "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at) VALUES ",
-            7,
-            &p.audit,
-            |q, (a, body)| {
-                q.bind(&a.chain)
-                    .bind(i64::try_from(a.seq).unwrap_or(i64::MAX))
-                    .bind(&a.hash)
-                    .bind(&a.prev_hash)
-                    .bind(&a.event_type)
-                    .bind(body)
-                    .bind(a.occurred_at.to_rfc3339())
-            },
-        )
-        .await?;
-        insert_rows(
-            tx,
-            sqlite,
-            "INSERT INTO decisions (request_id, decision_id, subject, dataset, scenario, operation, outcome, \
-             reason_code, policy_version, request_digest, decided_at) VALUES ",
-            11,
-            &p.decisions,
-            |q, d| {
-                q.bind(&d.request_id)
-                    .bind(&d.decision_id)
-                    .bind(&d.subject)
-                    .bind(&d.dataset)
-                    .bind(&d.scenario)
-                    .bind(&d.operation)
-                    .bind(&d.outcome)
-                    .bind(&d.reason_code)
-                    .bind(&d.policy_version)
-                    .bind(&d.request_digest)
-                    .bind(&d.decided_at)
-            },
-        )
-        .await?;
-        insert_rows(
-            tx,
-            sqlite,
-            "INSERT INTO usage_records (usage_id, request_id, subject, dataset, period, quantity, amount_fen, body, \
-             recorded_at) VALUES ",
-            9,
-            &p.usage,
-            |q, (u, body)| {
-                q.bind(&u.usage_id)
-                    .bind(&u.request_id)
-                    .bind(&u.subject)
-                    .bind(&u.dataset)
-                    .bind(&u.period)
-                    .bind(i64::try_from(u.quantity).unwrap_or(i64::MAX))
-                    .bind(u.amount_fen)
-                    .bind(body)
-                    .bind(u.recorded_at.to_rfc3339())
-            },
-        )
-        .await?;
-        // One row per key: PostgreSQL refuses to update a row twice in one
-        // INSERT … ON CONFLICT.
-        let deltas: Vec<(&(String, String, String), &u64)> = p.counter_deltas.iter().collect();
-        for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO usage_counters (subject, dataset, period, quantity) VALUES {} \
-                 ON CONFLICT (subject, dataset, period) DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity",
-                placeholders(chunk.len(), 4, sqlite)
-            );
-            let mut q = sqlx::query(&sql);
-            for ((s, d, per), n) in chunk {
-                q = q.bind(s.as_str()).bind(d.as_str()).bind(per.as_str()).bind(i64::try_from(**n).unwrap_or(i64::MAX));
-            }
-            q.execute(&mut **tx).await?;
-        }
+        insert_audit(tx, sqlite, &p.audit).await?;
+        insert_decisions(tx, sqlite, &p.decisions).await?;
+        insert_usage(tx, sqlite, &p.usage).await?;
+        add_to_counters(tx, sqlite, &p.counter_deltas).await?;
         insert_rows(
             tx,
             sqlite,
@@ -770,6 +700,116 @@ impl Batch {
         .await?;
         Ok(self.tx.commit().await?)
     }
+}
+
+/// Sealed audit events with their stored JSON.
+async fn insert_audit(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    sqlite: bool,
+    audit: &[(AuditEvent, String)],
+) -> Result<(), StoreError> {
+    insert_rows(
+        tx,
+        sqlite,
+        "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at) VALUES ",
+        7,
+        audit,
+        |q, (a, body)| {
+            q.bind(&a.chain)
+                .bind(i64::try_from(a.seq).unwrap_or(i64::MAX))
+                .bind(&a.hash)
+                .bind(&a.prev_hash)
+                .bind(&a.event_type)
+                .bind(body)
+                .bind(a.occurred_at.to_rfc3339())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Decision rows, for history queries.
+async fn insert_decisions(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    sqlite: bool,
+    decisions: &[DecisionRow],
+) -> Result<(), StoreError> {
+    insert_rows(
+        tx,
+        sqlite,
+        "INSERT INTO decisions (request_id, decision_id, subject, dataset, scenario, operation, outcome, \
+         reason_code, policy_version, request_digest, decided_at) VALUES ",
+        11,
+        decisions,
+        |q, d| {
+            q.bind(&d.request_id)
+                .bind(&d.decision_id)
+                .bind(&d.subject)
+                .bind(&d.dataset)
+                .bind(&d.scenario)
+                .bind(&d.operation)
+                .bind(&d.outcome)
+                .bind(&d.reason_code)
+                .bind(&d.policy_version)
+                .bind(&d.request_digest)
+                .bind(&d.decided_at)
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Usage records with their stored JSON.
+async fn insert_usage(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    sqlite: bool,
+    usage: &[(UsageRecord, String)],
+) -> Result<(), StoreError> {
+    insert_rows(
+        tx,
+        sqlite,
+        "INSERT INTO usage_records (usage_id, request_id, subject, dataset, period, quantity, amount_fen, body, \
+         recorded_at) VALUES ",
+        9,
+        usage,
+        |q, (u, body)| {
+            q.bind(&u.usage_id)
+                .bind(&u.request_id)
+                .bind(&u.subject)
+                .bind(&u.dataset)
+                .bind(&u.period)
+                .bind(i64::try_from(u.quantity).unwrap_or(i64::MAX))
+                .bind(u.amount_fen)
+                .bind(body)
+                .bind(u.recorded_at.to_rfc3339())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The batch's usage added to the running totals.
+async fn add_to_counters(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    sqlite: bool,
+    counter_deltas: &HashMap<(String, String, String), u64>,
+) -> Result<(), StoreError> {
+    // One row per key: PostgreSQL refuses to update a row twice in one
+    // INSERT … ON CONFLICT.
+    let deltas: Vec<(&(String, String, String), &u64)> = counter_deltas.iter().collect();
+    for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO usage_counters (subject, dataset, period, quantity) VALUES {} \
+             ON CONFLICT (subject, dataset, period) DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity",
+            placeholders(chunk.len(), 4, sqlite)
+        );
+        let mut q = sqlx::query(&sql);
+        for ((s, d, per), n) in chunk {
+            q = q.bind(s.as_str()).bind(d.as_str()).bind(per.as_str()).bind(i64::try_from(**n).unwrap_or(i64::MAX));
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// Inserts `rows` with as few statements as the parameter limits allow.

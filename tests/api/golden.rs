@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tollgate::auth::{Claims, SigningKey, Verifier};
-use tollgate::config::{GrantSettings, Topics};
+use tollgate::broker::{DecisionService, Source};
 use tollgate::kafka::{InputMessage, Processor};
-use tollgate::service::{DecisionService, Source};
 
 use crate::helpers::*;
 
@@ -40,21 +39,18 @@ fn golden(file: &str) -> std::path::PathBuf {
 async fn service() -> (DecisionService, SigningKey) {
     let idp = SigningKey::from_pem_file(&golden("idp.pem")).unwrap();
     let policy = tollgate::policy::Policy::load(&repo_policies()).await.unwrap();
-    let service = DecisionService {
-        source: Box::new(Fixed(AtomicU64::new(0))),
-        policy: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
-        verifier: Verifier::for_ed25519(&idp.public(), ISSUER, "tollgate"),
-        store: tollgate::store::Store::connect("sqlite::memory:", 1).await.unwrap(),
-        grant_key: SigningKey::from_pem_file(&golden("grants.pem")).unwrap(),
-        grant: GrantSettings::default(),
-        topics: Topics::default(),
-        max_message_bytes: 64 * 1024,
-        dead_letter_max_bytes: 64 * 1024,
-        health: tollgate::health::Health::new(),
-        single_use_jti: true,
-        token_leeway_secs: 30,
-        last_purge: Default::default(),
-    };
+    let mut settings = tollgate::config::Settings::default();
+    settings.service.max_message_bytes = 64 * 1024;
+    settings.service.dead_letter_max_bytes = 64 * 1024;
+    let service = DecisionService::new(
+        &settings,
+        Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+        Verifier::for_ed25519(&idp.public(), ISSUER, "tollgate"),
+        tollgate::store::Store::connect("sqlite::memory:", 1).await.unwrap(),
+        SigningKey::from_pem_file(&golden("grants.pem")).unwrap(),
+        tollgate::health::Health::new(),
+    )
+    .with_source(Box::new(Fixed(AtomicU64::new(0))));
     (service, idp)
 }
 

@@ -5,9 +5,9 @@ use tollgate::events::Outcome;
 use crate::helpers::*;
 
 /// Publishes a reloader's events to the test's audit topic.
-fn outbox(infra: &Infra, store: &tollgate::store::Store) -> std::sync::Arc<tollgate::outbox::Outbox> {
+fn outbox(infra: &Infra, store: &tollgate::store::Store) -> std::sync::Arc<tollgate::broker::outbox::Outbox> {
     let client = tollgate::kafka::Client::new(&infra.settings().kafka, &infra.bootstrap).unwrap();
-    std::sync::Arc::new(tollgate::outbox::Outbox::new(store.clone(), client, infra.topics.audit.clone()))
+    std::sync::Arc::new(tollgate::broker::outbox::Outbox::new(store.clone(), client, infra.topics.audit.clone()))
 }
 
 /// A copy of the shipped policies (tests included) the test may edit.
@@ -105,25 +105,18 @@ async fn edited_policy_is_reloaded_and_a_bad_edit_keeps_the_last_good_one() {
 
 #[tokio::test]
 async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
-    use std::sync::{Arc, Mutex};
-    use tollgate::reload::{ReloadOutcome, Reloader};
+    use std::sync::Arc;
+    use tollgate::broker::reload::{ReloadOutcome, Reloader};
 
     let infra = infra().await;
     let dir = editable_policies(&infra);
     let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
-    let policy = tollgate::reload::build_checked(&dir).await.unwrap();
+    let policy = tollgate::broker::reload::build_checked(&dir).await.unwrap();
     let health = tollgate::health::Health::new();
-    let reloader = Reloader {
-        dir: dir.clone(),
-        current: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
-        last_rejected: Mutex::new(None),
-        store: store.clone(),
-        outbox: outbox(&infra, &store),
-        instance_id: "dedupe".into(),
-        debounce: Duration::from_millis(10),
-        watch: false,
-        health: health.clone(),
-    };
+    let settings = tollgate::config::PolicySettings { dir: dir.clone(), watch: false, debounce_ms: 10 };
+    let current = Arc::new(arc_swap::ArcSwap::from_pointee(policy));
+    let reloader =
+        Reloader::new(&settings, "dedupe", current.clone(), store.clone(), outbox(&infra, &store), health.clone());
     // A trigger with the files in force (SIGHUP, a touch) builds nothing.
     assert_eq!(reloader.reload("test").await, ReloadOutcome::Unchanged);
     assert_eq!(health.counters.policy_unchanged.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -148,7 +141,7 @@ async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
     let events = store.audit_events().await.unwrap();
     let restored: Vec<_> = events.iter().filter(|e| e.event_type == "policy_restored").collect();
     assert_eq!(restored.len(), 1);
-    assert_eq!(restored[0].policy_version, reloader.current.load().version());
+    assert_eq!(restored[0].policy_version, current.load().version());
     assert!(status().await["instances"][0]["pending_rejection"].is_null(), "{}", status().await);
     // ... and only once: another trigger with the same files is just unchanged.
     assert_eq!(reloader.reload("test").await, ReloadOutcome::Unchanged);
@@ -164,24 +157,22 @@ async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
 async fn reading_the_policy_files_triggers_no_reload_and_an_edit_does() {
     use std::sync::Arc;
     use std::sync::atomic::Ordering::Relaxed;
-    use tollgate::reload::Reloader;
+    use tollgate::broker::reload::Reloader;
 
     let infra = infra().await;
     let dir = editable_policies(&infra);
     let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
-    let policy = tollgate::reload::build_checked(&dir).await.unwrap();
+    let policy = tollgate::broker::reload::build_checked(&dir).await.unwrap();
     let health = tollgate::health::Health::new();
-    let reloader = Reloader {
-        dir: dir.clone(),
-        current: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
-        last_rejected: Default::default(),
-        store: store.clone(),
-        outbox: outbox(&infra, &store),
-        instance_id: "watch".into(),
-        debounce: Duration::from_millis(50),
-        watch: true,
-        health: health.clone(),
-    };
+    let settings = tollgate::config::PolicySettings { dir: dir.clone(), watch: true, debounce_ms: 50 };
+    let reloader = Reloader::new(
+        &settings,
+        "watch",
+        Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+        store.clone(),
+        outbox(&infra, &store),
+        health.clone(),
+    );
     let watch = reloader.watch_files();
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(reloader.run(watch, stop.clone()));

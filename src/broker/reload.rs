@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::outbox::{self, Outbox};
+use crate::config::PolicySettings;
 use crate::events::{AuditEvent, Reason};
 use crate::health::Health;
-use crate::outbox::{self, Outbox};
 use crate::policy::testing::run_tests;
 use crate::policy::{CATALOGUE_FILE, MODEL_FILE, POLICY_FILE, Policy, version_of};
 use crate::store::{Commit, Store};
@@ -38,20 +39,45 @@ pub struct Watch {
 }
 
 pub struct Reloader {
-    pub dir: PathBuf,
-    pub current: Arc<ArcSwap<Policy>>,
+    dir: PathBuf,
+    current: Arc<ArcSwap<Policy>>,
     /// Content hash of the last rejected files: the same bad files seen
     /// again (an editor writes in several steps) are audited once. What
     /// operators see is the audit trail (`tollgate policy status`).
-    pub last_rejected: Mutex<Option<String>>,
-    pub store: Store,
+    last_rejected: Mutex<Option<String>>,
+    store: Store,
     /// Publishes policy audit events, which are stored (and queued there)
     /// first.
-    pub outbox: Arc<Outbox>,
-    pub instance_id: String,
-    pub debounce: Duration,
-    pub watch: bool,
-    pub health: Arc<Health>,
+    outbox: Arc<Outbox>,
+    instance_id: String,
+    debounce: Duration,
+    watch: bool,
+    health: Arc<Health>,
+}
+
+impl Reloader {
+    /// Reloads `settings.dir` into `current`, auditing on the chain
+    /// `policy/<instance_id>`.
+    pub fn new(
+        settings: &PolicySettings,
+        instance_id: &str,
+        current: Arc<ArcSwap<Policy>>,
+        store: Store,
+        outbox: Arc<Outbox>,
+        health: Arc<Health>,
+    ) -> Self {
+        Reloader {
+            dir: settings.dir.clone(),
+            current,
+            last_rejected: Mutex::new(None),
+            store,
+            outbox,
+            instance_id: instance_id.to_owned(),
+            debounce: Duration::from_millis(settings.debounce_ms),
+            watch: settings.watch,
+            health,
+        }
+    }
 }
 
 /// The files' combined hash even when they do not parse, so a rejection
@@ -187,31 +213,54 @@ impl Reloader {
         // that edit's own rejection swallowed as a repeat.
         let candidate = candidate_version(&self.dir);
         if candidate == old.version() {
-            Health::count(&self.health.counters.policy_unchanged);
-            // An author who undoes a rejected edit withdraws it: the status
-            // must stop showing it, and making the same edit again is news.
-            let withdrawn = self.last_rejected.lock().expect("lock").take();
-            if withdrawn.is_some() {
-                info!(message = "policy files are back at the version in force; the rejected edit is withdrawn", %trigger, in_force = %old.version());
-                let reason = Reason::new(
-                    "policy.restored",
-                    format!(
-                        "the files are back at {}, which stays in force; the rejected edit is withdrawn ({trigger})",
-                        old.version()
-                    ),
-                );
-                self.audit("policy_restored", "restored", old.version().to_owned(), reason, &candidate, Utc::now())
-                    .await;
-            }
+            self.files_in_force(&old, &candidate, trigger).await;
             return ReloadOutcome::Unchanged;
         }
-        // Building 100k rules takes seconds of CPU: do it on a blocking
-        // thread so the runtime's workers keep deciding meanwhile.
-        // The diff parses both versions' rules, which is as slow: there too.
+        let outcome = match self.build(&old).await {
+            Ok(None) => return ReloadOutcome::Unchanged,
+            Ok(Some((new, added, removed))) => {
+                let (old, new_version) = (old.version().to_owned(), new.version().to_owned());
+                self.current.store(Arc::new(new));
+                ReloadOutcome::Loaded { old, new: new_version, added, removed }
+            }
+            Err(reason) => ReloadOutcome::Rejected { reason },
+        };
+        let now = Utc::now();
+        if let Some((event_type, word, version, reason)) = self.audit_entry(&outcome, &old, &candidate, trigger) {
+            self.audit(event_type, word, version, reason, &candidate, now).await;
+        }
+        outcome
+    }
+
+    /// The files are the version in force (SIGHUP, a touch, an undone
+    /// edit): nothing is built. An author who undoes a rejected edit
+    /// withdraws it: the status must stop showing it, and making the same
+    /// edit again is news.
+    async fn files_in_force(&self, old: &Policy, candidate: &str, trigger: &str) {
+        Health::count(&self.health.counters.policy_unchanged);
+        let withdrawn = self.last_rejected.lock().expect("lock").take();
+        if withdrawn.is_none() {
+            return;
+        }
+        info!(message = "policy files are back at the version in force; the rejected edit is withdrawn", %trigger, in_force = %old.version());
+        let message = format!(
+            "the files are back at {}, which stays in force; the rejected edit is withdrawn ({trigger})",
+            old.version()
+        );
+        let reason = Reason::new("policy.restored", message);
+        self.audit("policy_restored", "restored", old.version().to_owned(), reason, candidate, Utc::now()).await;
+    }
+
+    /// Builds and checks the files off to the side: the new policy and how
+    /// many rules it adds and removes, None when it is the version in force.
+    /// Building 100k rules takes seconds of CPU, and the diff parses both
+    /// versions' rules: on a blocking thread, so the runtime's workers keep
+    /// deciding meanwhile.
+    async fn build(&self, old: &Arc<Policy>) -> Result<Option<(Policy, usize, usize)>, String> {
         let dir = self.dir.clone();
         let handle = tokio::runtime::Handle::current();
         let previous = old.clone();
-        let built = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let new = handle.block_on(build_checked(&dir))?;
             if new.version() == previous.version() {
                 return Ok(None);
@@ -221,58 +270,44 @@ impl Reloader {
             Ok(Some((new, added, removed)))
         })
         .await
-        .unwrap_or_else(|e| Err(format!("policy build panicked: {e}")));
-        let outcome = match built {
-            Ok(None) => ReloadOutcome::Unchanged,
-            Ok(Some((new, added, removed))) => {
-                let outcome = ReloadOutcome::Loaded {
-                    old: old.version().to_owned(),
-                    new: new.version().to_owned(),
-                    added,
-                    removed,
-                };
-                self.current.store(Arc::new(new));
-                outcome
-            }
-            Err(reason) => ReloadOutcome::Rejected { reason },
-        };
-        let now = Utc::now();
-        let (event_type, outcome_word, version, reason) = match &outcome {
-            ReloadOutcome::Unchanged => return outcome,
+        .unwrap_or_else(|e| Err(format!("policy build panicked: {e}")))
+    }
+
+    /// What to audit of a reload (event type, outcome, version in force,
+    /// reason), counted and logged; None for a rejection not to audit: the
+    /// files changed while being checked (the change is checked next), or
+    /// the same files were rejected before.
+    fn audit_entry(
+        &self,
+        outcome: &ReloadOutcome,
+        old: &Policy,
+        candidate: &str,
+        trigger: &str,
+    ) -> Option<(&'static str, &'static str, String, Reason)> {
+        match outcome {
+            ReloadOutcome::Unchanged => None,
             ReloadOutcome::Loaded { old, new, added, removed } => {
                 Health::count(&self.health.counters.policy_reloads);
                 info!(message = "policy reloaded", %trigger, old_version = %old, new_version = %new, rules_added = added, rules_removed = removed);
                 *self.last_rejected.lock().expect("lock") = None;
-                (
-                    "policy_loaded",
-                    "loaded",
-                    new.clone(),
-                    Reason::new(
-                        "policy.loaded",
-                        format!("{old} -> {new}: {added} rule(s) added, {removed} removed ({trigger})"),
-                    ),
-                )
+                let message = format!("{old} -> {new}: {added} rule(s) added, {removed} removed ({trigger})");
+                Some(("policy_loaded", "loaded", new.clone(), Reason::new("policy.loaded", message)))
             }
             ReloadOutcome::Rejected { reason } => {
                 if candidate_version(&self.dir) != candidate {
                     info!(message = "policy files changed while being checked; the change is checked next", %trigger);
-                    return outcome;
+                    return None;
                 }
-                if self.last_rejected.lock().expect("lock").replace(candidate.clone()).as_deref() == Some(&candidate) {
-                    return outcome;
+                if self.last_rejected.lock().expect("lock").replace(candidate.to_owned()).as_deref() == Some(candidate)
+                {
+                    return None;
                 }
                 Health::count(&self.health.counters.policy_rejections);
                 error!(message = "policy edit rejected; the last good policy stays in force", %trigger, in_force = %old.version(), %reason);
-                (
-                    "policy_rejected",
-                    "rejected",
-                    old.version().to_owned(),
-                    Reason::new("policy.rejected", format!("{reason} ({trigger}); {} stays in force", old.version())),
-                )
+                let message = format!("{reason} ({trigger}); {} stays in force", old.version());
+                Some(("policy_rejected", "rejected", old.version().to_owned(), Reason::new("policy.rejected", message)))
             }
-        };
-        self.audit(event_type, outcome_word, version, reason, &candidate, now).await;
-        outcome
+        }
     }
 
     async fn audit(

@@ -1,0 +1,175 @@
+//! Phase 2, the same whatever else the batch holds (so on two threads for a
+//! large batch): the grant signed, the decision, usage record and audit
+//! event built.
+
+use chrono::{DateTime, Utc};
+
+use super::draft::{Draft, Step};
+use super::{DecisionService, GrantClaims, Tally, on_two_threads, rfc3339};
+use crate::audit;
+use crate::events::{AccessRequest, AuditEvent, DECISION_SCHEMA, Decision, Grant, Outcome, USAGE_SCHEMA, UsageRecord};
+use crate::pipeline::{ChargeDraft, Evaluation};
+use crate::policy::Policy;
+use crate::store::{Commit, DecisionRow, Output, Stream};
+
+impl DecisionService {
+    /// Phase 2: finishes every draft, on two threads for a large batch
+    /// (signing a grant is the largest cost of a decision after the token
+    /// check).
+    pub(super) fn finish_drafts<'m>(&self, policy: &Policy, steps: Vec<Step<'m>>) -> Vec<Step<'m>> {
+        let finish = |step: Step<'m>| match step {
+            Step::Draft(d) => {
+                let traceparent = d.origin.traceparent.clone();
+                let (commit, tally) = self.finish_draft(policy, *d);
+                Step::Commit(Box::new(commit), tally, traceparent)
+            }
+            other => other,
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            // The worker hands its other tasks over first, so acknowledgements
+            // and the HTTP endpoint are not held up meanwhile.
+            tokio::task::block_in_place(|| on_two_threads(steps, finish))
+        } else {
+            on_two_threads(steps, finish)
+        }
+    }
+
+    /// The rest of a decision (phase 2), the same whatever else the batch
+    /// holds, so drafts are finished on two threads: signs the grant and
+    /// builds the decision, usage record and audit event.
+    fn finish_draft(&self, policy: &Policy, d: Draft<'_>) -> (Commit, Tally) {
+        let Draft { origin, request, subject, eval, period, replayed } = d;
+        let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
+        let request = &request;
+        let decision_id = self.source.id().to_string();
+        let grant = self.grant_for(policy, &eval, request, &subject, &decision_id, now);
+        let decision = Decision {
+            schema: DECISION_SCHEMA.into(),
+            decision_id: decision_id.clone(),
+            request_id: request.request_id.clone(),
+            subject: subject.clone(),
+            dataset: request.dataset.clone(),
+            operation: request.operation,
+            scenario: request.scenario.clone(),
+            outcome: eval.outcome,
+            reasons: eval.reasons.clone(),
+            matched_rules: eval.matched_rules.clone(),
+            obligations: eval.obligations.clone(),
+            grant,
+            policy_version: policy.version().to_owned(),
+            decided_at: now,
+            trace_id: trace_id.to_owned(),
+        };
+        let request_digest = audit::digest(&msg.payload);
+        let reason_code = eval.reasons.first().map(|r| r.code.clone());
+        let usage = eval.charge.as_ref().map(|c| self.usage_record(request, &subject, &decision_id, c, &period, now));
+        let event_type = if reason_code.as_deref() == Some("quota.exceeded") { "quota_exceeded" } else { "decision" };
+        let commit = Commit {
+            idem_key: origin.idem_key.clone(),
+            kind: "decision",
+            decision: Some(DecisionRow {
+                request_id: request.request_id.clone(),
+                decision_id,
+                subject: subject.clone(),
+                dataset: request.dataset.clone(),
+                scenario: request.scenario.clone(),
+                operation: request.operation.as_str().into(),
+                outcome: eval.outcome.as_str().into(),
+                reason_code,
+                policy_version: policy.version().to_owned(),
+                request_digest: request_digest.clone(),
+                decided_at: rfc3339(now),
+            }),
+            messages: vec![Output {
+                stream: Stream::Decisions,
+                key: if subject.is_empty() { "unauthenticated".into() } else { subject.clone() },
+                payload: serde_json::to_string(&decision).expect("decisions serialise"),
+            }],
+            audit: AuditEvent {
+                event_type: event_type.into(),
+                actor: if subject.is_empty() { "unauthenticated".into() } else { subject.clone() },
+                subject,
+                resource: request.dataset.clone(),
+                action: request.operation.as_str().into(),
+                outcome: eval.outcome.as_str().into(),
+                reasons: eval.reasons.clone(),
+                policy_version: policy.version().to_owned(),
+                request_digest,
+                ..AuditEvent::draft(origin.chain.clone(), now, trace_id.to_owned())
+            },
+            usage,
+            created_at: rfc3339(now),
+        };
+        // Only drafted when this transaction found no outcome for the request.
+        (commit, if replayed { Tally::Replayed } else { Tally::Decided(eval.outcome) })
+    }
+
+    /// The usage record of an approval: what it is charged, and the quota
+    /// it leaves.
+    fn usage_record(
+        &self,
+        request: &AccessRequest,
+        subject: &str,
+        decision_id: &str,
+        c: &ChargeDraft,
+        period: &str,
+        now: DateTime<Utc>,
+    ) -> UsageRecord {
+        UsageRecord {
+            schema: USAGE_SCHEMA.into(),
+            usage_id: self.source.id().to_string(),
+            request_id: request.request_id.clone(),
+            decision_id: decision_id.to_owned(),
+            subject: subject.to_owned(),
+            dataset: request.dataset.clone(),
+            scenario: request.scenario.clone(),
+            operation: request.operation,
+            purpose_class: request.purpose.class,
+            unit: c.unit,
+            quantity: c.quantity,
+            price_item: c.price_item.clone(),
+            unit_price_fen: c.unit_price_fen,
+            amount_fen: c.amount_fen,
+            fee_waived: c.fee_waived,
+            waiver_reason: c.waiver_reason.clone(),
+            period: period.to_owned(),
+            quota: c.quota,
+            recorded_at: now,
+        }
+    }
+
+    fn grant_for(
+        &self,
+        policy: &Policy,
+        eval: &Evaluation,
+        r: &AccessRequest,
+        subject: &str,
+        decision_id: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Grant> {
+        if eval.outcome != Outcome::Approved {
+            return None;
+        }
+        let expires_at = eval.grant_expires_at?;
+        let holder = policy.catalogue().datasets.get(&r.dataset).map(|d| d.holder.clone()).unwrap_or_default();
+        let nbf = r.window.as_ref().map_or(now, |w| w.not_before.max(now));
+        let claims = GrantClaims {
+            iss: self.grant.issuer.clone(),
+            sub: subject.to_owned(),
+            aud: holder,
+            jti: decision_id.to_owned(),
+            iat: now.timestamp(),
+            nbf: nbf.timestamp(),
+            exp: expires_at.timestamp(),
+            request_id: r.request_id.clone(),
+            dataset: r.dataset.clone(),
+            scenario: r.scenario.clone(),
+            operation: r.operation.as_str().into(),
+            obligations: eval.obligations.clone(),
+            policy_version: policy.version().to_owned(),
+        };
+        Some(Grant { token: self.grant_key.sign(&claims), expires_at, quota: eval.charge.as_ref().map(|c| c.quota) })
+    }
+}

@@ -1,0 +1,260 @@
+//! The broker: what happens to an input between the consumer and the
+//! producer. A batch goes through its phases in order, one file each:
+//! `prepare` (decode, verify the token; no database), `draft` (phase 1, in
+//! batch order: token ids, quota, the pure decision), `finish` (phase 2, on
+//! two threads: grants signed, records built), `commit` (phase 3, in order:
+//! audit events sealed, rows buffered, one transaction), then `outputs`
+//! (which topic each output goes to, dead letters). `purge` forgets expired
+//! token ids; `reload` swaps policies in; `outbox` publishes audit events
+//! that belong to no input.
+
+pub mod outbox;
+pub mod reload;
+
+mod commit;
+mod draft;
+mod finish;
+mod outputs;
+mod prepare;
+mod purge;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::auth::{SigningKey, Verifier};
+use crate::config::{GrantSettings, Settings, Topics};
+use crate::events::Outcome;
+use crate::health::Health;
+use crate::kafka::{InputMessage, OutgoingMessage, ProcessError, Processor};
+use crate::policy::Policy;
+use crate::store::{Store, StoreError};
+
+use prepare::Prepared;
+pub use prepare::Ready;
+
+/// Claims of a grant: what the data host checks before serving data.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct GrantClaims {
+    pub iss: String,
+    pub sub: String,
+    /// The dataset holder that serves the data.
+    pub aud: String,
+    pub jti: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub request_id: String,
+    pub dataset: String,
+    pub scenario: String,
+    pub operation: String,
+    pub obligations: Vec<String>,
+    pub policy_version: String,
+}
+
+/// Where decisions get their time and ids: the system clock and UUIDv7 in
+/// service; fixed ones in the test that holds every published message to
+/// the bytes it had (`tests/golden/`).
+pub trait Source: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+    fn id(&self) -> uuid::Uuid;
+}
+
+/// The system clock and time-ordered UUIDs.
+pub struct SystemSource;
+
+impl Source for SystemSource {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn id(&self) -> uuid::Uuid {
+        uuid::Uuid::now_v7()
+    }
+}
+
+pub struct DecisionService {
+    /// Time and ids of decisions (see [`Source`]).
+    source: Box<dyn Source>,
+    /// The policy in force; swapped whole by the reloader, read once per
+    /// input so one decision never mixes two versions.
+    policy: Arc<ArcSwap<Policy>>,
+    verifier: Verifier,
+    store: Store,
+    grant_key: SigningKey,
+    grant: GrantSettings,
+    topics: Topics,
+    max_message_bytes: usize,
+    /// See `service.dead_letter_max_bytes`.
+    dead_letter_max_bytes: usize,
+    health: Arc<Health>,
+    /// See `auth.single_use_jti`.
+    single_use_jti: bool,
+    token_leeway_secs: i64,
+    /// Epoch second of the last purge of expired token uses.
+    last_purge: std::sync::atomic::AtomicI64,
+}
+
+impl DecisionService {
+    /// The decision service of `settings`, deciding with the policy in
+    /// `policy` (swapped by the reloader) on the system clock.
+    pub fn new(
+        settings: &Settings,
+        policy: Arc<ArcSwap<Policy>>,
+        verifier: Verifier,
+        store: Store,
+        grant_key: SigningKey,
+        health: Arc<Health>,
+    ) -> Self {
+        DecisionService {
+            source: Box::new(SystemSource),
+            policy,
+            verifier,
+            store,
+            grant_key,
+            grant: settings.grant.clone(),
+            topics: settings.topics.clone(),
+            max_message_bytes: settings.service.max_message_bytes,
+            dead_letter_max_bytes: settings.service.dead_letter_max_bytes,
+            health,
+            single_use_jti: settings.auth.single_use_jti,
+            token_leeway_secs: i64::try_from(settings.auth.leeway_secs).unwrap_or(i64::MAX),
+            last_purge: Default::default(),
+        }
+    }
+
+    /// Time and ids from `source` instead of the system clock (tests that
+    /// hold outputs byte for byte).
+    pub fn with_source(self, source: Box<dyn Source>) -> Self {
+        DecisionService { source, ..self }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The version of the policy in force.
+    pub fn policy_version(&self) -> String {
+        self.policy.load().version().to_owned()
+    }
+
+    /// The key grants are signed with.
+    pub fn grant_key(&self) -> &SigningKey {
+        &self.grant_key
+    }
+}
+
+impl From<StoreError> for ProcessError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(_) => ProcessError::Conflict(e.to_string()),
+            StoreError::Unavailable(_) => ProcessError::Retryable(e.to_string()),
+            StoreError::Fatal(_) => ProcessError::Fatal(e.to_string()),
+        }
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// What became of one input, counted once its batch is committed.
+#[derive(Debug, Clone, Copy)]
+enum Tally {
+    Decided(Outcome),
+    /// Denied because its token was used by another request.
+    Replayed,
+    DeadLetter,
+    Republished,
+}
+
+/// `f` over `items`, in order; from [`PARALLEL_FROM`] items on, half of them
+/// on a second thread.
+fn on_two_threads<T: Send, R: Send>(mut items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    if items.len() < PARALLEL_FROM {
+        return items.into_iter().map(f).collect();
+    }
+    let back = items.split_off(items.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| back.into_iter().map(&f).collect::<Vec<R>>());
+        let mut out: Vec<R> = items.into_iter().map(&f).collect();
+        match other.join() {
+            Ok(rest) => out.extend(rest),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        out
+    })
+}
+
+/// Below this many inputs a second thread costs more than it saves.
+const PARALLEL_FROM: usize = 16;
+
+impl DecisionService {
+    fn count(&self, tally: Tally) {
+        let c = &self.health.counters;
+        if let Tally::Replayed = tally {
+            Health::count(&c.replays_refused);
+        }
+        Health::count(match tally {
+            Tally::Decided(Outcome::Denied) | Tally::Replayed => &c.denied,
+            Tally::Decided(Outcome::Approved) => &c.approved,
+            Tally::Decided(Outcome::PendingReview) => &c.pending_review,
+            Tally::DeadLetter => &c.dead_letters,
+            Tally::Republished => &c.republished,
+        });
+    }
+}
+
+impl Processor for DecisionService {
+    type Prepared = Vec<Ready>;
+
+    fn prepare(&self, msgs: &[InputMessage]) -> Vec<Ready> {
+        self.prepare_all(msgs)
+    }
+
+    fn refused(&self, input: &InputMessage, output: &OutgoingMessage, error: &str, minimal: bool) -> OutgoingMessage {
+        self.refused_letter(input, output, error, minimal)
+    }
+
+    /// One policy version and one database transaction for the whole batch;
+    /// decoding and signature checks were done before (see `prepare`).
+    async fn process_batch(
+        &self,
+        msgs: &[InputMessage],
+        ready: Vec<Ready>,
+    ) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
+        if ready.len() != msgs.len() {
+            return Err(ProcessError::Fatal(format!("{} prepared for a batch of {}", ready.len(), msgs.len())));
+        }
+        let start = std::time::Instant::now();
+        let prepared: Vec<Prepared<'_>> = msgs.iter().zip(ready).map(|(m, r)| Prepared::new(m, r)).collect();
+        let policy = self.policy.load_full();
+        let keys = self.prefetch(&policy, &prepared);
+        let mut batch = self.store.begin().await?;
+        batch.prefetch(&keys).await?;
+        let (mut reserved, mut drafted) = (HashMap::new(), HashSet::new());
+        let mut steps = Vec::with_capacity(msgs.len());
+        for p in prepared {
+            steps.push(self.step(&mut batch, &policy, &mut reserved, &mut drafted, p).await?);
+        }
+        let steps = self.finish_drafts(&policy, steps);
+        let timings = &self.health.timings;
+        timings.decide.observe_since(start);
+        let start = std::time::Instant::now();
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut tallies = Vec::with_capacity(msgs.len());
+        for step in steps {
+            let (messages, tally) = self.commit_step(&mut batch, step).await?;
+            out.push(messages);
+            tallies.push(tally);
+        }
+        batch.finish().await?;
+        timings.store.observe_since(start);
+        tallies.into_iter().for_each(|t| self.count(t));
+        self.purge_expired_token_uses().await;
+        Ok(out)
+    }
+}

@@ -1,0 +1,133 @@
+//! Before a batch's transaction: each input decoded and its token
+//! verified (no database), its origin (idempotency key, audit chain, trace)
+//! worked out, and every key the batch will read named for one prefetch.
+
+use chrono::{DateTime, Utc};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+use super::{DecisionService, on_two_threads};
+use crate::auth::{AuthError, Principal};
+use crate::events::AccessRequest;
+use crate::kafka::InputMessage;
+use crate::metering::period_of;
+use crate::pipeline::{self, Rejection};
+use crate::policy::Policy;
+use crate::store::Prefetch;
+
+/// Continues the requester's trace when the input carries a W3C
+/// `traceparent`, else starts one; returns the trace id and the header for
+/// the outputs.
+pub(super) fn trace_context(msg: &InputMessage) -> (String, String) {
+    let propagator = TraceContextPropagator::new();
+    let mut carrier = std::collections::HashMap::new();
+    if let Some(tp) = msg.header("traceparent").and_then(|v| std::str::from_utf8(v).ok()) {
+        carrier.insert("traceparent".to_owned(), tp.to_owned());
+    }
+    let parent = propagator.extract(&carrier);
+    let parent_span = parent.span().span_context().clone();
+    let trace_id = if parent_span.is_valid() { parent_span.trace_id() } else { TraceId::from_bytes(rand::random()) };
+    let span = SpanContext::new(
+        trace_id,
+        SpanId::from_bytes(rand::random()),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    );
+    let mut out = std::collections::HashMap::new();
+    propagator.inject_context(&opentelemetry::Context::new().with_remote_span_context(span), &mut out);
+    (trace_id.to_string(), out.remove("traceparent").unwrap_or_default())
+}
+
+/// An input decoded and its token verified: everything about it that needs
+/// no database, done before the batch's transaction starts.
+pub struct Ready {
+    pub(super) now: DateTime<Utc>,
+    pub(super) trace_id: String,
+    pub(super) traceparent: String,
+    pub(super) input: Result<(AccessRequest, Result<Principal, AuthError>), Rejection>,
+}
+
+/// An input with what was prepared of it.
+pub(super) struct Prepared<'m> {
+    pub(super) origin: Origin<'m>,
+    pub(super) input: Result<(AccessRequest, Result<Principal, AuthError>), Rejection>,
+}
+
+/// Where an input came from, when it was taken up, the key its outcome
+/// is stored under (the request id; for an input that is not a request,
+/// its position) and the audit chain its event joins (its partition's).
+pub(super) struct Origin<'m> {
+    pub(super) msg: &'m InputMessage,
+    pub(super) idem_key: String,
+    pub(super) chain: String,
+    pub(super) now: DateTime<Utc>,
+    pub(super) trace_id: String,
+    pub(super) traceparent: String,
+}
+
+/// `topic/partition/offset`: the input's place in the log.
+pub(super) fn position(msg: &InputMessage) -> String {
+    format!("{}/{}/{}", msg.topic, msg.partition, msg.offset)
+}
+
+impl<'m> Prepared<'m> {
+    pub(super) fn new(msg: &'m InputMessage, ready: Ready) -> Self {
+        let Ready { now, trace_id, traceparent, input } = ready;
+        let idem_key = match &input {
+            Ok((request, _)) => format!("request:{}", request.request_id),
+            Err(_) => format!("input:{}", position(msg)),
+        };
+        let chain = format!("{}/{}", msg.topic, msg.partition);
+        Prepared { origin: Origin { msg, idem_key, chain, now, trace_id, traceparent }, input }
+    }
+}
+
+impl DecisionService {
+    pub(super) fn ready(&self, msg: &InputMessage) -> Ready {
+        let now = self.source.now();
+        let (trace_id, traceparent) = trace_context(msg);
+        let input = pipeline::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes).map(|d| {
+            let identity = match d.token.as_deref() {
+                Some(t) => self.verifier.verify(t),
+                None => Err(AuthError::Missing),
+            };
+            (d.request, identity)
+        });
+        Ready { now, trace_id, traceparent, input }
+    }
+
+    /// Decodes and verifies a batch; a large one on two threads, since
+    /// signature checks are most of the CPU a decision costs (a full batch
+    /// is milliseconds of it). Runs on a blocking thread (see
+    /// [`Processor::prepare`]), usually while the batch before is decided.
+    pub(super) fn prepare_all(&self, msgs: &[InputMessage]) -> Vec<Ready> {
+        let start = std::time::Instant::now();
+        let ready = on_two_threads(msgs.iter().collect(), |m| self.ready(m));
+        self.health.timings.prepare.observe_since(start);
+        ready
+    }
+
+    /// Every key the batch will look up, so the store reads them at once.
+    pub(super) fn prefetch(&self, policy: &Policy, prepared: &[Prepared<'_>]) -> Prefetch {
+        let mut keys = Prefetch::default();
+        for p in prepared {
+            keys.outcomes.push(p.origin.idem_key.clone());
+            if !keys.chains.contains(&p.origin.chain) {
+                keys.chains.push(p.origin.chain.clone());
+            }
+            if let Ok((request, Ok(principal))) = &p.input {
+                if self.single_use_jti
+                    && let Some(jti) = &principal.token_id
+                {
+                    keys.tokens.push((principal.issuer.clone(), jti.clone()));
+                }
+                if policy.catalogue().datasets.contains_key(&request.dataset) {
+                    keys.counters.push((principal.subject.clone(), request.dataset.clone(), period_of(p.origin.now)));
+                }
+            }
+        }
+        keys
+    }
+}
