@@ -15,8 +15,8 @@ use crate::broker::DecisionService;
 use crate::broker::outbox::Outbox;
 use crate::broker::reload::Reloader;
 use crate::config::{DeliveryMode, Settings};
-use crate::health::{Health, HttpServer};
 use crate::kafka::{self, Limits, LoopClients, embedded::EmbeddedKafka};
+use crate::ops::{Health, HttpServer};
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]

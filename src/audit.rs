@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::events::AuditEvent;
+use crate::contract::AuditEvent;
 
 /// `prev_hash` of the first event of every chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -152,7 +152,7 @@ pub fn verify<'a>(events: impl IntoIterator<Item = &'a AuditEvent>) -> Result<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{AUDIT_SCHEMA, Reason};
+    use crate::contract::{AUDIT_SCHEMA, Reason};
 
     fn draft(n: u32) -> AuditEvent {
         AuditEvent {
@@ -161,7 +161,7 @@ mod tests {
             seq: 0,
             prev_hash: String::new(),
             hash: String::new(),
-            event_type: "decision".into(),
+            event_type: crate::contract::EventType::Decision,
             actor: "91610131MA6TG1L5X1".into(),
             subject: "91610131MA6TG1L5X1".into(),
             resource: "GX-610100-TOUR-0001".into(),

@@ -19,6 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation, errors::ErrorKind
 use serde::{Deserialize, Serialize};
 
 use crate::config::AuthSettings;
+use crate::domain::is_uscc;
 
 /// Stable reason codes for authentication failures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -176,37 +177,6 @@ impl std::fmt::Debug for Verifier {
             .field("audience", &self.audience)
             .finish()
     }
-}
-
-/// A USCC is 18 characters from the GB 32100-2015 alphabet (digits and
-/// upper-case letters without I, O, Z, S, V), with a check character.
-pub fn is_uscc(s: &str) -> bool {
-    const ALPHABET: &str = "0123456789ABCDEFGHJKLMNPQRTUWXY";
-    const WEIGHTS: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
-    if s.len() != 18 {
-        return false;
-    }
-    let mut values = Vec::with_capacity(18);
-    for c in s.chars() {
-        match ALPHABET.find(c) {
-            Some(v) => values.push(v as u32),
-            None => return false,
-        }
-    }
-    let sum: u32 = values[..17].iter().zip(WEIGHTS).map(|(v, w)| v * w).sum();
-    let check = (31 - sum % 31) % 31;
-    values[17] == check
-}
-
-/// Completes the first 17 characters of a USCC with its check character.
-/// Used by the demo and tests to make valid sample codes.
-pub fn uscc_with_check(first17: &str) -> String {
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
-    const WEIGHTS: [usize; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
-    let sum: usize =
-        first17.bytes().zip(WEIGHTS).map(|(b, w)| ALPHABET.iter().position(|&a| a == b).unwrap_or(0) * w).sum();
-    let check = (31 - sum % 31) % 31;
-    format!("{first17}{}", ALPHABET[check] as char)
 }
 
 fn algorithms_for_pem(pem: &str) -> Vec<Algorithm> {
@@ -572,6 +542,7 @@ impl PublicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::uscc_with_check;
     use jsonwebtoken::EncodingKey;
 
     const ISS: &str = "https://idp.example.gov.cn";

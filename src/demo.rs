@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::auth::{Claims, SigningKey, Verifier};
 use crate::config::Settings;
-use crate::events::{DeadLetter, Decision, REQUEST_SCHEMA};
+use crate::contract::{DeadLetter, Decision, REQUEST_SCHEMA};
 use crate::kafka::{Client, embedded::EmbeddedKafka};
 
 pub(crate) const ISSUER: &str = "https://idp.demo.tollgate";
@@ -449,7 +449,7 @@ async fn summarise(
         let name = sent.get(&d.request_id).map_or("?", |(_, n)| n);
         let t = per_scenario.entry(d.scenario.clone()).or_default();
         let detail = match d.outcome {
-            crate::events::Outcome::Approved => {
+            crate::contract::Outcome::Approved => {
                 t.approved += 1;
                 let obligations =
                     if d.obligations.is_empty() { String::new() } else { format!(" [{}]", d.obligations.join(", ")) };
@@ -459,13 +459,13 @@ async fn summarise(
                     obligations
                 )
             }
-            crate::events::Outcome::Denied => {
+            crate::contract::Outcome::Denied => {
                 t.denied += 1;
                 let code = d.reasons.first().map_or("-", |r| r.code.as_str());
                 *reasons.entry(code.to_owned()).or_default() += 1;
                 code.to_owned()
             }
-            crate::events::Outcome::PendingReview => {
+            crate::contract::Outcome::PendingReview => {
                 t.pending += 1;
                 "sent to review".into()
             }

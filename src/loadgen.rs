@@ -27,10 +27,10 @@ use crate::app::App;
 use crate::auth::{SigningKey, Verifier};
 use crate::config::{Settings, Topics};
 use crate::demo::{ENTERPRISES, ISSUER, request_json, token_for};
-use crate::health::Health;
 use crate::kafka::{
     self, Client, InputMessage, Limits, LoopClients, OutgoingMessage, ProcessError, Processor, embedded::EmbeddedKafka,
 };
+use crate::ops::Health;
 
 pub struct LoadOptions {
     pub requests: usize,

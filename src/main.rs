@@ -180,7 +180,7 @@ async fn main() -> std::process::ExitCode {
     // Only the service logs at info; the other commands print their own
     // output (the demo its narrative) and logs would drown it.
     let serving = matches!(cli.command, Command::Serve);
-    tollgate::telemetry::init(if serving { "info,rdkafka=warn,sqlx=warn" } else { "warn" });
+    tollgate::ops::telemetry::init(if serving { "info,rdkafka=warn,sqlx=warn" } else { "warn" });
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -240,7 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 messages
                     .iter()
                     .map(|m| {
-                        serde_json::from_slice::<tollgate::events::AuditEvent>(&m.payload)
+                        serde_json::from_slice::<tollgate::contract::AuditEvent>(&m.payload)
                             .with_context(|| format!("{}/{}@{} is not an audit event", m.topic, m.partition, m.offset))
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?

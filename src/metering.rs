@@ -3,18 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::Volume;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Unit {
-    /// One per approved request.
-    Call,
-    /// Per record in `volume.records`.
-    Record,
-    /// Per started MiB of `volume.bytes`.
-    Megabyte,
-}
+use crate::contract::{Unit, Volume};
 
 /// One step of a progressive price: units up to `up_to` (cumulative within
 /// the billing period) cost `unit_price_fen` each; the last tier has no bound.

@@ -10,9 +10,9 @@ use super::prepare::{Origin, Prepared, position};
 use super::{DecisionService, Tally};
 use crate::audit;
 use crate::auth::{AuthError, Principal};
-use crate::events::AccessRequest;
+use crate::contract::AccessRequest;
+use crate::decide::{self, DecisionInput, Evaluation};
 use crate::metering::period_of;
-use crate::pipeline::{self, DecisionInput, Evaluation};
 use crate::policy::Policy;
 use crate::store::{Batch, Commit, Committed, StoreError, TokenUse};
 
@@ -113,7 +113,7 @@ impl DecisionService {
             }
             _ => None,
         };
-        let eval = pipeline::evaluate(&DecisionInput {
+        let eval = decide::evaluate(&DecisionInput {
             request: &request,
             identity: identity.as_ref(),
             policy,

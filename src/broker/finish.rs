@@ -5,10 +5,13 @@
 use chrono::{DateTime, Utc};
 
 use super::draft::{Draft, Step};
-use super::{DecisionService, GrantClaims, Tally, on_two_threads, rfc3339};
+use super::{DecisionService, Tally, on_two_threads, rfc3339};
 use crate::audit;
-use crate::events::{AccessRequest, AuditEvent, DECISION_SCHEMA, Decision, Grant, Outcome, USAGE_SCHEMA, UsageRecord};
-use crate::pipeline::{ChargeDraft, Evaluation};
+use crate::contract::GrantClaims;
+use crate::contract::{
+    AccessRequest, AuditEvent, DECISION_SCHEMA, Decision, EventType, Grant, Outcome, USAGE_SCHEMA, UsageRecord,
+};
+use crate::decide::{ChargeDraft, Evaluation};
 use crate::policy::Policy;
 use crate::store::{Commit, DecisionRow, Output, Stream};
 
@@ -65,7 +68,11 @@ impl DecisionService {
         let request_digest = audit::digest(&msg.payload);
         let reason_code = eval.reasons.first().map(|r| r.code.clone());
         let usage = eval.charge.as_ref().map(|c| self.usage_record(request, &subject, &decision_id, c, &period, now));
-        let event_type = if reason_code.as_deref() == Some("quota.exceeded") { "quota_exceeded" } else { "decision" };
+        let event_type = if reason_code.as_deref() == Some("quota.exceeded") {
+            EventType::QuotaExceeded
+        } else {
+            EventType::Decision
+        };
         let commit = Commit {
             idem_key: origin.idem_key.clone(),
             kind: "decision",
@@ -88,7 +95,6 @@ impl DecisionService {
                 payload: serde_json::to_string(&decision).expect("decisions serialise"),
             }],
             audit: AuditEvent {
-                event_type: event_type.into(),
                 actor: if subject.is_empty() { "unauthenticated".into() } else { subject.clone() },
                 subject,
                 resource: request.dataset.clone(),
@@ -97,7 +103,7 @@ impl DecisionService {
                 reasons: eval.reasons.clone(),
                 policy_version: policy.version().to_owned(),
                 request_digest,
-                ..AuditEvent::draft(origin.chain.clone(), now, trace_id.to_owned())
+                ..AuditEvent::draft(origin.chain.clone(), event_type, now, trace_id.to_owned())
             },
             usage,
             created_at: rfc3339(now),

@@ -23,37 +23,17 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
 
 use crate::auth::{SigningKey, Verifier};
 use crate::config::{GrantSettings, Settings, Topics};
-use crate::events::Outcome;
-use crate::health::Health;
+use crate::contract::Outcome;
 use crate::kafka::{InputMessage, OutgoingMessage, ProcessError, Processor};
+use crate::ops::Health;
 use crate::policy::Policy;
 use crate::store::{Store, StoreError};
 
 use prepare::Prepared;
 pub use prepare::Ready;
-
-/// Claims of a grant: what the data host checks before serving data.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct GrantClaims {
-    pub iss: String,
-    pub sub: String,
-    /// The dataset holder that serves the data.
-    pub aud: String,
-    pub jti: String,
-    pub iat: i64,
-    pub nbf: i64,
-    pub exp: i64,
-    pub request_id: String,
-    pub dataset: String,
-    pub scenario: String,
-    pub operation: String,
-    pub obligations: Vec<String>,
-    pub policy_version: String,
-}
 
 /// Where decisions get their time and ids: the system clock and UUIDv7 in
 /// service; fixed ones in the test that holds every published message to

@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use super::prepare::{Origin, position};
 use super::{DecisionService, rfc3339};
 use crate::audit;
-use crate::events::{AuditEvent, DEAD_LETTER_SCHEMA, DeadLetter, DeadLetterError, RefusedOutput};
+use crate::contract::{AuditEvent, DEAD_LETTER_SCHEMA, DeadLetter, DeadLetterError, EventType, RefusedOutput};
+use crate::decide::Rejection;
 use crate::kafka::{InputMessage, OutgoingMessage};
-use crate::pipeline::Rejection;
 use crate::policy::Policy;
 use crate::store::{Commit, Output, Stream};
 
@@ -108,16 +108,15 @@ impl DecisionService {
                 payload: serde_json::to_string(&letter).expect("dead letters serialise"),
             }],
             audit: AuditEvent {
-                event_type: "input_rejected".into(),
                 actor: "unauthenticated".into(),
                 subject: String::new(),
                 resource: key,
                 action: "decode".into(),
                 outcome: "rejected".into(),
-                reasons: vec![crate::events::Reason::new(rejection.code, rejection.message)],
+                reasons: vec![crate::contract::Reason::new(rejection.code, rejection.message)],
                 policy_version: policy.version().to_owned(),
                 request_digest: letter.payload_sha256.clone(),
-                ..AuditEvent::draft(origin.chain.clone(), now, trace_id.to_owned())
+                ..AuditEvent::draft(origin.chain.clone(), EventType::InputRejected, now, trace_id.to_owned())
             },
             usage: None,
             created_at: rfc3339(now),

@@ -9,10 +9,11 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 use super::{DecisionService, on_two_threads};
 use crate::auth::{AuthError, Principal};
-use crate::events::AccessRequest;
+use crate::contract::AccessRequest;
+use crate::decide::{self, Rejection};
+use crate::domain::ChainId;
 use crate::kafka::InputMessage;
 use crate::metering::period_of;
-use crate::pipeline::{self, Rejection};
 use crate::policy::Policy;
 use crate::store::Prefetch;
 
@@ -79,7 +80,7 @@ impl<'m> Prepared<'m> {
             Ok((request, _)) => format!("request:{}", request.request_id),
             Err(_) => format!("input:{}", position(msg)),
         };
-        let chain = format!("{}/{}", msg.topic, msg.partition);
+        let chain = ChainId::Partition { topic: msg.topic.clone(), partition: msg.partition }.to_string();
         Prepared { origin: Origin { msg, idem_key, chain, now, trace_id, traceparent }, input }
     }
 }
@@ -88,7 +89,7 @@ impl DecisionService {
     pub(super) fn ready(&self, msg: &InputMessage) -> Ready {
         let now = self.source.now();
         let (trace_id, traceparent) = trace_context(msg);
-        let input = pipeline::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes).map(|d| {
+        let input = decide::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes).map(|d| {
             let identity = match d.token.as_deref() {
                 Some(t) => self.verifier.verify(t),
                 None => Err(AuthError::Missing),

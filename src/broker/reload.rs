@@ -16,8 +16,9 @@ use tracing::{error, info, warn};
 
 use super::outbox::{self, Outbox};
 use crate::config::PolicySettings;
-use crate::events::{AuditEvent, Reason};
-use crate::health::Health;
+use crate::contract::{AuditEvent, EventType, Reason};
+use crate::domain::ChainId;
+use crate::ops::Health;
 use crate::policy::testing::run_tests;
 use crate::policy::{CATALOGUE_FILE, MODEL_FILE, POLICY_FILE, Policy, version_of};
 use crate::store::{Commit, Store};
@@ -201,7 +202,7 @@ impl Reloader {
     pub async fn announce_start(&self) {
         let version = self.current.load().version().to_owned();
         let reason = Reason::new("policy.loaded", format!("started with {version}"));
-        self.audit("policy_loaded", "loaded", version, reason, &candidate_version(&self.dir), Utc::now()).await;
+        self.audit(EventType::PolicyLoaded, "loaded", version, reason, &candidate_version(&self.dir), Utc::now()).await;
     }
 
     pub async fn reload(&self, trigger: &str) -> ReloadOutcome {
@@ -248,7 +249,8 @@ impl Reloader {
             old.version()
         );
         let reason = Reason::new("policy.restored", message);
-        self.audit("policy_restored", "restored", old.version().to_owned(), reason, candidate, Utc::now()).await;
+        self.audit(EventType::PolicyRestored, "restored", old.version().to_owned(), reason, candidate, Utc::now())
+            .await;
     }
 
     /// Builds and checks the files off to the side: the new policy and how
@@ -283,7 +285,7 @@ impl Reloader {
         old: &Policy,
         candidate: &str,
         trigger: &str,
-    ) -> Option<(&'static str, &'static str, String, Reason)> {
+    ) -> Option<(EventType, &'static str, String, Reason)> {
         match outcome {
             ReloadOutcome::Unchanged => None,
             ReloadOutcome::Loaded { old, new, added, removed } => {
@@ -291,7 +293,7 @@ impl Reloader {
                 info!(message = "policy reloaded", %trigger, old_version = %old, new_version = %new, rules_added = added, rules_removed = removed);
                 *self.last_rejected.lock().expect("lock") = None;
                 let message = format!("{old} -> {new}: {added} rule(s) added, {removed} removed ({trigger})");
-                Some(("policy_loaded", "loaded", new.clone(), Reason::new("policy.loaded", message)))
+                Some((EventType::PolicyLoaded, "loaded", new.clone(), Reason::new("policy.loaded", message)))
             }
             ReloadOutcome::Rejected { reason } => {
                 if candidate_version(&self.dir) != candidate {
@@ -305,28 +307,32 @@ impl Reloader {
                 Health::count(&self.health.counters.policy_rejections);
                 error!(message = "policy edit rejected; the last good policy stays in force", %trigger, in_force = %old.version(), %reason);
                 let message = format!("{reason} ({trigger}); {} stays in force", old.version());
-                Some(("policy_rejected", "rejected", old.version().to_owned(), Reason::new("policy.rejected", message)))
+                Some((
+                    EventType::PolicyRejected,
+                    "rejected",
+                    old.version().to_owned(),
+                    Reason::new("policy.rejected", message),
+                ))
             }
         }
     }
 
     async fn audit(
         &self,
-        event_type: &str,
+        event_type: EventType,
         outcome: &str,
         version: String,
         reason: Reason,
         files: &str,
         now: chrono::DateTime<Utc>,
     ) {
-        let chain = format!("policy/{}", self.instance_id);
+        let chain = ChainId::Policy { instance: self.instance_id.clone() }.to_string();
         let commit = Commit {
             idem_key: format!("policy:{}:{}", self.instance_id, uuid::Uuid::now_v7()),
             kind: "policy",
             decision: None,
             messages: vec![],
             audit: AuditEvent {
-                event_type: event_type.into(),
                 actor: format!("tollgate/{}", self.instance_id),
                 subject: String::new(),
                 resource: self.dir.display().to_string(),
@@ -337,6 +343,7 @@ impl Reloader {
                 request_digest: files.trim_start_matches("sha256:").to_owned(),
                 ..AuditEvent::draft(
                     chain.clone(),
+                    event_type,
                     now,
                     opentelemetry::trace::TraceId::from_bytes(rand::random()).to_string(),
                 )

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::KafkaError;
 use super::config::{consumer_config, producer_config};
 use crate::config::KafkaSettings;
-use crate::health::Health;
+use crate::ops::Health;
 
 /// Logs assignments and commits stored offsets before partitions are taken
 /// away, so the next owner starts where this instance really finished; and

@@ -20,7 +20,7 @@ use super::{
     FIRST_BACKOFF, InputMessage, KafkaError, Limits, MAX_BACKOFF, MAX_CONFLICTS, OutgoingMessage, ProcessError,
     Processor,
 };
-use crate::health::Health;
+use crate::ops::Health;
 
 pub(super) fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> InputMessage {
     let headers = m

@@ -16,7 +16,7 @@ use tracing::{debug, error, warn};
 
 use super::clients::LoopContext;
 use super::{FIRST_BACKOFF, InputMessage, KafkaError, MAX_BACKOFF, OutgoingMessage, Processor};
-use crate::health::Health;
+use crate::ops::Health;
 
 /// An input's place: topic, partition, offset.
 pub(super) type Position = (String, i32, i64);

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-use crate::events::PurposeClass;
+use crate::contract::PurposeClass;
 use crate::metering::PriceItem;
 
 /// GB/T 43697-2024 data grades.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::lint::{Finding, lint};
 use super::testing::{CaseResult, Probe, run_tests};
 use super::{Policy, PolicyError};
-use crate::events::{Outcome, Reason};
+use crate::contract::{Outcome, Reason};
 
 pub struct Report {
     pub ok: bool,
@@ -287,9 +287,9 @@ pub struct InstanceStatus {
 
 /// Per instance, from its policy chain: the version in force since when,
 /// and any rejected edit since.
-pub fn status(events: &[crate::events::AuditEvent]) -> Report {
+pub fn status(events: &[crate::contract::AuditEvent]) -> Report {
     let mut by_chain: std::collections::BTreeMap<&str, InstanceStatus> = std::collections::BTreeMap::new();
-    for e in events.iter().filter(|e| e.chain.starts_with("policy/")) {
+    for e in events.iter().filter(|e| crate::domain::ChainId::parse(&e.chain).is_policy()) {
         let s = by_chain.entry(&e.chain).or_insert_with(|| InstanceStatus {
             chain: e.chain.clone(),
             version: None,

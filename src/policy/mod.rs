@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 pub use catalogue::{Catalogue, CatalogueError, Dataset, Grade, PersonalInfo, Scenario};
 
-use crate::events::Operation;
+use crate::contract::Operation;
 
 pub const MODEL_FILE: &str = "model.conf";
 pub const POLICY_FILE: &str = "policy.csv";

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
-use crate::events::{AccessRequest, Operation, Outcome, Purpose, PurposeClass, REQUEST_SCHEMA, Volume, Window};
-use crate::pipeline::{DecisionInput, Evaluation, evaluate};
+use crate::contract::{AccessRequest, Operation, Outcome, Purpose, PurposeClass, REQUEST_SCHEMA, Volume, Window};
+use crate::decide::{DecisionInput, Evaluation, evaluate};
 
 use super::Policy;
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
-use crate::events::{AuditEvent, UsageRecord};
+use crate::contract::{AuditEvent, UsageRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
 
@@ -719,7 +719,7 @@ async fn insert_audit(
                 .bind(i64::try_from(a.seq).unwrap_or(i64::MAX))
                 .bind(&a.hash)
                 .bind(&a.prev_hash)
-                .bind(&a.event_type)
+                .bind(a.event_type.as_str())
                 .bind(body)
                 .bind(a.occurred_at.to_rfc3339())
         },
@@ -889,7 +889,7 @@ mod tests {
             kind: "policy",
             decision: None,
             messages: vec![],
-            audit: AuditEvent::draft("policy/i".into(), now, "t".into()),
+            audit: AuditEvent::draft("policy/i".into(), crate::contract::EventType::PolicyLoaded, now, "t".into()),
             usage: None,
             created_at: now.to_rfc3339(),
         };

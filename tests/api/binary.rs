@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tollgate::config::Settings;
-use tollgate::events::Outcome;
+use tollgate::contract::Outcome;
 use tollgate::kafka::Client;
 
 use crate::helpers::*;
@@ -269,7 +269,7 @@ async fn readme_verifier_accepts_republished_copies_and_rejects_a_differing_one(
     assert!(out.status.success(), "README verifier on the topic: {}", String::from_utf8_lossy(&out.stderr));
     // The re-published event again at the end, changed and re-hashed:
     // same position, different event.
-    let mut forged: tollgate::events::AuditEvent = serde_json::from_str(
+    let mut forged: tollgate::contract::AuditEvent = serde_json::from_str(
         events.iter().find(|e| e.contains("\"seq\":1") && e.contains("tollgate.requests")).unwrap(),
     )
     .unwrap();

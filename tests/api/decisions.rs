@@ -1,6 +1,6 @@
 use base64::Engine;
-use tollgate::broker::GrantClaims;
-use tollgate::events::{DeadLetter, Outcome, UsageRecord};
+use tollgate::contract::GrantClaims;
+use tollgate::contract::{DeadLetter, Outcome, UsageRecord};
 
 use crate::helpers::*;
 

@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
-use tollgate::events::{Outcome, UsageRecord};
+use tollgate::contract::{Outcome, UsageRecord};
 
 use crate::helpers::*;
 
@@ -259,7 +259,7 @@ impl tollgate::kafka::Processor for ConflictOnce {
 async fn a_conflict_with_another_instance_is_decided_again_at_once_without_pausing() {
     let infra = infra().await;
     let settings = infra.settings();
-    let health = tollgate::health::Health::new();
+    let health = tollgate::ops::Health::new();
     let pipeline = tollgate::kafka::LoopClients::new(
         &settings.kafka,
         &infra.bootstrap,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 use tollgate::config::Settings;
-use tollgate::events::Outcome;
+use tollgate::contract::Outcome;
 use tollgate::kafka::Client;
 use tollgate::kafka::embedded::EmbeddedKafka;
 
@@ -127,7 +127,7 @@ async fn assert_nothing_lost_nothing_twice(infra: &Infra, seen: &Seen, expected:
             .await
             .unwrap()
             .iter()
-            .map(|m| serde_json::from_slice::<tollgate::events::UsageRecord>(&m.payload).unwrap().usage_id)
+            .map(|m| serde_json::from_slice::<tollgate::contract::UsageRecord>(&m.payload).unwrap().usage_id)
             .collect();
         if usage.len() >= approvals || Instant::now() > deadline {
             break usage;

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use tollgate::auth::{AuthError, Claims, SigningKey, Verifier};
-use tollgate::pipeline::{self, DecisionInput};
+use tollgate::decide::{self, DecisionInput};
 use tollgate::policy::Policy;
 
 use crate::helpers::{ISSUER, TRAVEL, repo_policies};
@@ -112,14 +112,14 @@ fn mutate(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
 /// carry a known code.
 fn decode_and_decide(payload: &[u8], header: Option<&[u8]>) {
     let k = keys();
-    match pipeline::decode(payload, header, MAX_BYTES) {
+    match decide::decode(payload, header, MAX_BYTES) {
         Err(rejection) => assert!(DECODE_CODES.contains(&rejection.code), "unknown code {}", rejection.code),
         Ok(decoded) => {
             let identity = match decoded.token.as_deref() {
                 Some(t) => k.verifier.verify(t),
                 None => Err(AuthError::Missing),
             };
-            let eval = pipeline::evaluate(&DecisionInput {
+            let eval = decide::evaluate(&DecisionInput {
                 request: &decoded.request,
                 identity: identity.as_ref(),
                 policy: &k.policy,
@@ -128,7 +128,7 @@ fn decode_and_decide(payload: &[u8], header: Option<&[u8]>) {
                 grant_ttl_secs: 3600,
             });
             // A denial always says why.
-            if eval.outcome == tollgate::events::Outcome::Denied {
+            if eval.outcome == tollgate::contract::Outcome::Denied {
                 assert!(!eval.reasons.is_empty());
             }
         }

@@ -48,7 +48,7 @@ async fn service() -> (DecisionService, SigningKey) {
         Verifier::for_ed25519(&idp.public(), ISSUER, "tollgate"),
         tollgate::store::Store::connect("sqlite::memory:", 1).await.unwrap(),
         SigningKey::from_pem_file(&golden("grants.pem")).unwrap(),
-        tollgate::health::Health::new(),
+        tollgate::ops::Health::new(),
     )
     .with_source(Box::new(Fixed(AtomicU64::new(0))));
     (service, idp)

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate::app::{App, AppError};
 use tollgate::auth::{Claims, SigningKey};
 use tollgate::config::{Settings, Topics};
-use tollgate::events::{AuditEvent, Decision, REQUEST_SCHEMA};
+use tollgate::contract::{AuditEvent, Decision, REQUEST_SCHEMA};
 use tollgate::kafka::embedded::EmbeddedKafka;
 use tollgate::kafka::{Client, InputMessage, Reader};
 
@@ -45,7 +45,7 @@ pub struct TestApp {
     pub client: Client,
     pub settings: Settings,
     /// The instance's readiness and metrics, as `/readyz` and `/metrics` serve them.
-    pub health: std::sync::Arc<tollgate::health::Health>,
+    pub health: std::sync::Arc<tollgate::ops::Health>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<Result<(), AppError>>>,
     /// A test that does not stop its app still lets it wind down.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use tollgate::auth::{Claims, SigningKey};
-use tollgate::events::DeadLetter;
+use tollgate::contract::DeadLetter;
 
 use crate::helpers::*;
 

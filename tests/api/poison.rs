@@ -5,7 +5,7 @@
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
-use tollgate::events::{DeadLetter, Outcome};
+use tollgate::contract::{DeadLetter, Outcome};
 
 use crate::helpers::*;
 

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use tollgate::events::Outcome;
+use tollgate::contract::Outcome;
 
 use crate::helpers::*;
 
@@ -26,7 +26,7 @@ async fn policy_event(
     reader: &tollgate::kafka::Reader,
     event_type: &str,
     needle: &str,
-) -> tollgate::events::AuditEvent {
+) -> tollgate::contract::AuditEvent {
     loop {
         let m =
             reader.next(WAIT).await.unwrap().unwrap_or_else(|| panic!("no {event_type} audit event with {needle:?}"));
@@ -112,7 +112,7 @@ async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
     let dir = editable_policies(&infra);
     let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
     let policy = tollgate::broker::reload::build_checked(&dir).await.unwrap();
-    let health = tollgate::health::Health::new();
+    let health = tollgate::ops::Health::new();
     let settings = tollgate::config::PolicySettings { dir: dir.clone(), watch: false, debounce_ms: 10 };
     let current = Arc::new(arc_swap::ArcSwap::from_pointee(policy));
     let reloader =
@@ -163,7 +163,7 @@ async fn reading_the_policy_files_triggers_no_reload_and_an_edit_does() {
     let dir = editable_policies(&infra);
     let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
     let policy = tollgate::broker::reload::build_checked(&dir).await.unwrap();
-    let health = tollgate::health::Health::new();
+    let health = tollgate::ops::Health::new();
     let settings = tollgate::config::PolicySettings { dir: dir.clone(), watch: true, debounce_ms: 50 };
     let reloader = Reloader::new(
         &settings,
@@ -220,13 +220,17 @@ async fn a_policy_event_stored_before_a_crash_reaches_the_topic_at_the_next_star
         kind: "policy",
         decision: None,
         messages: vec![],
-        audit: tollgate::events::AuditEvent {
-            event_type: "policy_loaded".into(),
+        audit: tollgate::contract::AuditEvent {
             actor: "tollgate/crashed".into(),
             action: "reload".into(),
             outcome: "loaded".into(),
             policy_version: "sha256:before-the-crash".into(),
-            ..tollgate::events::AuditEvent::draft("policy/crashed".into(), now, "t".into())
+            ..tollgate::contract::AuditEvent::draft(
+                "policy/crashed".into(),
+                tollgate::contract::EventType::PolicyLoaded,
+                now,
+                "t".into(),
+            )
         },
         usage: None,
         created_at: now.to_rfc3339(),

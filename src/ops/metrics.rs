@@ -1,40 +1,10 @@
-//! What operators and orchestrators ask a running instance: is it alive, is
-//! it ready to take work, and what has it done (`/healthz`, `/readyz`,
-//! `/metrics` in Prometheus text format).
-//!
-//! Readiness is the conjunction of facts the loop and the Kafka client
-//! report as they happen; nothing here probes dependencies on its own, so an
-//! answer never waits on a slow database.
+//! What the instance has done: counters and histograms, exported in the
+//! Prometheus text format (`/metrics`).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use serde::Serialize;
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
-
-/// Shared by the decision loop, the Kafka client context, the reloader and
-/// the HTTP endpoints.
-#[derive(Debug, Default)]
-pub struct Health {
-    consuming: AtomicBool,
-    stopping: AtomicBool,
-    /// Set while no broker connection is up (librdkafka's statistics and
-    /// all-brokers-down errors), with what was last reported.
-    kafka_down: Mutex<Option<String>>,
-    /// Set while processing waits for a dependency (the database); intake
-    /// is paused meanwhile.
-    blocked: Mutex<Option<String>>,
-    pub counters: Counters,
-    pub timings: Timings,
-}
+use super::Health;
 
 /// Where a batch's time goes, as Prometheus histograms: what an operator
 /// looks at when latency or throughput is not what was expected.
@@ -145,56 +115,16 @@ pub struct Counters {
     pub conflicts: AtomicU64,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Readiness {
-    pub ready: bool,
-    /// Why not, one line per unmet condition; empty when ready.
-    pub reasons: Vec<String>,
-}
-
 impl Health {
-    pub fn new() -> Arc<Health> {
-        Arc::new(Health::default())
-    }
-
-    pub fn set_consuming(&self, on: bool) {
-        self.consuming.store(on, Ordering::Relaxed);
-    }
-
-    pub fn set_stopping(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
-    }
-
-    pub fn set_kafka_down(&self, why: Option<String>) {
-        *self.kafka_down.lock().unwrap_or_else(|p| p.into_inner()) = why;
-    }
-
-    pub fn set_blocked(&self, why: Option<String>) {
-        *self.blocked.lock().unwrap_or_else(|p| p.into_inner()) = why;
-    }
-
-    pub fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn readiness(&self) -> Readiness {
-        let mut reasons = Vec::new();
-        if self.stopping.load(Ordering::Relaxed) {
-            reasons.push("stopping".to_owned());
-        } else if !self.consuming.load(Ordering::Relaxed) {
-            reasons.push("not consuming yet".to_owned());
-        }
-        if let Some(why) = self.kafka_down.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            reasons.push(format!("kafka: {why}"));
-        }
-        if let Some(why) = self.blocked.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            reasons.push(format!("processing paused: {why}"));
-        }
-        Readiness { ready: reasons.is_empty(), reasons }
-    }
-
     /// Prometheus text exposition format, version 0.0.4.
     pub fn metrics(&self) -> String {
+        let mut out = self.counter_metrics();
+        self.histogram_metrics(&mut out);
+        out
+    }
+
+    /// The gauge and counters.
+    fn counter_metrics(&self) -> String {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::new();
@@ -263,9 +193,14 @@ impl Health {
                 ("{result=\"unchanged\"}", get(&c.policy_unchanged)),
             ],
         );
+        out
+    }
+
+    /// Batch sizes and the time per stage.
+    fn histogram_metrics(&self, out: &mut String) {
         let t = &self.timings;
         let _ = writeln!(out, "# HELP tollgate_batch_inputs Inputs per batch.\n# TYPE tollgate_batch_inputs histogram");
-        t.batch_inputs.render(&mut out, "batch_inputs", "");
+        t.batch_inputs.render(out, "batch_inputs", "");
         let _ = writeln!(
             out,
             "# HELP tollgate_stage_seconds Time per batch in each stage (deliver: per input).\n# TYPE tollgate_stage_seconds histogram"
@@ -277,75 +212,14 @@ impl Health {
             ("store", &t.store),
             ("deliver", &t.deliver),
         ] {
-            h.render(&mut out, "stage_seconds", &format!("stage=\"{stage}\""));
+            h.render(out, "stage_seconds", &format!("stage=\"{stage}\""));
         }
-        out
-    }
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    let r = health.readiness();
-    let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(r))
-}
-
-async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], health.metrics())
-}
-
-/// The bound listener, so a port conflict fails start-up rather than the
-/// first probe.
-pub struct HttpServer {
-    listener: tokio::net::TcpListener,
-}
-
-impl HttpServer {
-    pub async fn bind(addr: &str) -> std::io::Result<HttpServer> {
-        Ok(HttpServer { listener: tokio::net::TcpListener::bind(addr).await? })
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    pub async fn serve(self, health: Arc<Health>, shutdown: CancellationToken) -> std::io::Result<()> {
-        let router = Router::new()
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
-            .with_state(health);
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn readiness_names_every_unmet_condition() {
-        let h = Health::default();
-        assert_eq!(h.readiness().reasons, vec!["not consuming yet"]);
-        h.set_consuming(true);
-        assert!(h.readiness().ready);
-        h.set_blocked(Some("database unavailable: connection refused".into()));
-        h.set_kafka_down(Some("no broker connection is up".into()));
-        let r = h.readiness();
-        assert!(!r.ready);
-        assert_eq!(
-            r.reasons,
-            vec!["kafka: no broker connection is up", "processing paused: database unavailable: connection refused"]
-        );
-        h.set_blocked(None);
-        h.set_kafka_down(None);
-        assert!(h.readiness().ready);
-        h.set_stopping();
-        assert_eq!(h.readiness().reasons, vec!["stopping"]);
-    }
 
     #[test]
     fn metrics_are_prometheus_text() {

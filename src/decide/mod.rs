@@ -1,115 +1,19 @@
-//! The decision, as pure functions: bytes → request, and (request, identity,
-//! policy, usage so far, now) → evaluation. No I/O happens here, so every
-//! rule is unit-tested without Kafka or a database.
+//! The decision, as pure functions: bytes → request (`decode`), and
+//! (request, identity, policy, usage so far, now) → evaluation, the checks
+//! in their contract order. No I/O happens here, so every rule is
+//! unit-tested without Kafka or a database.
+
+mod decode;
+
+use decode::truncate;
+pub use decode::{DecodedRequest, Rejection, decode};
 
 use chrono::{DateTime, Utc};
 
 use crate::auth::{AuthError, Principal};
-use crate::events::{AccessRequest, Outcome, Quota, REQUEST_SCHEMA, Reason};
-use crate::metering::Unit;
+use crate::contract::Unit;
+use crate::contract::{AccessRequest, Outcome, Quota, Reason};
 use crate::policy::{Dataset, Grade, Policy, Scenario};
-
-/// Why an input could not be read as a request at all: it goes to the
-/// dead-letter topic with this code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct Rejection {
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl Rejection {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Rejection { code, message: message.into() }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecodedRequest {
-    pub request: AccessRequest,
-    /// The token from the body, else from an `authorization: Bearer` header.
-    pub token: Option<String>,
-}
-
-const MAX_ID_LEN: usize = 128;
-const MAX_FIELD_LEN: usize = 256;
-const MAX_STATEMENT_LEN: usize = 2000;
-const MAX_FIELDS: usize = 200;
-
-/// Reads an access request. Anything that is not a well-formed v1 request is
-/// a [`Rejection`]; a well-formed request with bad *content* (an unknown
-/// dataset, a bad token) is decided and denied instead, so the requester
-/// gets a reason on the decisions topic.
-pub fn decode(payload: &[u8], authorization: Option<&[u8]>, max_bytes: usize) -> Result<DecodedRequest, Rejection> {
-    if payload.len() > max_bytes {
-        return Err(Rejection::new(
-            "input.too_large",
-            format!("{} bytes exceeds the limit of {max_bytes}", payload.len()),
-        ));
-    }
-    let text = std::str::from_utf8(payload)
-        .map_err(|e| Rejection::new("input.invalid_utf8", format!("payload is not UTF-8: {e}")))?;
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| Rejection::new("input.invalid_json", e.to_string()))?;
-    match value.get("schema").and_then(|s| s.as_str()) {
-        Some(REQUEST_SCHEMA) => {}
-        Some(other) => {
-            return Err(Rejection::new(
-                "input.unsupported_schema",
-                format!("schema {:?} is not supported; expected {REQUEST_SCHEMA}", truncate(other, 64)),
-            ));
-        }
-        None if value.get("schema").is_some() => {
-            return Err(Rejection::new(
-                "input.unsupported_schema",
-                format!("schema must be the string {REQUEST_SCHEMA}"),
-            ));
-        }
-        None => {
-            return Err(Rejection::new("input.missing_schema", format!("no schema field; expected {REQUEST_SCHEMA}")));
-        }
-    }
-    // Parse the text again rather than the Value: serde_json rejects
-    // duplicate keys only when deserialising a struct from text.
-    let request: AccessRequest =
-        serde_json::from_str(text).map_err(|e| Rejection::new("input.invalid_request", e.to_string()))?;
-    validate_shape(&request)?;
-    let header_token = authorization
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-        .map(|t| t.trim().to_owned());
-    let token = request.token.clone().or(header_token);
-    Ok(DecodedRequest { request, token })
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
-}
-
-fn validate_shape(r: &AccessRequest) -> Result<(), Rejection> {
-    let id_ok = |s: &str| !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
-    if !id_ok(&r.request_id) {
-        return Err(Rejection::new(
-            "input.invalid_request",
-            format!("request_id must be 1..={MAX_ID_LEN} printable characters"),
-        ));
-    }
-    for (name, v) in [("dataset", &r.dataset), ("scenario", &r.scenario)] {
-        if v.len() > MAX_FIELD_LEN {
-            return Err(Rejection::new("input.invalid_request", format!("{name} is longer than {MAX_FIELD_LEN}")));
-        }
-    }
-    if r.purpose.statement.len() > MAX_STATEMENT_LEN {
-        return Err(Rejection::new(
-            "input.invalid_request",
-            format!("purpose.statement is longer than {MAX_STATEMENT_LEN}"),
-        ));
-    }
-    if r.fields.len() > MAX_FIELDS || r.fields.iter().any(|f| f.len() > MAX_FIELD_LEN) {
-        return Err(Rejection::new("input.invalid_request", "too many or too long fields"));
-    }
-    Ok(())
-}
 
 /// What the policy says about a request, before ids, signatures and chain
 /// positions are attached.
@@ -401,10 +305,11 @@ fn approve(input: &DecisionInput<'_>, scenario: &Scenario, dataset: &Dataset, qu
 
 #[cfg(test)]
 mod tests {
+    use crate::contract::REQUEST_SCHEMA;
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::events::{Operation, Purpose, PurposeClass, Volume, Window};
+    use crate::contract::{Operation, Purpose, PurposeClass, Volume, Window};
 
     const TRAVEL: &str = "91610131MA6TG1L5X1";
     const MEDICINE: &str = "91110108MA01RX7C4G";
