@@ -1,3 +1,5 @@
+mod cli;
+
 use std::path::PathBuf;
 
 use std::io::Read;
@@ -210,18 +212,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { requests, rate, seed, quiet, data_dir } => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let opts = tollgate::demo::DemoOptions { requests, rate, seed, verbose: !quiet, data_dir };
-            tollgate::demo::run(settings, opts).await
+            let opts = cli::demo::DemoOptions { requests, rate, seed, verbose: !quiet, data_dir };
+            cli::demo::run(settings, opts).await
         }
         Command::Loadgen { requests, rate, database, no_baseline, external, idp_key, issuer, json } => {
-            use tollgate::loadgen::{LoadOptions, Target};
+            use cli::loadgen::{LoadOptions, Target};
             let settings = Settings::load(cli.config.as_deref())?;
             let target = match idp_key {
                 Some(idp_key) if external => Target::Running { idp_key, issuer },
                 _ => Target::InProcess { database_url: database },
             };
             let opts = LoadOptions { requests, rate, baseline: !no_baseline, target };
-            let report = tollgate::loadgen::run(settings, opts).await?;
+            let report = cli::loadgen::run(settings, opts).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -297,7 +299,7 @@ fn input(path: &std::path::Path) -> anyhow::Result<Box<dyn std::io::BufRead>> {
 }
 
 async fn policy_command(config: Option<&std::path::Path>, command: PolicyCommand) -> anyhow::Result<()> {
-    use tollgate::policy::cli;
+    use crate::cli::policy as cli;
     let default_dir = || Settings::load(config).map(|s| s.policy.dir);
     let (report, json) = match command {
         PolicyCommand::Check { dir, json } => (cli::check(&dir.map_or_else(default_dir, Ok)?).await, json),
@@ -310,7 +312,7 @@ async fn policy_command(config: Option<&std::path::Path>, command: PolicyCommand
         PolicyCommand::Explain { request, dir, json } => {
             let mut text = String::new();
             input(&request)?.read_to_string(&mut text)?;
-            let probe: tollgate::policy::testing::Probe =
+            let probe: tollgate::decide::policy_tests::Probe =
                 serde_json::from_str(&text).context("the probe must be {\"principal\": …, \"request\": …}")?;
             (cli::explain(&dir.map_or_else(default_dir, Ok)?, &probe).await?, json)
         }

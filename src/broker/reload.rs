@@ -17,9 +17,9 @@ use tracing::{error, info, warn};
 use super::outbox::{self, Outbox};
 use crate::config::PolicySettings;
 use crate::contract::{AuditEvent, EventType, Reason};
+use crate::decide::policy_tests::run_tests;
 use crate::domain::ChainId;
 use crate::ops::Health;
-use crate::policy::testing::run_tests;
 use crate::policy::{CATALOGUE_FILE, MODEL_FILE, POLICY_FILE, Policy, version_of};
 use crate::store::{Commit, Store};
 
@@ -361,4 +361,52 @@ impl Reloader {
             Err(error) => error!(message = "policy audit event could not be stored", %error),
         }
     }
+}
+
+/// What an instance's policy chain says of it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceStatus {
+    pub chain: String,
+    pub version: Option<String>,
+    pub loaded_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub loaded: String,
+    /// A rejection after the last load: an edit waiting to be fixed.
+    pub pending_rejection: Option<String>,
+    pub rejected_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Per instance, from its policy chain: the version in force since when,
+/// and any rejected edit since.
+pub fn policy_status(events: &[AuditEvent]) -> Vec<InstanceStatus> {
+    let mut by_chain: std::collections::BTreeMap<&str, InstanceStatus> = std::collections::BTreeMap::new();
+    for e in events.iter().filter(|e| ChainId::parse(&e.chain).is_policy()) {
+        let s = by_chain.entry(&e.chain).or_insert_with(|| InstanceStatus {
+            chain: e.chain.clone(),
+            version: None,
+            loaded_at: None,
+            loaded: String::new(),
+            pending_rejection: None,
+            rejected_at: None,
+        });
+        let message = e.reasons.first().map(|r| r.message.clone()).unwrap_or_default();
+        match e.event_type {
+            EventType::PolicyLoaded => {
+                s.version = Some(e.policy_version.clone());
+                s.loaded_at = Some(e.occurred_at);
+                s.loaded = message;
+                s.pending_rejection = None;
+                s.rejected_at = None;
+            }
+            EventType::PolicyRejected => {
+                s.pending_rejection = Some(message);
+                s.rejected_at = Some(e.occurred_at);
+            }
+            EventType::PolicyRestored => {
+                s.pending_rejection = None;
+                s.rejected_at = None;
+            }
+            _ => {}
+        }
+    }
+    by_chain.into_values().collect()
 }

@@ -4,6 +4,7 @@
 //! unit-tested without Kafka or a database.
 
 mod decode;
+pub mod policy_tests;
 
 use decode::truncate;
 pub use decode::{DecodedRequest, Rejection, decode};

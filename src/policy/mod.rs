@@ -2,11 +2,9 @@
 //! identified by one content hash (the `policy_version` in every decision).
 
 pub mod catalogue;
-pub mod cli;
 pub mod engine;
 pub mod lint;
 pub mod synth;
-pub mod testing;
 
 use std::collections::BTreeSet;
 use std::path::Path;

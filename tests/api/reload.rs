@@ -97,10 +97,9 @@ async fn edited_policy_is_reloaded_and_a_bad_edit_keeps_the_last_good_one() {
     assert!(report.chains.keys().any(|c| c.starts_with("policy/")));
 
     // `tollgate policy status` shows the version in force and the rejected edit.
-    let status = tollgate::policy::cli::status(&pool_events).json;
-    let instance = &status["instances"][0];
-    assert_eq!(instance["version"], loaded.policy_version.as_str());
-    assert!(instance["pending_rejection"].as_str().unwrap().contains("policy test(s) failed"), "{status}");
+    let status = tollgate::broker::reload::policy_status(&pool_events);
+    assert_eq!(status[0].version.as_deref(), Some(loaded.policy_version.as_str()));
+    assert!(status[0].pending_rejection.as_deref().unwrap_or_default().contains("policy test(s) failed"), "{status:?}");
 }
 
 #[tokio::test]
@@ -132,8 +131,8 @@ async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
     std::fs::write(dir.join("policy.csv"), format!("{rules}p, broken, again\n")).unwrap();
     assert!(matches!(reloader.reload("test").await, ReloadOutcome::Rejected { .. }));
     assert_eq!(rejections().await, 2);
-    let status = || async { tollgate::policy::cli::status(&store.audit_events().await.unwrap()).json };
-    assert!(status().await["instances"][0]["pending_rejection"].is_string());
+    let status = || async { tollgate::broker::reload::policy_status(&store.audit_events().await.unwrap()) };
+    assert!(status().await[0].pending_rejection.is_some());
     // The author undoes the edit: the rejection is withdrawn (audited, and
     // gone from the status) ...
     std::fs::write(dir.join("policy.csv"), &rules).unwrap();
@@ -142,7 +141,7 @@ async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
     let restored: Vec<_> = events.iter().filter(|e| e.event_type == "policy_restored").collect();
     assert_eq!(restored.len(), 1);
     assert_eq!(restored[0].policy_version, current.load().version());
-    assert!(status().await["instances"][0]["pending_rejection"].is_null(), "{}", status().await);
+    assert!(status().await[0].pending_rejection.is_none(), "{:?}", status().await);
     // ... and only once: another trigger with the same files is just unchanged.
     assert_eq!(reloader.reload("test").await, ReloadOutcome::Unchanged);
     assert_eq!(store.audit_events().await.unwrap().iter().filter(|e| e.event_type == "policy_restored").count(), 1);

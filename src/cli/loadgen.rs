@@ -23,14 +23,14 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
-use crate::auth::{SigningKey, Verifier};
-use crate::config::{Settings, Topics};
-use crate::demo::{ENTERPRISES, ISSUER, request_json, token_for};
-use crate::kafka::{
+use super::demo::{ENTERPRISES, ISSUER, request_json, token_for};
+use tollgate::app::App;
+use tollgate::auth::{SigningKey, Verifier};
+use tollgate::config::{Settings, Topics};
+use tollgate::kafka::{
     self, Client, InputMessage, Limits, LoopClients, OutgoingMessage, ProcessError, Processor, embedded::EmbeddedKafka,
 };
-use crate::ops::Health;
+use tollgate::ops::Health;
 
 pub struct LoadOptions {
     pub requests: usize,

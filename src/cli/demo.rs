@@ -11,11 +11,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
-use crate::auth::{Claims, SigningKey, Verifier};
-use crate::config::Settings;
-use crate::contract::{DeadLetter, Decision, REQUEST_SCHEMA};
-use crate::kafka::{Client, embedded::EmbeddedKafka};
+use tollgate::app::App;
+use tollgate::auth::{Claims, SigningKey, Verifier};
+use tollgate::config::Settings;
+use tollgate::contract::{DeadLetter, Decision, REQUEST_SCHEMA};
+use tollgate::kafka::{Client, embedded::EmbeddedKafka};
 
 pub(crate) const ISSUER: &str = "https://idp.demo.tollgate";
 
@@ -382,7 +382,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     service.await??;
     let (records, quantity, amount) = store.usage_totals().await?;
     let events = store.audit_events().await?;
-    let report = crate::audit::verify(&events);
+    let report = tollgate::audit::verify(&events);
     println!();
     println!("usage: {records} records, {quantity} units, {} billed (public use waived)", yuan(amount));
     match report {
@@ -404,7 +404,7 @@ struct Tally {
 }
 
 async fn summarise(
-    reader: &crate::kafka::Reader,
+    reader: &tollgate::kafka::Reader,
     sent: &HashMap<String, (Mistake, &'static str)>,
     expected: usize,
     verbose: bool,
@@ -449,7 +449,7 @@ async fn summarise(
         let name = sent.get(&d.request_id).map_or("?", |(_, n)| n);
         let t = per_scenario.entry(d.scenario.clone()).or_default();
         let detail = match d.outcome {
-            crate::contract::Outcome::Approved => {
+            tollgate::contract::Outcome::Approved => {
                 t.approved += 1;
                 let obligations =
                     if d.obligations.is_empty() { String::new() } else { format!(" [{}]", d.obligations.join(", ")) };
@@ -459,13 +459,13 @@ async fn summarise(
                     obligations
                 )
             }
-            crate::contract::Outcome::Denied => {
+            tollgate::contract::Outcome::Denied => {
                 t.denied += 1;
                 let code = d.reasons.first().map_or("-", |r| r.code.as_str());
                 *reasons.entry(code.to_owned()).or_default() += 1;
                 code.to_owned()
             }
-            crate::contract::Outcome::PendingReview => {
+            tollgate::contract::Outcome::PendingReview => {
                 t.pending += 1;
                 "sent to review".into()
             }

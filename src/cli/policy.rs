@@ -8,10 +8,10 @@ use std::path::Path;
 use casbin::{CoreApi, Enforcer};
 use serde::Serialize;
 
-use super::lint::{Finding, lint};
-use super::testing::{CaseResult, Probe, run_tests};
-use super::{Policy, PolicyError};
-use crate::contract::{Outcome, Reason};
+use tollgate::contract::{Outcome, Reason};
+use tollgate::decide::policy_tests::{CaseResult, Probe, run_tests};
+use tollgate::policy::lint::{Finding, lint};
+use tollgate::policy::{Policy, PolicyError};
 
 pub struct Report {
     pub ok: bool,
@@ -274,51 +274,10 @@ pub async fn eval_raw(
     Ok(n)
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct InstanceStatus {
-    pub chain: String,
-    pub version: Option<String>,
-    pub loaded_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub loaded: String,
-    /// A rejection after the last load: an edit waiting to be fixed.
-    pub pending_rejection: Option<String>,
-    pub rejected_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
 /// Per instance, from its policy chain: the version in force since when,
 /// and any rejected edit since.
-pub fn status(events: &[crate::contract::AuditEvent]) -> Report {
-    let mut by_chain: std::collections::BTreeMap<&str, InstanceStatus> = std::collections::BTreeMap::new();
-    for e in events.iter().filter(|e| crate::domain::ChainId::parse(&e.chain).is_policy()) {
-        let s = by_chain.entry(&e.chain).or_insert_with(|| InstanceStatus {
-            chain: e.chain.clone(),
-            version: None,
-            loaded_at: None,
-            loaded: String::new(),
-            pending_rejection: None,
-            rejected_at: None,
-        });
-        let message = e.reasons.first().map(|r| r.message.clone()).unwrap_or_default();
-        match e.event_type.as_str() {
-            "policy_loaded" => {
-                s.version = Some(e.policy_version.clone());
-                s.loaded_at = Some(e.occurred_at);
-                s.loaded = message;
-                s.pending_rejection = None;
-                s.rejected_at = None;
-            }
-            "policy_rejected" => {
-                s.pending_rejection = Some(message);
-                s.rejected_at = Some(e.occurred_at);
-            }
-            "policy_restored" => {
-                s.pending_rejection = None;
-                s.rejected_at = None;
-            }
-            _ => {}
-        }
-    }
-    let instances: Vec<InstanceStatus> = by_chain.into_values().collect();
+pub fn status(events: &[tollgate::contract::AuditEvent]) -> Report {
+    let instances = tollgate::broker::reload::policy_status(events);
     let mut human = String::new();
     for s in &instances {
         human.push_str(&format!(

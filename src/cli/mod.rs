@@ -1,0 +1,7 @@
+//! The command line: everything the binary prints or reads from a person,
+//! and the tools built on the library (demo, load generator, policy
+//! commands). The library never formats for a terminal.
+
+pub mod demo;
+pub mod loadgen;
+pub mod policy;
