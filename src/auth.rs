@@ -195,7 +195,7 @@ impl Verifier {
         if let Some(path) = &settings.jwks {
             keys.extend(load_jwks(path)?);
         }
-        if let Some(secret) = settings.hs256_secret.as_deref().filter(|_| settings.allow_hs256) {
+        if let Some(secret) = settings.hs256_secret.as_ref().map(|s| s.expose()).filter(|_| settings.allow_hs256) {
             keys.push(TrustedKey {
                 kid: None,
                 algorithms: vec![Algorithm::HS256],
@@ -858,7 +858,7 @@ mod tests {
         let mut settings = AuthSettings {
             issuers: vec![ISS.into()],
             audience: vec![AUD.into()],
-            hs256_secret: Some("a long shared secret".into()),
+            hs256_secret: Some(crate::config::Secret::new("a long shared secret")),
             ..AuthSettings::default()
         };
         assert_eq!(

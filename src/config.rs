@@ -72,13 +72,13 @@ pub struct KafkaSettings {
     /// From the environment, `_` in a key stands for `.`:
     /// `TOLLGATE_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL`.
     #[serde(deserialize_with = "scalar_map")]
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
     /// librdkafka properties for the consumer only.
     #[serde(deserialize_with = "scalar_map")]
-    pub consumer: BTreeMap<String, String>,
+    pub consumer: Properties,
     /// librdkafka properties for the producer only.
     #[serde(deserialize_with = "scalar_map")]
-    pub producer: BTreeMap<String, String>,
+    pub producer: Properties,
     /// How outputs and input offsets reach Kafka.
     pub delivery: DeliveryMode,
     /// Join the group as a static member (`group.instance.id` =
@@ -106,7 +106,7 @@ pub enum DeliveryMode {
 
 /// librdkafka values are strings, but `TOLLGATE_…=5` arrives as a number
 /// and `=true` as a boolean: accept any scalar and keep its text.
-fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Properties, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Scalar {
@@ -117,19 +117,20 @@ fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String,
         F(f64),
     }
     let raw: BTreeMap<String, Scalar> = BTreeMap::deserialize(d)?;
-    Ok(raw
-        .into_iter()
-        .map(|(k, v)| {
-            let text = match v {
-                Scalar::S(s) => s,
-                Scalar::B(b) => b.to_string(),
-                Scalar::I(i) => i.to_string(),
-                Scalar::U(u) => u.to_string(),
-                Scalar::F(f) => f.to_string(),
-            };
-            (k, text)
-        })
-        .collect())
+    Ok(Properties(
+        raw.into_iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    Scalar::S(s) => s,
+                    Scalar::B(b) => b.to_string(),
+                    Scalar::I(i) => i.to_string(),
+                    Scalar::U(u) => u.to_string(),
+                    Scalar::F(f) => f.to_string(),
+                };
+                (k, text)
+            })
+            .collect(),
+    ))
 }
 
 impl Default for KafkaSettings {
@@ -140,9 +141,9 @@ impl Default for KafkaSettings {
             create_topics: true,
             partitions: 3,
             replication_factor: 1,
-            properties: BTreeMap::new(),
-            consumer: BTreeMap::new(),
-            producer: BTreeMap::new(),
+            properties: Properties::default(),
+            consumer: Properties::default(),
+            producer: Properties::default(),
             delivery: DeliveryMode::AtLeastOnce,
             static_membership: false,
             transactional_id: None,
@@ -220,7 +221,7 @@ pub struct AuthSettings {
     pub leeway_secs: u64,
     /// HS256 is off unless this is true *and* a secret is set.
     pub allow_hs256: bool,
-    pub hs256_secret: Option<String>,
+    pub hs256_secret: Option<Secret>,
     pub max_token_bytes: usize,
     /// A token id (`jti`) authorizes one request: another request with the
     /// same token is denied `auth.token_replayed` while the token is valid.
@@ -316,10 +317,97 @@ impl KafkaSettings {
     }
 }
 
+/// A secret from configuration (the HS256 key): usable, never printed —
+/// `Debug` shows `***`, so settings can be logged whole.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// librdkafka properties. `Debug` leaves out the values of those that hold
+/// secrets (`sasl.password`, `ssl.key.password`, …), so settings can be
+/// logged whole.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Properties(BTreeMap<String, String>);
+
+impl std::ops::Deref for Properties {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl FromIterator<(String, String)> for Properties {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        Properties(iter.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Properties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for Properties {
+    type Item = (String, String);
+    type IntoIter = std::collections::btree_map::IntoIter<String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret =
+            |k: &str| ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem"].iter().any(|s| k.contains(s));
+        f.debug_map().entries(self.0.iter().map(|(k, v)| (k, if secret(k) { "***" } else { v.as_str() }))).finish()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_print_without_their_secrets() {
+        let mut s = Settings::default();
+        s.auth.hs256_secret = Some(Secret::new("hs256-shared-secret"));
+        s.kafka.properties.insert("sasl.password".into(), "sasl-pass-123".into());
+        s.kafka.producer.insert("ssl.key.password".into(), "key-pass-456".into());
+        s.kafka.properties.insert("sasl.username".into(), "tollgate".into());
+        let printed = format!("{s:?}");
+        for secret in ["hs256-shared-secret", "sasl-pass-123", "key-pass-456"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        assert!(printed.contains("tollgate"), "non-secret properties still show");
+    }
 
     #[test]
     fn file_overrides_defaults_and_env_overrides_file() {

@@ -233,41 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Policy { command } => policy_command(cli.config.as_deref(), command).await,
         Command::Audit { command: AuditCommand::Verify { kafka } } => {
-            let settings = Settings::load(cli.config.as_deref())?;
-            let events = if kafka {
-                let bootstrap =
-                    settings.kafka.bootstrap_servers.as_deref().context("--kafka needs kafka.bootstrap_servers")?;
-                let client = tollgate::kafka::Client::new(&settings.kafka, bootstrap)?;
-                let messages = client.read_to_end(&settings.topics.audit).await?;
-                messages
-                    .iter()
-                    .map(|m| {
-                        serde_json::from_slice::<tollgate::contract::AuditEvent>(&m.payload)
-                            .with_context(|| format!("{}/{}@{} is not an audit event", m.topic, m.partition, m.offset))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?
-            } else {
-                let rows = tollgate::store::Store::connect(&settings.database.url, 1).await?.audit_rows().await?;
-                for r in &rows {
-                    tollgate::audit::check_columns(&r.event, &r.chain, r.seq, &r.hash, &r.prev_hash)
-                        .context("audit chain verification failed")?;
-                }
-                rows.into_iter().map(|r| r.event).collect()
-            };
-            let report = tollgate::audit::verify(&events).context("audit chain verification failed")?;
-            for (chain, (seq, head)) in &report.chains {
-                println!("{chain}: {seq} events, head {head}");
-            }
-            // Distinct events; identical re-publications (at-least-once) apart.
-            let distinct = events.len() as u64 - report.duplicates;
-            match report.duplicates {
-                0 => println!("ok: {distinct} events on {} chain(s) verified", report.chains.len()),
-                n => println!(
-                    "ok: {distinct} events on {} chain(s) verified; {n} identical re-published copies skipped",
-                    report.chains.len()
-                ),
-            }
-            Ok(())
+            cli::audit::verify(&Settings::load(cli.config.as_deref())?, kafka).await
         }
         Command::Keygen { out, name } => {
             let key = SigningKey::generate(&name);

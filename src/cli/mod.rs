@@ -2,6 +2,7 @@
 //! and the tools built on the library (demo, load generator, policy
 //! commands). The library never formats for a terminal.
 
+pub mod audit;
 pub mod demo;
 pub mod loadgen;
 pub mod policy;

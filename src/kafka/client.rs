@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::config::{Side, base_config, producer_config};
 use super::consume::detach;
-use super::{InputMessage, KafkaError};
+use super::{InputMessage, KafkaError, owned_headers};
 use crate::config::KafkaSettings;
 
 /// A plain Kafka client for tollgate's own tools (demo, load generator,
@@ -36,11 +35,7 @@ impl Client {
         payload: &[u8],
         headers: &[(&str, &str)],
     ) -> Result<(i32, i64), KafkaError> {
-        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
-        for (k, v) in headers {
-            hs = hs.insert(Header { key: k, value: Some(v.as_bytes()) });
-        }
-        let record = FutureRecord::to(topic).key(key).payload(payload).headers(hs);
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(owned_headers(headers.iter().copied()));
         self.producer
             .send(record, rdkafka::util::Timeout::After(Duration::from_secs(30)))
             .await

@@ -9,23 +9,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::{debug, error, warn};
 
 use super::clients::LoopContext;
-use super::{FIRST_BACKOFF, InputMessage, KafkaError, MAX_BACKOFF, OutgoingMessage, Processor};
+use super::{FIRST_BACKOFF, InputMessage, KafkaError, MAX_BACKOFF, OutgoingMessage, Processor, owned_headers};
 use crate::ops::Health;
 
 /// An input's place: topic, partition, offset.
 pub(super) type Position = (String, i32, i64);
 
 pub(super) fn to_record<'a>(m: &'a OutgoingMessage) -> FutureRecord<'a, String, String> {
-    let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
-    for (k, v) in &m.headers {
-        headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
-    }
+    let headers = owned_headers(m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     FutureRecord::to(&m.topic).key(&m.key).payload(&m.payload).headers(headers)
 }
 

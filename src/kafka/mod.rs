@@ -133,3 +133,13 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// instance; it waits with backoff like any other retryable failure.
 const MAX_CONFLICTS: u32 = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Kafka headers from (name, text value) pairs, for every record tollgate
+/// produces.
+fn owned_headers<'a>(pairs: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> rdkafka::message::OwnedHeaders {
+    let mut headers = rdkafka::message::OwnedHeaders::new_with_capacity(pairs.len());
+    for (key, value) in pairs {
+        headers = headers.insert(rdkafka::message::Header { key, value: Some(value.as_bytes()) });
+    }
+    headers
+}

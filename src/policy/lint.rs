@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::{Grade, Policy};
+use super::{Grade, Policy, RuleLines};
 use crate::domain::is_uscc;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -22,8 +22,20 @@ pub struct Finding {
 pub fn lint(policy: &Policy) -> Vec<Finding> {
     let rules = policy.rule_lines();
     let lines = rules.lines();
-    let mut out = Vec::new();
+    let p_rules: Vec<&Line> = lines.iter().filter(|(_, f)| f[0] == "p" && f.len() == 6).collect();
+    let mut out = duplicates(lines);
+    out.extend(rules_that_never_match(policy, &rules, lines, &p_rules));
+    out.extend(roles_granting_nothing(lines, &p_rules));
+    out.extend(unused_groups(lines, &p_rules));
+    out.sort_by_key(|f| f.line);
+    out
+}
 
+/// A policy.csv line: its number and its fields.
+type Line = (usize, Vec<String>);
+
+fn duplicates(lines: &[Line]) -> Vec<Finding> {
+    let mut out = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for (line, f) in lines {
         let key = f.join(", ");
@@ -37,14 +49,18 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
             seen.insert(key, *line);
         }
     }
+    out
+}
 
+/// `p` rules for a role no `g` line grants, and allows of core data only.
+fn rules_that_never_match(policy: &Policy, rules: &RuleLines<'_>, lines: &[Line], p_rules: &[&Line]) -> Vec<Finding> {
+    let mut out = Vec::new();
     let granted: BTreeSet<(&str, &str)> = lines
         .iter()
         .filter(|(_, f)| f[0] == "g" && f.len() == 4)
         .map(|(_, f)| (f[2].as_str(), f[3].as_str()))
         .collect();
-    let p_rules: Vec<&(usize, Vec<String>)> = lines.iter().filter(|(_, f)| f[0] == "p" && f.len() == 6).collect();
-    for (line, f) in &p_rules {
+    for (line, f) in p_rules {
         let (sub, dom) = (f[1].as_str(), f[2].as_str());
         let is_role = sub != "*" && !is_uscc(sub);
         let granted_here = granted.iter().any(|(role, d)| *role == sub && (dom == "*" || *d == dom));
@@ -63,17 +79,17 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
                 .filter(|d| d.code == f[3] || rules.groups_of(&d.code).contains(&f[3]))
                 .collect();
             if !datasets.is_empty() && datasets.iter().all(|d| d.grade == Grade::Core) {
-                out.push(Finding {
-                    line: *line,
-                    code: "never_effective",
-                    message: format!(
-                        "{} holds only core data, which is never authorized: this allow has no effect",
-                        f[3]
-                    ),
-                });
+                let message =
+                    format!("{} holds only core data, which is never authorized: this allow has no effect", f[3]);
+                out.push(Finding { line: *line, code: "never_effective", message });
             }
         }
     }
+    out
+}
+
+fn roles_granting_nothing(lines: &[Line], p_rules: &[&Line]) -> Vec<Finding> {
+    let mut out = Vec::new();
     for (line, f) in lines.iter().filter(|(_, f)| f[0] == "g" && f.len() == 4) {
         let (role, dom) = (f[2].as_str(), f[3].as_str());
         let used = p_rules.iter().any(|(_, p)| p[1] == role && (p[2] == dom || p[2] == "*"))
@@ -86,6 +102,11 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
             });
         }
     }
+    out
+}
+
+fn unused_groups(lines: &[Line], p_rules: &[&Line]) -> Vec<Finding> {
+    let mut out = Vec::new();
     let mut reported = BTreeSet::new();
     for (line, f) in lines.iter().filter(|(_, f)| f[0] == "g2" && f.len() == 3) {
         let group = f[2].as_str();
@@ -99,6 +120,5 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
             });
         }
     }
-    out.sort_by_key(|f| f.line);
     out
 }

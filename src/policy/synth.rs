@@ -4,8 +4,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-pub const OPERATIONS: [&str; 6] =
-    ["query", "download", "api_call", "model_training", "privacy_compute", "verification"];
+use crate::contract::Operation;
 
 pub struct Synthetic {
     /// policy.csv text for tollgate's model (`p, sub, dom, obj, act, eft`).
@@ -70,7 +69,8 @@ pub fn generate(rules: usize, seed: u64) -> Synthetic {
         } else {
             objects[rng.gen_range(0..objects.len())].clone()
         };
-        let act = if rng.gen_bool(0.03) { "*" } else { OPERATIONS[rng.gen_range(0..OPERATIONS.len())] };
+        let act =
+            if rng.gen_bool(0.03) { "*" } else { Operation::ALL[rng.gen_range(0..Operation::ALL.len())].as_str() };
         let eft = if rng.gen_bool(0.06) { "deny" } else { "allow" };
         out.push_str(&format!("p, {sub}, {dom}, {obj}, {act}, {eft}\n"));
         lines += 1;
@@ -97,7 +97,7 @@ impl Synthetic {
                     sub,
                     dom,
                     pick(&mut rng, &self.objects, "ds-unknown"),
-                    OPERATIONS[rng.gen_range(0..OPERATIONS.len())].to_owned(),
+                    Operation::ALL[rng.gen_range(0..Operation::ALL.len())].as_str().to_owned(),
                 ]
             })
             .collect()
