@@ -15,7 +15,7 @@ use crate::broker::DecisionService;
 use crate::broker::outbox::Outbox;
 use crate::broker::reload::Reloader;
 use crate::config::{DeliveryMode, Settings};
-use crate::kafka::{self, Limits, LoopClients, embedded::EmbeddedKafka};
+use crate::kafka::{self, Cluster, Limits, LoopClients};
 use crate::ops::{Health, HttpServer};
 use crate::store::Store;
 
@@ -23,12 +23,10 @@ use crate::store::Store;
 pub enum AppError {
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaError),
-    #[error("embedded kafka: {0}")]
-    Embedded(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("policy in {dir}: {message}")]
-    Policy { dir: String, message: String },
+    #[error("policy in {dir}: {source}")]
+    Policy { dir: String, source: crate::broker::reload::BuildError },
     #[error(transparent)]
     Keys(#[from] crate::auth::KeyError),
     #[error("http endpoint {addr}: {source}")]
@@ -37,9 +35,8 @@ pub enum AppError {
 
 pub struct App {
     settings: Settings,
-    bootstrap: String,
     /// Kept alive for as long as the app runs when no cluster is configured.
-    embedded: Option<EmbeddedKafka>,
+    cluster: Cluster,
     service: Arc<DecisionService>,
     clients: LoopClients,
     reloader: Reloader,
@@ -55,7 +52,8 @@ impl App {
     /// As [`App::build`], with a ready-made token verifier instead of the
     /// configured key files (the demo acts as its own identity provider).
     pub async fn build_with_verifier(settings: Settings, verifier: Option<Verifier>) -> Result<App, AppError> {
-        let (bootstrap, embedded) = connect_kafka(&settings).await?;
+        let cluster = connect_kafka(&settings).await?;
+        let bootstrap = cluster.bootstrap_servers();
         let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
         let policy = Arc::new(ArcSwap::from_pointee(load_policy(&settings.policy.dir).await?));
         let verifier = match verifier {
@@ -74,22 +72,22 @@ impl App {
                 Some(HttpServer::bind(addr).await.map_err(|source| AppError::Http { addr: addr.to_owned(), source })?)
             }
         };
-        let clients = loop_clients(&settings, &bootstrap, health.clone())?;
-        let client = kafka::Client::new(&settings.kafka, &bootstrap)?;
+        let clients = loop_clients(&settings, bootstrap, health.clone())?;
+        let client = kafka::Client::new(&settings.kafka, bootstrap)?;
         let outbox = Arc::new(Outbox::new(store.clone(), client, settings.topics.audit.clone()));
         let instance = &settings.service.instance_id;
         let reloader = Reloader::new(&settings.policy, instance, policy.clone(), store.clone(), outbox, health.clone());
         let service =
             Arc::new(DecisionService::new(&settings, policy, verifier, store, grant_key(&settings)?, health.clone()));
-        Ok(App { settings, bootstrap, embedded, service, clients, reloader, health, http })
+        Ok(App { settings, cluster, service, clients, reloader, health, http })
     }
 
     pub fn bootstrap_servers(&self) -> &str {
-        &self.bootstrap
+        self.cluster.bootstrap_servers()
     }
 
     pub fn is_embedded(&self) -> bool {
-        self.embedded.is_some()
+        self.cluster.is_embedded()
     }
 
     /// Where `/healthz`, `/readyz` and `/metrics` are served, when on.
@@ -115,8 +113,8 @@ impl App {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        let App { settings, bootstrap, embedded, service, clients, reloader, health, http } = self;
-        info!(message = "tollgate is consuming", %bootstrap, topic = %settings.topics.requests, group = %settings.kafka.group_id,
+        let App { settings, cluster, service, clients, reloader, health, http } = self;
+        info!(message = "tollgate is consuming", bootstrap = %cluster.bootstrap_servers(), topic = %settings.topics.requests, group = %settings.kafka.group_id,
               instance = %settings.service.instance_id);
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
         // The reloader stops with the service, also when the loop fails.
@@ -144,7 +142,7 @@ impl App {
             let _ = serving.await;
         }
         // The pool closes with its last handle; a caller may still hold one.
-        drop(embedded);
+        drop(cluster);
         info!(message = "tollgate stopped");
         Ok(result?)
     }
@@ -152,30 +150,18 @@ impl App {
 
 /// The configured cluster, or an embedded one when none is; topics created
 /// when `kafka.create_topics` says so.
-async fn connect_kafka(settings: &Settings) -> Result<(String, Option<EmbeddedKafka>), AppError> {
-    let (bootstrap, embedded) = match &settings.kafka.bootstrap_servers {
-        Some(b) => (b.clone(), None),
-        None => {
-            let cluster = EmbeddedKafka::start(1).map_err(AppError::Embedded)?;
-            warn!(
-                message = "NO KAFKA CONFIGURED: using the EMBEDDED in-process Kafka; its data is lost when tollgate stops. Set kafka.bootstrap_servers (TOLLGATE_KAFKA__BOOTSTRAP_SERVERS) for a real cluster.",
-                bootstrap_servers = %cluster.bootstrap_servers()
-            );
-            (cluster.bootstrap_servers().to_owned(), Some(cluster))
-        }
-    };
-    if settings.kafka.create_topics {
-        match &embedded {
-            // The mock cluster has no admin API.
-            Some(cluster) => {
-                for t in settings.topics.all() {
-                    cluster.create_topic(t, settings.kafka.partitions).map_err(AppError::Embedded)?;
-                }
-            }
-            None => kafka::ensure_topics(&settings.kafka, &bootstrap, &settings.topics.all()).await?,
-        }
+async fn connect_kafka(settings: &Settings) -> Result<Cluster, AppError> {
+    let cluster = Cluster::from_settings(&settings.kafka)?;
+    if cluster.is_embedded() {
+        warn!(
+            message = "NO KAFKA CONFIGURED: using the EMBEDDED in-process Kafka; its data is lost when tollgate stops. Set kafka.bootstrap_servers (TOLLGATE_KAFKA__BOOTSTRAP_SERVERS) for a real cluster.",
+            bootstrap_servers = %cluster.bootstrap_servers()
+        );
     }
-    Ok((bootstrap, embedded))
+    if settings.kafka.create_topics {
+        cluster.create_topics(&settings.kafka, &settings.topics.all()).await?;
+    }
+    Ok(cluster)
 }
 
 /// The same checks as a reload, tests included: nothing unvalidated is ever
@@ -183,7 +169,7 @@ async fn connect_kafka(settings: &Settings) -> Result<(String, Option<EmbeddedKa
 async fn load_policy(dir: &std::path::Path) -> Result<crate::policy::Policy, AppError> {
     let policy = crate::broker::reload::build_checked(dir)
         .await
-        .map_err(|message| AppError::Policy { dir: dir.display().to_string(), message })?;
+        .map_err(|source| AppError::Policy { dir: dir.display().to_string(), source })?;
     info!(message = "policy loaded", version = %policy.version(), rules = policy.rule_count(),
           datasets = policy.catalogue().datasets.len(), scenarios = policy.catalogue().scenarios.len());
     Ok(policy)

@@ -99,17 +99,31 @@ fn is_edit(kind: &notify::EventKind) -> bool {
     }
 }
 
+/// Why a policy directory cannot be put in force. Its text is the reason
+/// audited with `policy_rejected`.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Invalid(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    TestFile(#[from] crate::decide::policy_tests::TestFileError),
+    #[error("{} policy test(s) failed: {}", .0.len(), .0.join(" | "))]
+    TestsFailed(Vec<String>),
+    #[error("policy build panicked: {0}")]
+    Panicked(String),
+}
+
 /// Loads and fully validates the policy in `dir`, tests included.
-pub async fn build_checked(dir: &Path) -> Result<Policy, String> {
-    let policy = Policy::load(dir).await.map_err(|e| e.to_string())?;
-    let results = run_tests(&policy, dir).map_err(|e| e.to_string())?;
+pub async fn build_checked(dir: &Path) -> Result<Policy, BuildError> {
+    let policy = Policy::load(dir).await?;
+    let results = run_tests(&policy, dir)?;
     let failed: Vec<String> = results
         .iter()
         .filter(|r| !r.passed)
         .map(|r| format!("{}: {}: {}", r.file, r.name, r.failures.join("; ")))
         .collect();
     if !failed.is_empty() {
-        return Err(format!("{} policy test(s) failed: {}", failed.len(), failed.join(" | ")));
+        return Err(BuildError::TestsFailed(failed));
     }
     Ok(policy)
 }
@@ -224,7 +238,7 @@ impl Reloader {
                 self.current.store(Arc::new(new));
                 ReloadOutcome::Loaded { old, new: new_version, added, removed }
             }
-            Err(reason) => ReloadOutcome::Rejected { reason },
+            Err(error) => ReloadOutcome::Rejected { reason: error.to_string() },
         };
         let now = Utc::now();
         if let Some((event_type, word, version, reason)) = self.audit_entry(&outcome, &old, &candidate, trigger) {
@@ -258,7 +272,7 @@ impl Reloader {
     /// Building 100k rules takes seconds of CPU, and the diff parses both
     /// versions' rules: on a blocking thread, so the runtime's workers keep
     /// deciding meanwhile.
-    async fn build(&self, old: &Arc<Policy>) -> Result<Option<(Policy, usize, usize)>, String> {
+    async fn build(&self, old: &Arc<Policy>) -> Result<Option<(Policy, usize, usize)>, BuildError> {
         let dir = self.dir.clone();
         let handle = tokio::runtime::Handle::current();
         let previous = old.clone();
@@ -272,7 +286,7 @@ impl Reloader {
             Ok(Some((new, added, removed)))
         })
         .await
-        .unwrap_or_else(|e| Err(format!("policy build panicked: {e}")))
+        .unwrap_or_else(|e| Err(BuildError::Panicked(e.to_string())))
     }
 
     /// What to audit of a reload (event type, outcome, version in force,

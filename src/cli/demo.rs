@@ -15,7 +15,7 @@ use tollgate::app::App;
 use tollgate::auth::{Claims, SigningKey, Verifier};
 use tollgate::config::Settings;
 use tollgate::contract::{DeadLetter, Decision, REQUEST_SCHEMA};
-use tollgate::kafka::{Client, embedded::EmbeddedKafka};
+use tollgate::kafka::{Client, Cluster, embedded::EmbeddedKafka};
 
 pub(crate) const ISSUER: &str = "https://idp.demo.tollgate";
 
@@ -248,7 +248,7 @@ fn yuan(fen: i64) -> String {
 }
 
 pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()> {
-    let cluster = EmbeddedKafka::start(1).map_err(|e| anyhow::anyhow!("embedded kafka: {e}"))?;
+    let cluster = Cluster::Embedded(EmbeddedKafka::start(1)?);
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let temp = tempfile::Builder::new().prefix("tollgate-demo-").tempdir()?;
     let data_dir = match &opts.data_dir {
@@ -264,9 +264,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     }
     settings.kafka.bootstrap_servers = Some(bootstrap.clone());
     settings.database.url = format!("sqlite://{}", db_path.display());
-    for t in settings.topics.all() {
-        cluster.create_topic(t, settings.kafka.partitions).map_err(|e| anyhow::anyhow!(e))?;
-    }
+    cluster.create_topics(&settings.kafka, &settings.topics.all()).await?;
     settings.kafka.create_topics = false;
     // The demo is a foreground show, not a service to probe.
     settings.service.http_listen = String::new();

@@ -28,7 +28,7 @@ use tollgate::app::App;
 use tollgate::auth::{SigningKey, Verifier};
 use tollgate::config::{Settings, Topics};
 use tollgate::kafka::{
-    self, Client, InputMessage, Limits, LoopClients, OutgoingMessage, ProcessError, Processor, embedded::EmbeddedKafka,
+    self, Client, Cluster, InputMessage, Limits, LoopClients, OutgoingMessage, ProcessError, Processor,
 };
 use tollgate::ops::Health;
 
@@ -252,15 +252,11 @@ fn report(pipeline: &str, requests: usize, (completed, seconds, h): (usize, f64,
 
 pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<Report> {
     let running = matches!(opts.target, Target::Running { .. });
-    let embedded = match &settings.kafka.bootstrap_servers {
-        Some(_) => None,
-        None if running => anyhow::bail!("--external needs kafka.bootstrap_servers: the running instance's broker"),
-        None => Some(EmbeddedKafka::start(1).map_err(|e| anyhow::anyhow!("embedded kafka: {e}"))?),
-    };
-    let bootstrap = match &embedded {
-        Some(k) => k.bootstrap_servers().to_owned(),
-        None => settings.kafka.bootstrap_servers.clone().unwrap_or_default(),
-    };
+    if running && settings.kafka.bootstrap_servers.is_none() {
+        anyhow::bail!("--external needs kafka.bootstrap_servers: the running instance's broker");
+    }
+    let cluster = Cluster::from_settings(&settings.kafka)?;
+    let bootstrap = cluster.bootstrap_servers().to_owned();
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let base_topics = Topics::with_suffix(&format!("loadgen-base-{run_id}"));
     // A running instance is driven through its own topics, which exist.
@@ -272,15 +268,7 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<Report
     if !running {
         fresh.extend(gate_topics.all());
     }
-    match &embedded {
-        Some(k) => {
-            for t in &fresh {
-                k.create_topic(t, settings.kafka.partitions).map_err(|e| anyhow::anyhow!(e))?;
-            }
-        }
-        None if fresh.is_empty() => {}
-        None => kafka::ensure_topics(&settings.kafka, &bootstrap, &fresh).await?,
-    }
+    cluster.create_topics(&settings.kafka, &fresh).await?;
     let client = Client::new(&settings.kafka, &bootstrap)?;
     let idp = match &opts.target {
         Target::InProcess { .. } => {
@@ -359,7 +347,7 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<Report
 
     let ratio = (runs.len() == 2 && runs[0].per_second > 0.0).then(|| runs[1].per_second / runs[0].per_second);
     drop(client);
-    drop(embedded);
+    drop(cluster);
     Ok(Report { broker: bootstrap, database, rate: opts.rate, runs, ratio })
 }
 

@@ -6,11 +6,27 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use rdkafka::error::KafkaError as ClientError;
 use rdkafka::mocking::MockCluster;
 
+/// What went wrong with the embedded cluster, its cause kept.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("starting the mock cluster: {0}")]
+    Start(#[source] ClientError),
+    #[error("starting the mock cluster's thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the mock cluster refused: {0}")]
+    Cluster(#[source] ClientError),
+    #[error("the embedded cluster has stopped")]
+    Stopped,
+}
+
+type Reply = mpsc::Sender<Result<(), ClientError>>;
+
 enum Command {
-    CreateTopic { name: String, partitions: i32, reply: mpsc::Sender<Result<(), String>> },
-    BrokerUp { id: i32, up: bool, reply: mpsc::Sender<Result<(), String>> },
+    CreateTopic { name: String, partitions: i32, reply: Reply },
+    BrokerUp { id: i32, up: bool, reply: Reply },
     Stop,
 }
 
@@ -29,16 +45,16 @@ impl std::fmt::Debug for EmbeddedKafka {
 }
 
 impl EmbeddedKafka {
-    pub fn start(brokers: i32) -> Result<Self, String> {
+    pub fn start(brokers: i32) -> Result<Self, EmbeddedError> {
         let (tx, rx) = mpsc::channel::<Command>();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, ClientError>>();
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
             .spawn(move || {
                 let cluster = match MockCluster::new(brokers) {
                     Ok(c) => c,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
@@ -46,18 +62,18 @@ impl EmbeddedKafka {
                 while let Ok(cmd) = rx.recv() {
                     match cmd {
                         Command::CreateTopic { name, partitions, reply } => {
-                            let _ = reply.send(cluster.create_topic(&name, partitions, 1).map_err(|e| e.to_string()));
+                            let _ = reply.send(cluster.create_topic(&name, partitions, 1));
                         }
                         Command::BrokerUp { id, up, reply } => {
                             let done = if up { cluster.broker_up(id) } else { cluster.broker_down(id) };
-                            let _ = reply.send(done.map_err(|e| e.to_string()));
+                            let _ = reply.send(done);
                         }
                         Command::Stop => break,
                     }
                 }
             })
-            .map_err(|e| e.to_string())?;
-        let bootstrap = ready_rx.recv().map_err(|e| e.to_string())??;
+            .map_err(EmbeddedError::Thread)?;
+        let bootstrap = ready_rx.recv().map_err(|_| EmbeddedError::Stopped)?.map_err(EmbeddedError::Start)?;
         Ok(EmbeddedKafka { bootstrap, commands: tx, thread: Some(thread) })
     }
 
@@ -65,12 +81,14 @@ impl EmbeddedKafka {
         &self.bootstrap
     }
 
-    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), String> {
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), EmbeddedError> {
+        self.ask(|reply| Command::CreateTopic { name: name.to_owned(), partitions, reply })
+    }
+
+    fn ask(&self, command: impl FnOnce(Reply) -> Command) -> Result<(), EmbeddedError> {
         let (reply, rx) = mpsc::channel();
-        self.commands
-            .send(Command::CreateTopic { name: name.to_owned(), partitions, reply })
-            .map_err(|_| "embedded kafka has stopped".to_owned())?;
-        rx.recv().map_err(|_| "embedded kafka has stopped".to_owned())?
+        self.commands.send(command(reply)).map_err(|_| EmbeddedError::Stopped)?;
+        rx.recv().map_err(|_| EmbeddedError::Stopped)?.map_err(EmbeddedError::Cluster)
     }
 }
 
@@ -78,10 +96,8 @@ impl EmbeddedKafka {
     /// Takes broker `id` (1-based) down, closing its connections and
     /// refusing new ones, or brings it back: a broker outage on demand, for
     /// fault tests.
-    pub fn set_broker_up(&self, id: i32, up: bool) -> Result<(), String> {
-        let (reply, rx) = mpsc::channel();
-        self.commands.send(Command::BrokerUp { id, up, reply }).map_err(|_| "embedded kafka has stopped".to_owned())?;
-        rx.recv().map_err(|_| "embedded kafka has stopped".to_owned())?
+    pub fn set_broker_up(&self, id: i32, up: bool) -> Result<(), EmbeddedError> {
+        self.ask(|reply| Command::BrokerUp { id, up, reply })
     }
 }
 

@@ -11,10 +11,12 @@
 //! creation), `clients` (the loop's consumer and producer), `consume` (the
 //! loop and its state), `delivery` (publishing an input's outputs, refusals,
 //! storing offsets), `transaction` (transactional mode), `client` (a plain
-//! client for tools and tests), `embedded` (the in-process cluster).
+//! client for tools and tests), `cluster` and `embedded` (the configured or
+//! in-process cluster).
 
 mod client;
 mod clients;
+mod cluster;
 mod config;
 mod consume;
 mod delivery;
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 pub use client::{Client, Reader};
 pub use clients::{LoopClients, LoopContext};
+pub use cluster::Cluster;
 pub use config::{consumer_config, ensure_topics, producer_config};
 pub use consume::run;
 
@@ -33,6 +36,8 @@ pub use consume::run;
 pub enum KafkaError {
     #[error("kafka client: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
+    #[error("embedded kafka: {0}")]
+    Embedded(#[from] embedded::EmbeddedError),
     #[error("creating topic {topic}: {message}")]
     CreateTopic { topic: String, message: String },
     #[error("output for {topic}/{partition}@{offset} was not delivered: {message}")]
