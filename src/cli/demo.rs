@@ -251,27 +251,8 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     let cluster = Cluster::Embedded(EmbeddedKafka::start(1)?);
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let temp = tempfile::Builder::new().prefix("tollgate-demo-").tempdir()?;
-    let data_dir = match &opts.data_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => temp.path().to_owned(),
-    };
-    let db_path = data_dir.join("tollgate.db");
-    if db_path.exists() {
-        anyhow::bail!("{} exists already: the demo starts from an empty database", db_path.display());
-    }
-    settings.kafka.bootstrap_servers = Some(bootstrap.clone());
-    settings.database.url = format!("sqlite://{}", db_path.display());
+    let db_path = demo_settings(&mut settings, &opts, &bootstrap, temp.path())?;
     cluster.create_topics(&settings.kafka, &settings.topics.all()).await?;
-    settings.kafka.create_topics = false;
-    // The demo is a foreground show, not a service to probe.
-    settings.service.http_listen = String::new();
-    let grant_key = temp.path().join("grants.pem");
-    std::fs::write(&grant_key, SigningKey::generate("demo-grants").to_pkcs8_pem())?;
-    settings.grant.signing_key = Some(grant_key);
-
     let idp = SigningKey::generate("demo-idp");
     let verifier = Verifier::for_ed25519(&idp.public(), ISSUER, "tollgate");
     println!("tollgate demo");
@@ -295,36 +276,143 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
 
     let client = Client::new(&settings.kafka, &bootstrap)?;
     let reader = client.reader(&[&settings.topics.decisions, &settings.topics.dlq], "tollgate-demo-reader")?;
-
-    let mut rng = StdRng::seed_from_u64(opts.seed);
-    // request id -> (mistake, enterprise name); originals kept for re-sends.
-    let mut sent: HashMap<String, (Mistake, &'static str)> = HashMap::new();
-    let mut originals: Vec<(String, &'static str)> = Vec::new();
-    // Each enterprise's last token that went out with a good request: what a
-    // replay would capture. Same enterprise, same key, same partition, so the
-    // replay is decided after the original.
-    let mut used_tokens: HashMap<&'static str, String> = HashMap::new();
-    let mut expected = 0usize;
     let started = Instant::now();
     let interval = (opts.rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(opts.rate)));
-
+    let mut traffic = Traffic::new(&idp, opts.seed);
     for i in 0..opts.requests {
-        let e = &ENTERPRISES[rng.gen_range(0..ENTERPRISES.len())];
-        let (scenario, dataset, op, class, statement) = e.usual[rng.gen_range(0..e.usual.len())];
-        let mut mistake = Mistake::pick(&mut rng);
-        if (mistake == Mistake::Resend && originals.is_empty())
-            || (mistake == Mistake::ReplayedToken && !used_tokens.contains_key(e.uscc))
+        let (payload, key, resent) = traffic.next(i);
+        client.produce(&settings.topics.requests, key, payload.as_bytes(), &[]).await?;
+        if let Some(iv) = interval.filter(|_| !resent) {
+            tokio::time::sleep(iv).await;
+        }
+    }
+    summarise(&reader, &traffic.sent, traffic.expected, opts.verbose, started).await?;
+
+    shutdown.cancel();
+    service.await??;
+    print_totals(&store).await?;
+    // Clients first: the cluster going away under them is an error.
+    drop(reader);
+    drop(client);
+    drop(cluster);
+    Ok(())
+}
+
+/// The demo's settings: the embedded cluster, a fresh SQLite file (in
+/// `--data-dir` or a temporary directory), a grant key of its own, no HTTP
+/// endpoint. Returns the database file.
+fn demo_settings(
+    settings: &mut Settings,
+    opts: &DemoOptions,
+    bootstrap: &str,
+    temp: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let data_dir = match &opts.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => temp.to_owned(),
+    };
+    let db_path = data_dir.join("tollgate.db");
+    if db_path.exists() {
+        anyhow::bail!("{} exists already: the demo starts from an empty database", db_path.display());
+    }
+    settings.kafka.bootstrap_servers = Some(bootstrap.to_owned());
+    settings.database.url = format!("sqlite://{}", db_path.display());
+    settings.kafka.create_topics = false;
+    // The demo is a foreground show, not a service to probe.
+    settings.service.http_listen = String::new();
+    let grant_key = temp.join("grants.pem");
+    std::fs::write(&grant_key, SigningKey::generate("demo-grants").to_pkcs8_pem())?;
+    settings.grant.signing_key = Some(grant_key);
+    Ok(db_path)
+}
+
+async fn print_totals(store: &tollgate::store::Store) -> anyhow::Result<()> {
+    let (records, quantity, amount) = store.usage_totals().await?;
+    let events = store.audit_events().await?;
+    let report = tollgate::audit::verify(&events);
+    println!();
+    println!("usage: {records} records, {quantity} units, {} billed (public use waived)", yuan(amount));
+    match report {
+        Ok(r) => println!("audit: {} events on {} chain(s), hash chain verified", events.len(), r.chains.len()),
+        Err(e) => println!("audit: CHAIN BROKEN: {e}"),
+    }
+    Ok(())
+}
+
+/// The demo's requests, seeded: the enterprises' usual requests and the
+/// mistakes real clients make, and what was sent so far.
+struct Traffic<'k> {
+    idp: &'k SigningKey,
+    rng: StdRng,
+    /// request id -> (mistake, enterprise name).
+    sent: HashMap<String, (Mistake, &'static str)>,
+    /// Payloads sent, with their keys, for re-sends.
+    originals: Vec<(String, &'static str)>,
+    /// Each enterprise's last token that went out with a good request: what
+    /// a replay would capture. Same enterprise, same key, same partition, so
+    /// the replay is decided after the original.
+    used_tokens: HashMap<&'static str, String>,
+    /// Outputs to wait for.
+    expected: usize,
+}
+
+/// One of an enterprise's usual requests: (scenario, dataset, operation,
+/// purpose class, purpose statement).
+type Usual = (&'static str, &'static str, &'static str, &'static str, &'static str);
+
+impl<'k> Traffic<'k> {
+    fn new(idp: &'k SigningKey, seed: u64) -> Self {
+        Traffic {
+            idp,
+            rng: StdRng::seed_from_u64(seed),
+            sent: HashMap::new(),
+            originals: Vec::new(),
+            used_tokens: HashMap::new(),
+            expected: 0,
+        }
+    }
+
+    /// The `i`th input: its payload and key, and whether it re-sends an
+    /// earlier one.
+    fn next(&mut self, i: usize) -> (String, &'static str, bool) {
+        let e = &ENTERPRISES[self.rng.gen_range(0..ENTERPRISES.len())];
+        let usual = e.usual[self.rng.gen_range(0..e.usual.len())];
+        let mut mistake = Mistake::pick(&mut self.rng);
+        if (mistake == Mistake::Resend && self.originals.is_empty())
+            || (mistake == Mistake::ReplayedToken && !self.used_tokens.contains_key(e.uscc))
         {
             mistake = Mistake::None;
         }
+        self.expected += 1;
+        if mistake == Mistake::Resend {
+            // The same bytes again, as a client retry would send them.
+            let (payload, key) = self.originals[self.rng.gen_range(0..self.originals.len())].clone();
+            return (payload, key, true);
+        }
         let id = format!("req-{:05}", i + 1);
-        let good = token(&idp, e, 600, true);
+        let good = token(self.idp, e, 600, true);
+        let payload = self.payload(mistake, &id, e, usual, &good);
+        self.sent.insert(id, (mistake, e.name));
+        if mistake == Mistake::None {
+            self.used_tokens.insert(e.uscc, good);
+        }
+        if mistake != Mistake::Garbage {
+            self.originals.push((payload.clone(), e.uscc));
+        }
+        (payload, e.uscc, false)
+    }
+
+    fn payload(&self, mistake: Mistake, id: &str, e: &Enterprise, usual: Usual, good: &str) -> String {
+        let (scenario, dataset, op, class, statement) = usual;
         let req = |tok: Option<&str>, scenario: &str, dataset: &str, op: &str, class: &str| {
-            request_json(&id, tok, scenario, dataset, op, class, statement)
+            request_json(id, tok, scenario, dataset, op, class, statement)
         };
-        let payload = match mistake {
-            Mistake::None => req(Some(&good), scenario, dataset, op, class),
-            Mistake::ExpiredToken => req(Some(&token(&idp, e, -3600, true)), scenario, dataset, op, class),
+        match mistake {
+            Mistake::None | Mistake::Resend => req(Some(good), scenario, dataset, op, class),
+            Mistake::ExpiredToken => req(Some(&token(self.idp, e, -3600, true)), scenario, dataset, op, class),
             Mistake::ForgedSignature => {
                 // Change one character inside the signature.
                 let mut t: Vec<char> = good.chars().collect();
@@ -335,67 +423,29 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
             Mistake::NoToken => req(None, scenario, dataset, op, class),
             Mistake::WrongPurpose => {
                 let other = if class == "industry" { "public_welfare" } else { "industry" };
-                req(Some(&good), scenario, dataset, op, other)
+                req(Some(good), scenario, dataset, op, other)
             }
-            Mistake::ForbiddenOperation => req(Some(&good), scenario, dataset, "download", class),
-            Mistake::OutsideScenario => req(Some(&good), scenario, "GX-610000-HWAY-0005", "query", class),
-            Mistake::UnknownDataset => req(Some(&good), scenario, "GX-999999-NONE-0000", op, class),
-            Mistake::CoreData => req(Some(&good), scenario, "GX-610000-POPU-0015", "query", class),
+            Mistake::ForbiddenOperation => req(Some(good), scenario, dataset, "download", class),
+            Mistake::OutsideScenario => req(Some(good), scenario, "GX-610000-HWAY-0005", "query", class),
+            Mistake::UnknownDataset => req(Some(good), scenario, "GX-999999-NONE-0000", op, class),
+            Mistake::CoreData => req(Some(good), scenario, "GX-610000-POPU-0015", "query", class),
             Mistake::MissingQualification => req(
-                Some(&token(&idp, e, 600, false)),
+                Some(&token(self.idp, e, 600, false)),
                 "precision-medicine",
                 "GX-110000-HLTH-0007",
                 "privacy_compute",
                 "industry",
             ),
-            Mistake::Garbage => {
-                format!("{{\"schema\":\"{REQUEST_SCHEMA}\",\"request_id\":\"{id}\",\"dataset\":")
+            Mistake::Garbage => format!("{{\"schema\":\"{REQUEST_SCHEMA}\",\"request_id\":\"{id}\",\"dataset\":"),
+            Mistake::ReplayedToken => {
+                req(self.used_tokens.get(e.uscc).map(String::as_str), scenario, dataset, op, class)
             }
-            Mistake::ReplayedToken => req(used_tokens.get(e.uscc).map(String::as_str), scenario, dataset, op, class),
-            Mistake::Resend => {
-                // The same bytes again, as a client retry would send them.
-                let (payload, key) = originals[rng.gen_range(0..originals.len())].clone();
-                client.produce(&settings.topics.requests, key, payload.as_bytes(), &[]).await?;
-                expected += 1;
-                continue;
-            }
-        };
-        sent.insert(id.clone(), (mistake, e.name));
-        if mistake == Mistake::None {
-            used_tokens.insert(e.uscc, good.clone());
-        }
-        if mistake != Mistake::Garbage {
-            originals.push((payload.clone(), e.uscc));
-        }
-        expected += 1;
-        client.produce(&settings.topics.requests, e.uscc, payload.as_bytes(), &[]).await?;
-        if let Some(iv) = interval {
-            tokio::time::sleep(iv).await;
         }
     }
-
-    summarise(&reader, &sent, expected, opts.verbose, started).await?;
-
-    shutdown.cancel();
-    service.await??;
-    let (records, quantity, amount) = store.usage_totals().await?;
-    let events = store.audit_events().await?;
-    let report = tollgate::audit::verify(&events);
-    println!();
-    println!("usage: {records} records, {quantity} units, {} billed (public use waived)", yuan(amount));
-    match report {
-        Ok(r) => println!("audit: {} events on {} chain(s), hash chain verified", events.len(), r.chains.len()),
-        Err(e) => println!("audit: CHAIN BROKEN: {e}"),
-    }
-    // Clients first: the cluster going away under them is an error.
-    drop(reader);
-    drop(client);
-    drop(cluster);
-    Ok(())
 }
 
 #[derive(Default)]
-struct Tally {
+struct ScenarioCounts {
     approved: u64,
     denied: u64,
     pending: u64,
@@ -408,108 +458,131 @@ async fn summarise(
     verbose: bool,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let mut first: HashMap<String, String> = HashMap::new();
-    let mut per_scenario: BTreeMap<String, Tally> = BTreeMap::new();
-    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut received, mut dead, mut resent_same, mut resent_diff) = (0usize, 0u64, 0u64, 0u64);
+    let mut summary = Summary::default();
     println!(
         "{:<9} {:<15} {:<20} {:<40} {:<16} reason / grant",
         "request", "outcome", "scenario", "enterprise", "operation"
     );
-    while received < expected {
+    while summary.received < expected {
         let Some(msg) = reader.next(Duration::from_secs(20)).await? else {
-            println!("(no output for 20 s; {received} of {expected} received)");
+            println!("(no output for 20 s; {} of {expected} received)", summary.received);
             break;
         };
-        received += 1;
-        let text = String::from_utf8_lossy(&msg.payload).into_owned();
-        if let Ok(letter) = serde_json::from_str::<DeadLetter>(&text) {
-            dead += 1;
+        summary.record(&String::from_utf8_lossy(&msg.payload), sent, verbose)?;
+        if !verbose && summary.received % 50 == 0 {
+            println!("... {} outputs", summary.received);
+        }
+    }
+    summary.print(expected, started.elapsed().as_secs_f64());
+    if summary.resent_diff > 0 || summary.received < expected {
+        anyhow::bail!("demo check failed: outputs missing or re-sent requests decided again");
+    }
+    Ok(())
+}
+
+/// What the demo's outputs added up to.
+#[derive(Default)]
+struct Summary {
+    /// Each request's first decision, as published.
+    first: HashMap<String, String>,
+    per_scenario: BTreeMap<String, ScenarioCounts>,
+    denials: BTreeMap<String, u64>,
+    received: usize,
+    dead: u64,
+    resent_same: u64,
+    resent_diff: u64,
+}
+
+impl Summary {
+    fn record(
+        &mut self,
+        text: &str,
+        sent: &HashMap<String, (Mistake, &'static str)>,
+        verbose: bool,
+    ) -> anyhow::Result<()> {
+        self.received += 1;
+        if let Ok(letter) = serde_json::from_str::<DeadLetter>(text) {
+            self.dead += 1;
             if verbose {
                 println!("{:<9} {:<15} {:<20} {:<40} {:<16} {}", "-", "DEAD LETTER", "-", "-", "-", letter.error.code);
             }
-            continue;
+            return Ok(());
         }
-        let d: Decision = serde_json::from_str(&text)?;
-        if let Some(prev) = first.get(&d.request_id) {
-            if *prev == text {
-                resent_same += 1
+        let d: Decision = serde_json::from_str(text)?;
+        if let Some(prev) = self.first.get(&d.request_id) {
+            let same = *prev == text;
+            if same {
+                self.resent_same += 1
             } else {
-                resent_diff += 1
+                self.resent_diff += 1
             }
             if verbose {
-                let same = if *prev == text { "original decision, same bytes" } else { "DIFFERENT DECISION" };
+                let same = if same { "original decision, same bytes" } else { "DIFFERENT DECISION" };
                 println!("{:<9} {:<15} {:<20} {:<40} {:<16} {}", d.request_id, "re-sent", d.scenario, "", "", same);
             }
-            continue;
+            return Ok(());
         }
-        first.insert(d.request_id.clone(), text.clone());
-        let name = sent.get(&d.request_id).map_or("?", |(_, n)| n);
-        let t = per_scenario.entry(d.scenario.clone()).or_default();
-        let detail = match d.outcome {
+        self.first.insert(d.request_id.clone(), text.to_owned());
+        let detail = self.count(&d);
+        if verbose {
+            let name = sent.get(&d.request_id).map_or("?", |(_, n)| n);
+            let (id, outcome, op) = (&d.request_id, d.outcome.as_str(), d.operation.as_str());
+            println!("{id:<9} {outcome:<15} {:<20} {name:<40} {op:<16} {detail}", d.scenario);
+        }
+        Ok(())
+    }
+
+    /// Counts a first decision; what the table shows of it.
+    fn count(&mut self, d: &Decision) -> String {
+        let t = self.per_scenario.entry(d.scenario.clone()).or_default();
+        match d.outcome {
             tollgate::contract::Outcome::Approved => {
                 t.approved += 1;
                 let obligations =
                     if d.obligations.is_empty() { String::new() } else { format!(" [{}]", d.obligations.join(", ")) };
-                format!(
-                    "grant until {}{}",
-                    d.grant.as_ref().map(|g| g.expires_at.format("%H:%MZ").to_string()).unwrap_or_default(),
-                    obligations
-                )
+                let until = d.grant.as_ref().map(|g| g.expires_at.format("%H:%MZ").to_string()).unwrap_or_default();
+                format!("grant until {until}{obligations}")
             }
             tollgate::contract::Outcome::Denied => {
                 t.denied += 1;
                 let code = d.reasons.first().map_or("-", |r| r.code.as_str());
-                *reasons.entry(code.to_owned()).or_default() += 1;
+                *self.denials.entry(code.to_owned()).or_default() += 1;
                 code.to_owned()
             }
             tollgate::contract::Outcome::PendingReview => {
                 t.pending += 1;
                 "sent to review".into()
             }
+        }
+    }
+
+    fn print(&self, expected: usize, secs: f64) {
+        println!();
+        println!("{:<22} {:>9} {:>7} {:>8}", "scenario", "approved", "denied", "pending");
+        let mut totals = ScenarioCounts::default();
+        for (s, t) in &self.per_scenario {
+            println!("{s:<22} {:>9} {:>7} {:>8}", t.approved, t.denied, t.pending);
+            totals.approved += t.approved;
+            totals.denied += t.denied;
+            totals.pending += t.pending;
+        }
+        println!("{:<22} {:>9} {:>7} {:>8}", "total", totals.approved, totals.denied, totals.pending);
+        println!();
+        println!("denials by reason:");
+        for (code, n) in &self.denials {
+            println!("  {code:<32} {n:>5}");
+        }
+        println!();
+        let different = match self.resent_diff {
+            0 => String::new(),
+            n => format!(", {n} re-sent requests got a DIFFERENT decision"),
         };
-        if verbose {
-            println!(
-                "{:<9} {:<15} {:<20} {:<40} {:<16} {}",
-                d.request_id,
-                d.outcome.as_str(),
-                d.scenario,
-                name,
-                d.operation.as_str(),
-                detail
-            );
-        } else if received % 50 == 0 {
-            println!("... {received} outputs");
-        }
+        println!(
+            "{} outputs for {expected} inputs in {secs:.1} s: {} decisions, {} dead letters, {} re-sent requests answered with their original decision{different}",
+            self.received,
+            self.first.len(),
+            self.dead,
+            self.resent_same
+        );
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!();
-    println!("{:<22} {:>9} {:>7} {:>8}", "scenario", "approved", "denied", "pending");
-    let mut totals = Tally::default();
-    for (s, t) in &per_scenario {
-        println!("{s:<22} {:>9} {:>7} {:>8}", t.approved, t.denied, t.pending);
-        totals.approved += t.approved;
-        totals.denied += t.denied;
-        totals.pending += t.pending;
-    }
-    println!("{:<22} {:>9} {:>7} {:>8}", "total", totals.approved, totals.denied, totals.pending);
-    println!();
-    println!("denials by reason:");
-    for (code, n) in &reasons {
-        println!("  {code:<32} {n:>5}");
-    }
-    println!();
-    println!(
-        "{received} outputs for {expected} inputs in {secs:.1} s: {} decisions, {dead} dead letters, {resent_same} re-sent requests answered with their original decision{}",
-        first.len(),
-        if resent_diff > 0 {
-            format!(", {resent_diff} re-sent requests got a DIFFERENT decision")
-        } else {
-            String::new()
-        }
-    );
-    if resent_diff > 0 || received < expected {
-        anyhow::bail!("demo check failed: outputs missing or re-sent requests decided again");
-    }
-    Ok(())
 }

@@ -269,8 +269,43 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<Report
         fresh.extend(gate_topics.all());
     }
     cluster.create_topics(&settings.kafka, &fresh).await?;
-    let client = Client::new(&settings.kafka, &bootstrap)?;
-    let idp = match &opts.target {
+    let idp = idp_for(&opts.target, &settings)?;
+    // One more than measured: the warm-up (see `drive`).
+    let work = workload(opts.requests + 1, &run_id, &idp);
+    let load = Load { client: Client::new(&settings.kafka, &bootstrap)?, run_id, work, rate: opts.rate };
+    let mut runs = Vec::new();
+    if opts.baseline {
+        runs.push(report(
+            "pass-through",
+            opts.requests,
+            pass_through(&settings, &bootstrap, &base_topics, &load).await?,
+        ));
+    }
+    let database = match opts.target {
+        Target::InProcess { database_url } => {
+            let mut settings = settings;
+            settings.kafka.bootstrap_servers = Some(bootstrap.clone());
+            settings.topics = gate_topics;
+            let (measured, database) = in_process(settings, database_url, &idp, &load).await?;
+            runs.push(report("tollgate", opts.requests, measured));
+            database
+        }
+        Target::Running { .. } => {
+            let measured = load.drive(&gate_topics, true).await?;
+            runs.push(report("tollgate", opts.requests, measured));
+            "the running instance's".to_owned()
+        }
+    };
+    let ratio = (runs.len() == 2 && runs[0].per_second > 0.0).then(|| runs[1].per_second / runs[0].per_second);
+    drop(load);
+    drop(cluster);
+    Ok(Report { broker: bootstrap, database, rate: opts.rate, runs, ratio })
+}
+
+/// The identity provider whose tokens the workload carries: one of its own
+/// in process, the running instance's trusted key with `--external`.
+fn idp_for(target: &Target, settings: &Settings) -> anyhow::Result<Idp> {
+    Ok(match target {
         Target::InProcess { .. } => {
             Idp { key: SigningKey::generate("loadgen-idp"), issuer: ISSUER.into(), audience: "tollgate".into() }
         }
@@ -282,73 +317,78 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<Report
                 .ok_or_else(|| anyhow::anyhow!("--external needs --issuer or auth.issuers"))?,
             audience: settings.auth.audience.first().cloned().unwrap_or_else(|| "tollgate".into()),
         },
-    };
-    // One more than measured: the warm-up (see `drive`).
-    let work = workload(opts.requests + 1, &run_id, &idp);
-    let mut runs = Vec::new();
+    })
+}
 
-    if opts.baseline {
-        let mut base = settings.kafka.clone();
-        base.group_id = format!("loadgen-base-{run_id}");
-        let pipeline =
-            LoopClients::new(&base, &bootstrap, &base_topics.requests, Health::new(), None, "loadgen-pass-through")?;
-        let pass = Arc::new(PassThrough {
-            outputs: [base_topics.decisions.clone(), base_topics.audit.clone(), base_topics.usage.clone()],
-        });
-        let stop = CancellationToken::new();
-        let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
-        let limits = Limits::from(&settings.service);
-        let task = {
-            let stop = stop.clone();
-            tokio::spawn(async move { kafka::run(pipeline, pass, stop, grace, limits, &Health::default()).await })
-        };
-        let measured =
-            drive(&client, &base_topics.requests, &base_topics.decisions, &run_id, &work, opts.rate, false).await?;
-        stop.cancel();
-        task.await??;
-        runs.push(report("pass-through", opts.requests, measured));
+/// A workload and what drives it.
+struct Load {
+    client: Client,
+    run_id: String,
+    work: Vec<(String, String)>,
+    rate: u32,
+}
+
+impl Load {
+    async fn drive(&self, topics: &Topics, from_end: bool) -> anyhow::Result<(usize, f64, Histogram<u64>)> {
+        drive(&self.client, &topics.requests, &topics.decisions, &self.run_id, &self.work, self.rate, from_end).await
     }
+}
 
-    let database = match opts.target {
-        Target::InProcess { database_url } => {
-            let temp = tempfile::tempdir()?;
-            let database =
-                database_url.unwrap_or_else(|| format!("sqlite://{}", temp.path().join("loadgen.db").display()));
-            let mut settings = settings;
-            settings.kafka.bootstrap_servers = Some(bootstrap.clone());
-            settings.kafka.group_id = format!("loadgen-{run_id}");
-            settings.kafka.create_topics = false;
-            settings.topics = gate_topics.clone();
-            settings.database.url = database.clone();
-            settings.policy.watch = false;
-            settings.service.http_listen = String::new();
-            let grant_key = temp.path().join("grants.pem");
-            std::fs::write(&grant_key, SigningKey::generate("loadgen-grants").to_pkcs8_pem())?;
-            settings.grant.signing_key = Some(grant_key);
-            let verifier = Verifier::for_ed25519(&idp.key.public(), &idp.issuer, &idp.audience);
-            let app = App::build_with_verifier(settings, Some(verifier)).await?;
-            let stop = CancellationToken::new();
-            let task = tokio::spawn(app.run_until_stopped(stop.clone()));
-            let measured =
-                drive(&client, &gate_topics.requests, &gate_topics.decisions, &run_id, &work, opts.rate, false).await?;
-            stop.cancel();
-            task.await??;
-            runs.push(report("tollgate", opts.requests, measured));
-            // The password, if any, stays out of the report.
-            database.split('@').next_back().unwrap_or_default().to_owned()
-        }
-        Target::Running { .. } => {
-            let measured =
-                drive(&client, &gate_topics.requests, &gate_topics.decisions, &run_id, &work, opts.rate, true).await?;
-            runs.push(report("tollgate", opts.requests, measured));
-            "the running instance's".to_owned()
-        }
+/// The baseline: the same loop and settings, passing each input through
+/// to three topics with no decision.
+async fn pass_through(
+    settings: &Settings,
+    bootstrap: &str,
+    topics: &Topics,
+    load: &Load,
+) -> anyhow::Result<(usize, f64, Histogram<u64>)> {
+    let mut base = settings.kafka.clone();
+    base.group_id = format!("loadgen-base-{}", load.run_id);
+    let clients = LoopClients::new(&base, bootstrap, &topics.requests, Health::new(), None, "loadgen-pass-through")?;
+    let pass =
+        Arc::new(PassThrough { outputs: [topics.decisions.clone(), topics.audit.clone(), topics.usage.clone()] });
+    let stop = CancellationToken::new();
+    let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
+    let limits = Limits::from(&settings.service);
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(async move { kafka::run(clients, pass, stop, grace, limits, &Health::default()).await })
     };
+    let measured = load.drive(topics, false).await?;
+    stop.cancel();
+    task.await??;
+    Ok(measured)
+}
 
-    let ratio = (runs.len() == 2 && runs[0].per_second > 0.0).then(|| runs[1].per_second / runs[0].per_second);
-    drop(client);
-    drop(cluster);
-    Ok(Report { broker: bootstrap, database, rate: opts.rate, runs, ratio })
+/// tollgate in this process on `settings.topics`, with a database of its
+/// own (SQLite in a temporary directory unless `database_url`); returns the
+/// measurement and the database, without its password.
+async fn in_process(
+    mut settings: Settings,
+    database_url: Option<String>,
+    idp: &Idp,
+    load: &Load,
+) -> anyhow::Result<((usize, f64, Histogram<u64>), String)> {
+    let temp = tempfile::tempdir()?;
+    let database = database_url.unwrap_or_else(|| format!("sqlite://{}", temp.path().join("loadgen.db").display()));
+    settings.kafka.group_id = format!("loadgen-{}", load.run_id);
+    settings.kafka.create_topics = false;
+    settings.database.url = database.clone();
+    settings.policy.watch = false;
+    settings.service.http_listen = String::new();
+    let grant_key = temp.path().join("grants.pem");
+    std::fs::write(&grant_key, SigningKey::generate("loadgen-grants").to_pkcs8_pem())?;
+    settings.grant.signing_key = Some(grant_key);
+    let verifier = Verifier::for_ed25519(&idp.key.public(), &idp.issuer, &idp.audience);
+    let topics = settings.topics.clone();
+    let app = App::build_with_verifier(settings, Some(verifier)).await?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let measured = load.drive(&topics, false).await?;
+    stop.cancel();
+    task.await??;
+    // The password, if any, stays out of the report.
+    Ok((measured, database.split('@').next_back().unwrap_or_default().to_owned()))
 }
 
 impl Report {
