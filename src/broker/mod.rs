@@ -27,7 +27,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::auth::{SigningKey, Verifier};
 use crate::config::{GrantSettings, Settings, Topics};
 use crate::contract::Outcome;
-use crate::kafka::{InputMessage, OutgoingMessage, ProcessError, Processor};
+use crate::kafka::{ConsumedMessage, OutgoingMessage, ProcessError, Processor};
 use crate::ops::Health;
 use crate::policy::Policy;
 use crate::store::{Store, StoreError};
@@ -191,11 +191,17 @@ impl DecisionService {
 impl Processor for DecisionService {
     type Prepared = Vec<Ready>;
 
-    fn prepare(&self, msgs: &[InputMessage]) -> Vec<Ready> {
+    fn prepare(&self, msgs: &[ConsumedMessage]) -> Vec<Ready> {
         self.prepare_all(msgs)
     }
 
-    fn refused(&self, input: &InputMessage, output: &OutgoingMessage, error: &str, minimal: bool) -> OutgoingMessage {
+    fn refused(
+        &self,
+        input: &ConsumedMessage,
+        output: &OutgoingMessage,
+        error: &str,
+        minimal: bool,
+    ) -> OutgoingMessage {
         self.refused_letter(input, output, error, minimal)
     }
 
@@ -203,7 +209,7 @@ impl Processor for DecisionService {
     /// decoding and signature checks were done before (see `prepare`).
     async fn process_batch(
         &self,
-        msgs: &[InputMessage],
+        msgs: &[ConsumedMessage],
         ready: Vec<Ready>,
     ) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
         if ready.len() != msgs.len() {

@@ -10,7 +10,7 @@ use super::{DecisionService, rfc3339};
 use crate::audit;
 use crate::contract::{AuditEvent, DEAD_LETTER_SCHEMA, DeadLetter, DeadLetterError, EventType, RefusedOutput};
 use crate::decide::Rejection;
-use crate::kafka::{InputMessage, OutgoingMessage};
+use crate::kafka::{ConsumedMessage, OutgoingMessage};
 use crate::policy::Policy;
 use crate::store::{Commit, Output, Stream};
 
@@ -35,7 +35,7 @@ impl Budget {
 /// then headers in order. Its size is bounded whatever the input's, so the
 /// broker never refuses it for its size.
 fn dead_letter_for(
-    msg: &InputMessage,
+    msg: &ConsumedMessage,
     error: DeadLetterError,
     budget: usize,
     refused_output: Option<RefusedOutput>,
@@ -126,7 +126,7 @@ impl DecisionService {
     /// See [`Processor::refused`].
     pub(super) fn refused_letter(
         &self,
-        input: &InputMessage,
+        input: &ConsumedMessage,
         output: &OutgoingMessage,
         error: &str,
         minimal: bool,
@@ -156,8 +156,8 @@ impl DecisionService {
 mod tests {
     use super::*;
 
-    fn input(payload: &[u8], key: &[u8], headers: &[(&str, &[u8])]) -> InputMessage {
-        InputMessage {
+    fn input(payload: &[u8], key: &[u8], headers: &[(&str, &[u8])]) -> ConsumedMessage {
+        ConsumedMessage {
             topic: "t".into(),
             partition: 1,
             offset: 7,

@@ -12,7 +12,7 @@ use crate::auth::{AuthError, Principal};
 use crate::contract::AccessRequest;
 use crate::decide::{self, Rejection};
 use crate::domain::ChainId;
-use crate::kafka::InputMessage;
+use crate::kafka::ConsumedMessage;
 use crate::metering::period_of;
 use crate::policy::Policy;
 use crate::store::Prefetch;
@@ -20,7 +20,7 @@ use crate::store::Prefetch;
 /// Continues the requester's trace when the input carries a W3C
 /// `traceparent`, else starts one; returns the trace id and the header for
 /// the outputs.
-pub(super) fn trace_context(msg: &InputMessage) -> (String, String) {
+pub(super) fn trace_context(msg: &ConsumedMessage) -> (String, String) {
     let propagator = TraceContextPropagator::new();
     let mut carrier = std::collections::HashMap::new();
     if let Some(tp) = msg.header("traceparent").and_then(|v| std::str::from_utf8(v).ok()) {
@@ -60,7 +60,7 @@ pub(super) struct Prepared<'m> {
 /// is stored under (the request id; for an input that is not a request,
 /// its position) and the audit chain its event joins (its partition's).
 pub(super) struct Origin<'m> {
-    pub(super) msg: &'m InputMessage,
+    pub(super) msg: &'m ConsumedMessage,
     pub(super) idem_key: String,
     pub(super) chain: String,
     pub(super) now: DateTime<Utc>,
@@ -69,12 +69,12 @@ pub(super) struct Origin<'m> {
 }
 
 /// `topic/partition/offset`: the input's place in the log.
-pub(super) fn position(msg: &InputMessage) -> String {
+pub(super) fn position(msg: &ConsumedMessage) -> String {
     format!("{}/{}/{}", msg.topic, msg.partition, msg.offset)
 }
 
 impl<'m> Prepared<'m> {
-    pub(super) fn new(msg: &'m InputMessage, ready: Ready) -> Self {
+    pub(super) fn new(msg: &'m ConsumedMessage, ready: Ready) -> Self {
         let Ready { now, trace_id, traceparent, input } = ready;
         let idem_key = match &input {
             Ok((request, _)) => format!("request:{}", request.request_id),
@@ -86,7 +86,7 @@ impl<'m> Prepared<'m> {
 }
 
 impl DecisionService {
-    pub(super) fn ready(&self, msg: &InputMessage) -> Ready {
+    pub(super) fn ready(&self, msg: &ConsumedMessage) -> Ready {
         let now = self.source.now();
         let (trace_id, traceparent) = trace_context(msg);
         let input = decide::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes).map(|d| {
@@ -103,7 +103,7 @@ impl DecisionService {
     /// signature checks are most of the CPU a decision costs (a full batch
     /// is milliseconds of it). Runs on a blocking thread (see
     /// [`Processor::prepare`]), usually while the batch before is decided.
-    pub(super) fn prepare_all(&self, msgs: &[InputMessage]) -> Vec<Ready> {
+    pub(super) fn prepare_all(&self, msgs: &[ConsumedMessage]) -> Vec<Ready> {
         let start = std::time::Instant::now();
         let ready = on_two_threads(msgs.iter().collect(), |m| self.ready(m));
         self.health.timings.prepare.observe_since(start);

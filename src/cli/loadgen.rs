@@ -28,7 +28,7 @@ use tollgate::app::App;
 use tollgate::auth::{SigningKey, Verifier};
 use tollgate::config::{Settings, Topics};
 use tollgate::kafka::{
-    self, Client, Cluster, InputMessage, Limits, LoopClients, OutgoingMessage, ProcessError, Processor,
+    self, Client, Cluster, ConsumedMessage, Limits, LoopClients, OutgoingMessage, ProcessError, Processor,
 };
 use tollgate::ops::Health;
 
@@ -71,7 +71,7 @@ pub struct Latency {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct LoadReport {
     pub broker: String,
     pub database: String,
     pub rate: u32,
@@ -89,9 +89,9 @@ struct PassThrough {
 impl Processor for PassThrough {
     type Prepared = ();
 
-    fn prepare(&self, _: &[InputMessage]) {}
+    fn prepare(&self, _: &[ConsumedMessage]) {}
 
-    async fn process_batch(&self, msgs: &[InputMessage], _: ()) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
+    async fn process_batch(&self, msgs: &[ConsumedMessage], _: ()) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
         Ok(msgs
             .iter()
             .map(|msg| {
@@ -112,7 +112,7 @@ impl Processor for PassThrough {
 
     /// The pass-through has no dead-letter topic: a refused copy becomes an
     /// empty message on the same topic, so the measured run still ends.
-    fn refused(&self, _: &InputMessage, output: &OutgoingMessage, _: &str, _: bool) -> OutgoingMessage {
+    fn refused(&self, _: &ConsumedMessage, output: &OutgoingMessage, _: &str, _: bool) -> OutgoingMessage {
         OutgoingMessage {
             topic: output.topic.clone(),
             key: output.key.clone(),
@@ -250,7 +250,7 @@ fn report(pipeline: &str, requests: usize, (completed, seconds, h): (usize, f64,
     }
 }
 
-pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<Report> {
+pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let running = matches!(opts.target, Target::Running { .. });
     if running && settings.kafka.bootstrap_servers.is_none() {
         anyhow::bail!("--external needs kafka.bootstrap_servers: the running instance's broker");
@@ -299,7 +299,7 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<Report
     let ratio = (runs.len() == 2 && runs[0].per_second > 0.0).then(|| runs[1].per_second / runs[0].per_second);
     drop(load);
     drop(cluster);
-    Ok(Report { broker: bootstrap, database, rate: opts.rate, runs, ratio })
+    Ok(LoadReport { broker: bootstrap, database, rate: opts.rate, runs, ratio })
 }
 
 /// The identity provider whose tokens the workload carries: one of its own
@@ -391,7 +391,7 @@ async fn in_process(
     Ok((measured, database.split('@').next_back().unwrap_or_default().to_owned()))
 }
 
-impl Report {
+impl LoadReport {
     pub fn table(&self) -> String {
         let mut s = format!(
             "broker {}   database {}   rate {}\n\n{:<14} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",

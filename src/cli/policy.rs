@@ -13,7 +13,7 @@ use tollgate::decide::policy_tests::{CaseResult, Probe, run_tests};
 use tollgate::policy::lint::{Finding, lint};
 use tollgate::policy::{Policy, PolicyError};
 
-pub struct Report {
+pub struct CommandOutput {
     pub ok: bool,
     pub human: String,
     pub json: serde_json::Value,
@@ -30,9 +30,9 @@ struct CheckJson<'a> {
     findings: &'a [Finding],
 }
 
-pub async fn check(dir: &Path) -> Report {
+pub async fn check(dir: &Path) -> CommandOutput {
     match Policy::load(dir).await {
-        Err(e) => Report {
+        Err(e) => CommandOutput {
             ok: false,
             human: format!("✗ {}: {e}\n", dir.display()),
             json: serde_json::to_value(CheckJson {
@@ -73,13 +73,13 @@ pub async fn check(dir: &Path) -> Report {
                 findings: &findings,
             })
             .expect("serialises");
-            Report { ok, human, json }
+            CommandOutput { ok, human, json }
         }
     }
 }
 
-pub async fn test(dir: &Path) -> Report {
-    let failed = |message: String| Report {
+pub async fn test(dir: &Path) -> CommandOutput {
+    let failed = |message: String| CommandOutput {
         ok: false,
         human: format!("✗ {message}\n"),
         json: serde_json::json!({"ok": false, "error": message}),
@@ -109,7 +109,7 @@ pub async fn test(dir: &Path) -> Report {
         human.push_str(&format!("no test cases in {}\n", dir.join("tests").display()));
     }
     human.push_str(&format!("{passed} passed, {} failed\n", results.len() - passed));
-    Report {
+    CommandOutput {
         ok,
         human,
         json: serde_json::json!({"ok": ok, "passed": passed, "failed": results.len() - passed, "results": results}),
@@ -131,7 +131,7 @@ struct Explanation {
 
 /// The decision for one probe, with the rules that matched, or the rules
 /// that could have and why they did not.
-pub async fn explain(dir: &Path, probe: &Probe) -> Result<Report, PolicyError> {
+pub async fn explain(dir: &Path, probe: &Probe) -> Result<CommandOutput, PolicyError> {
     let policy = Policy::load(dir).await?;
     let eval = probe.evaluate(&policy, chrono::Utc::now());
     let r = &probe.request;
@@ -203,7 +203,7 @@ pub async fn explain(dir: &Path, probe: &Probe) -> Result<Report, PolicyError> {
         }
     }
     let json = serde_json::to_value(&ex).expect("serialises");
-    Ok(Report { ok: true, human: h, json })
+    Ok(CommandOutput { ok: true, human: h, json })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,7 +276,7 @@ pub async fn eval_raw(
 
 /// Per instance, from its policy chain: the version in force since when,
 /// and any rejected edit since.
-pub fn status(events: &[tollgate::contract::AuditEvent]) -> Report {
+pub fn status(events: &[tollgate::contract::AuditEvent]) -> CommandOutput {
     let instances = tollgate::broker::reload::policy_status(events);
     let mut human = String::new();
     for s in &instances {
@@ -293,5 +293,5 @@ pub fn status(events: &[tollgate::contract::AuditEvent]) -> Report {
     if instances.is_empty() {
         human.push_str("no instance has recorded a policy yet\n");
     }
-    Report { ok: true, human, json: serde_json::json!({"instances": instances}) }
+    CommandOutput { ok: true, human, json: serde_json::json!({"instances": instances}) }
 }

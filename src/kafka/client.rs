@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::config::{Side, base_config, producer_config};
 use super::consume::detach;
-use super::{InputMessage, KafkaError, owned_headers};
+use super::{ConsumedMessage, KafkaError, owned_headers};
 use crate::config::KafkaSettings;
 
 /// A plain Kafka client for tollgate's own tools (demo, load generator,
@@ -135,7 +135,7 @@ impl Client {
 
     /// Everything in `topic` now: each partition read from the beginning up
     /// to the high watermark seen at the start, in partition order.
-    pub async fn read_to_end(&self, topic: &str) -> Result<Vec<InputMessage>, KafkaError> {
+    pub async fn read_to_end(&self, topic: &str) -> Result<Vec<ConsumedMessage>, KafkaError> {
         let reader = self.reader(&[topic], "tollgate-read-to-end")?;
         let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
         let metadata = reader.consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -147,7 +147,7 @@ impl Client {
                 }
             }
         }
-        let mut by_partition: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
+        let mut by_partition: BTreeMap<i32, Vec<ConsumedMessage>> = BTreeMap::new();
         while !remaining.is_empty() {
             let Some(m) = reader.next(Duration::from_secs(30)).await? else {
                 return Err(KafkaError::Delivery {
@@ -178,7 +178,7 @@ pub struct Reader {
 
 impl Reader {
     /// The next message, or None when none arrives within `wait`.
-    pub async fn next(&self, wait: Duration) -> Result<Option<InputMessage>, KafkaError> {
+    pub async fn next(&self, wait: Duration) -> Result<Option<ConsumedMessage>, KafkaError> {
         match tokio::time::timeout(wait, self.consumer.recv()).await {
             Err(_) => Ok(None),
             Ok(Ok(m)) => Ok(Some(detach(&m))),

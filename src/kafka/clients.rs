@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -85,22 +86,7 @@ impl LoopClients {
         transactional_id: Option<&str>,
         instance_id: &str,
     ) -> Result<Self, KafkaError> {
-        let mut consumer_cfg = consumer_config(settings, bootstrap);
-        let mut producer_cfg = producer_config(settings, bootstrap);
-        if settings.static_membership && consumer_cfg.get("group.instance.id").is_none() {
-            consumer_cfg.set("group.instance.id", instance_id);
-        }
-        if let Some(id) = transactional_id {
-            consumer_cfg.set("enable.auto.commit", "false");
-            producer_cfg.set("transactional.id", id);
-            // librdkafka requires message.timeout.ms <= transaction.timeout.ms
-            // (60 s by default); the at-least-once default of 300 s is not.
-            let user_set = |k: &str| settings.producer.contains_key(k) || settings.properties.contains_key(k);
-            if !user_set("message.timeout.ms") {
-                let txn = producer_cfg.get("transaction.timeout.ms").unwrap_or("60000").to_owned();
-                producer_cfg.set("message.timeout.ms", txn);
-            }
-        }
+        let (consumer_cfg, producer_cfg) = loop_configs(settings, bootstrap, transactional_id, instance_id);
         let consumer: StreamConsumer<LoopContext> = consumer_cfg.create_with_context(LoopContext { health })?;
         consumer.subscribe(&[input_topic])?;
         let producer: FutureProducer = producer_cfg.create()?;
@@ -108,5 +94,60 @@ impl LoopClients {
             producer.init_transactions(TXN_TIMEOUT)?;
         }
         Ok(LoopClients { consumer, producer, transactional: transactional_id.is_some() })
+    }
+}
+
+/// The loop's consumer and producer configuration: static membership when
+/// asked for; in transactional mode, offsets committed only inside the
+/// transaction and a message timeout the transaction allows.
+fn loop_configs(
+    settings: &KafkaSettings,
+    bootstrap: &str,
+    transactional_id: Option<&str>,
+    instance_id: &str,
+) -> (ClientConfig, ClientConfig) {
+    let mut consumer_cfg = consumer_config(settings, bootstrap);
+    let mut producer_cfg = producer_config(settings, bootstrap);
+    if settings.static_membership && consumer_cfg.get("group.instance.id").is_none() {
+        consumer_cfg.set("group.instance.id", instance_id);
+    }
+    if let Some(id) = transactional_id {
+        consumer_cfg.set("enable.auto.commit", "false");
+        producer_cfg.set("transactional.id", id);
+        // librdkafka requires message.timeout.ms <= transaction.timeout.ms
+        // (60 s by default); the at-least-once default of 300 s is not.
+        let user_set = |k: &str| settings.producer.contains_key(k) || settings.properties.contains_key(k);
+        if !user_set("message.timeout.ms") {
+            let txn = producer_cfg.get("transaction.timeout.ms").unwrap_or("60000").to_owned();
+            producer_cfg.set("message.timeout.ms", txn);
+        }
+    }
+    (consumer_cfg, producer_cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_membership_names_the_member_after_the_instance() {
+        let mut settings = KafkaSettings::default();
+        let (consumer, _) = loop_configs(&settings, "b:1", None, "node-7");
+        assert_eq!(consumer.get("group.instance.id"), None, "dynamic membership by default");
+        settings.static_membership = true;
+        let (consumer, _) = loop_configs(&settings, "b:1", None, "node-7");
+        assert_eq!(consumer.get("group.instance.id"), Some("node-7"));
+        // An explicit setting wins.
+        settings.consumer.insert("group.instance.id".into(), "chosen".into());
+        assert_eq!(loop_configs(&settings, "b:1", None, "node-7").0.get("group.instance.id"), Some("chosen"));
+    }
+
+    #[test]
+    fn transactional_mode_commits_offsets_only_in_the_transaction() {
+        let settings = KafkaSettings::default();
+        let (consumer, producer) = loop_configs(&settings, "b:1", Some("tollgate-a"), "a");
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(producer.get("transactional.id"), Some("tollgate-a"));
+        assert_eq!(producer.get("message.timeout.ms"), Some("60000"));
     }
 }

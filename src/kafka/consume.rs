@@ -17,17 +17,17 @@ use super::clients::{LoopClients, LoopContext};
 use super::delivery::{Offsets, Position, deliver};
 use super::transaction::{TxnFailure, publish_in_transaction, rewind};
 use super::{
-    FIRST_BACKOFF, InputMessage, KafkaError, Limits, MAX_BACKOFF, MAX_CONFLICTS, OutgoingMessage, ProcessError,
+    ConsumedMessage, FIRST_BACKOFF, KafkaError, Limits, MAX_BACKOFF, MAX_CONFLICTS, OutgoingMessage, ProcessError,
     Processor,
 };
 use crate::ops::Health;
 
-pub(super) fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> InputMessage {
+pub(super) fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedMessage {
     let headers = m
         .headers()
         .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
         .unwrap_or_default();
-    InputMessage {
+    ConsumedMessage {
         topic: m.topic().to_owned(),
         partition: m.partition(),
         offset: m.offset(),
@@ -38,9 +38,9 @@ pub(super) fn detach(m: &rdkafka::message::BorrowedMessage<'_>) -> InputMessage 
 }
 
 /// A batch taken from the consumer and being prepared on a blocking thread.
-type Ahead<P> = tokio::task::JoinHandle<(Vec<InputMessage>, <P as Processor>::Prepared)>;
+type Ahead<P> = tokio::task::JoinHandle<(Vec<ConsumedMessage>, <P as Processor>::Prepared)>;
 
-fn prepare_ahead<P: Processor>(processor: &Arc<P>, batch: Vec<InputMessage>) -> Ahead<P> {
+fn prepare_ahead<P: Processor>(processor: &Arc<P>, batch: Vec<ConsumedMessage>) -> Ahead<P> {
     let processor = processor.clone();
     tokio::task::spawn_blocking(move || {
         let prepared = processor.prepare(&batch);
@@ -48,7 +48,7 @@ fn prepare_ahead<P: Processor>(processor: &Arc<P>, batch: Vec<InputMessage>) -> 
     })
 }
 
-async fn prepared<P: Processor>(ahead: &mut Ahead<P>) -> (Vec<InputMessage>, P::Prepared) {
+async fn prepared<P: Processor>(ahead: &mut Ahead<P>) -> (Vec<ConsumedMessage>, P::Prepared) {
     match ahead.await {
         Ok(done) => done,
         // A panic in `prepare` is a bug; it is not turned into a decision.
@@ -58,7 +58,7 @@ async fn prepared<P: Processor>(ahead: &mut Ahead<P>) -> (Vec<InputMessage>, P::
 
 /// `first` and whatever else has already arrived, up to `max` inputs: one
 /// database transaction and one round of produce for all of it.
-fn gather(consumer: &StreamConsumer<LoopContext>, first: InputMessage, max: usize) -> Vec<InputMessage> {
+fn gather(consumer: &StreamConsumer<LoopContext>, first: ConsumedMessage, max: usize) -> Vec<ConsumedMessage> {
     let mut batch = vec![first];
     while batch.len() < max {
         match consumer.recv().now_or_never() {
@@ -71,7 +71,7 @@ fn gather(consumer: &StreamConsumer<LoopContext>, first: InputMessage, max: usiz
 
 /// Drops inputs of partitions no longer assigned: they belong to another
 /// instance now, which re-processes them. Returns whether any were dropped.
-fn retain_assigned(consumer: &StreamConsumer<LoopContext>, batch: &mut Vec<InputMessage>) -> bool {
+fn retain_assigned(consumer: &StreamConsumer<LoopContext>, batch: &mut Vec<ConsumedMessage>) -> bool {
     let before = batch.len();
     if let Ok(assigned) = consumer.assignment() {
         batch.retain(|m| assigned.find_partition(&m.topic, m.partition).is_some());
@@ -127,9 +127,9 @@ struct ConsumeLoop<'h, P: Processor> {
     pending: FuturesOrdered<Delivering<'h>>,
     offsets: Offsets,
     /// A batch waiting for its dependency, tried again at `retry`.
-    held: Option<Vec<InputMessage>>,
+    held: Option<Vec<ConsumedMessage>>,
     /// A batch raced by another instance, decided again before anything else.
-    again: Option<Vec<InputMessage>>,
+    again: Option<Vec<ConsumedMessage>>,
     retry: Pin<Box<tokio::time::Sleep>>,
     /// The batch after the current one; never set while a batch is held.
     ahead: Option<Ahead<P>>,
@@ -145,14 +145,14 @@ struct ConsumeLoop<'h, P: Processor> {
 enum Event<P: Processor> {
     Stop,
     RetryDue,
-    Prepared((Vec<InputMessage>, P::Prepared)),
+    Prepared((Vec<ConsumedMessage>, P::Prepared)),
     Meanwhile(Meanwhile),
 }
 
 /// What can happen while a batch is being decided, too.
 enum Meanwhile {
     Delivered(Result<Position, KafkaError>),
-    Received(Result<InputMessage, rdkafka::error::KafkaError>),
+    Received(Result<ConsumedMessage, rdkafka::error::KafkaError>),
 }
 
 impl<'h, P: Processor> ConsumeLoop<'h, P> {
@@ -199,7 +199,7 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
     async fn next_batch(
         &mut self,
         shutdown: &CancellationToken,
-    ) -> Result<Option<(Vec<InputMessage>, P::Prepared)>, KafkaError> {
+    ) -> Result<Option<(Vec<ConsumedMessage>, P::Prepared)>, KafkaError> {
         loop {
             if let Some(batch) = self.again.take() {
                 match self.prepare_remaining(batch).await {
@@ -249,7 +249,7 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
 
     /// An input arrived: queued behind a held batch, or the start of the
     /// next batch, prepared on a blocking thread.
-    fn take(&mut self, first: InputMessage) {
+    fn take(&mut self, first: ConsumedMessage) {
         if let Some(waiting) = self.held.as_mut() {
             waiting.push(first);
             // Partitions assigned since the pause are paused too.
@@ -262,7 +262,7 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
 
     /// The held batch, due again; None when a rebalance took all of it
     /// (then the outage is over as far as this instance is concerned).
-    async fn take_held(&mut self) -> Option<(Vec<InputMessage>, P::Prepared)> {
+    async fn take_held(&mut self) -> Option<(Vec<ConsumedMessage>, P::Prepared)> {
         let batch = self.held.take().unwrap_or_default();
         let taken = self.prepare_remaining(batch).await;
         if taken.is_none() {
@@ -277,7 +277,10 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
     /// A batch to decide again, prepared anew; inputs of partitions revoked
     /// meanwhile belong to another instance now, which re-processes them.
     /// None when nothing of it is left.
-    async fn prepare_remaining(&mut self, mut batch: Vec<InputMessage>) -> Option<(Vec<InputMessage>, P::Prepared)> {
+    async fn prepare_remaining(
+        &mut self,
+        mut batch: Vec<ConsumedMessage>,
+    ) -> Option<(Vec<ConsumedMessage>, P::Prepared)> {
         retain_assigned(&self.consumer, &mut batch);
         if batch.is_empty() {
             return None;
@@ -289,8 +292,8 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
     /// moved meanwhile are dropped (and the rest prepared again).
     async fn take_prepared(
         &mut self,
-        (mut batch, ready): (Vec<InputMessage>, P::Prepared),
-    ) -> Option<(Vec<InputMessage>, P::Prepared)> {
+        (mut batch, ready): (Vec<ConsumedMessage>, P::Prepared),
+    ) -> Option<(Vec<ConsumedMessage>, P::Prepared)> {
         self.ahead = None;
         if !retain_assigned(&self.consumer, &mut batch) {
             return Some((batch, ready));
@@ -302,7 +305,7 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
     /// taking the next batch (its preparation overlaps this one).
     async fn process(
         &mut self,
-        batch: &[InputMessage],
+        batch: &[ConsumedMessage],
         ready: P::Prepared,
         shutdown: &CancellationToken,
     ) -> Result<Vec<Vec<OutgoingMessage>>, Attempt> {
@@ -327,7 +330,7 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
     /// with its offsets, in transactional mode).
     async fn publish(
         &mut self,
-        batch: Vec<InputMessage>,
+        batch: Vec<ConsumedMessage>,
         outputs: Vec<Vec<OutgoingMessage>>,
     ) -> Result<(), KafkaError> {
         self.conflicts = 0;
@@ -357,7 +360,7 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
 
     /// The batch comes round again and finds its stored outcome: the same
     /// bytes, in a new transaction. The batch taken after it is read again too.
-    async fn rewind_aborted(&mut self, batch: Vec<InputMessage>, error: KafkaError) {
+    async fn rewind_aborted(&mut self, batch: Vec<ConsumedMessage>, error: KafkaError) {
         warn!(message = "transaction aborted; the batch will be re-read", %error);
         self.health.set_blocked(Some(format!("kafka transaction aborted: {error}")));
         Health::count(&self.health.counters.processing_retries);
@@ -368,7 +371,7 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
 
     /// A dependency (the database) is unavailable: the batch waits, with
     /// backoff, every partition paused and the instance not ready.
-    async fn hold_for_retry(&mut self, batch: Vec<InputMessage>, error: String) {
+    async fn hold_for_retry(&mut self, batch: Vec<ConsumedMessage>, error: String) {
         let first = &batch[0];
         warn!(message = "processing paused; will retry", topic = %first.topic, partition = first.partition, offset = first.offset,
               %error, backoff_ms = self.backoff.as_millis() as u64);
@@ -384,7 +387,7 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
     /// Another instance stored part of what the batch claims first: decided
     /// again at once, ahead of anything taken meanwhile; no pause, readiness
     /// unchanged.
-    async fn retry_at_once(&mut self, batch: Vec<InputMessage>, error: String) {
+    async fn retry_at_once(&mut self, batch: Vec<ConsumedMessage>, error: String) {
         self.conflicts += 1;
         info!(message = "another instance stored part of this batch first; deciding it again", %error);
         Health::count(&self.health.counters.conflicts);
@@ -392,7 +395,7 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
     }
 
     /// `batch` followed by the batch taken after it, if any, in order.
-    async fn with_ahead(&mut self, mut batch: Vec<InputMessage>) -> Vec<InputMessage> {
+    async fn with_ahead(&mut self, mut batch: Vec<ConsumedMessage>) -> Vec<ConsumedMessage> {
         if let Some(mut next) = self.ahead.take() {
             batch.extend(prepared::<P>(&mut next).await.0);
         }
@@ -449,7 +452,7 @@ enum Attempt {
 
 async fn attempt<P: Processor>(
     processor: &P,
-    batch: &[InputMessage],
+    batch: &[ConsumedMessage],
     prepared: P::Prepared,
 ) -> Result<Vec<Vec<OutgoingMessage>>, Attempt> {
     let msg = &batch[0];

@@ -14,7 +14,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tracing::{debug, error, warn};
 
 use super::clients::LoopContext;
-use super::{FIRST_BACKOFF, InputMessage, KafkaError, MAX_BACKOFF, OutgoingMessage, Processor, owned_headers};
+use super::{ConsumedMessage, FIRST_BACKOFF, KafkaError, MAX_BACKOFF, OutgoingMessage, Processor, owned_headers};
 use crate::ops::Health;
 
 /// An input's place: topic, partition, offset.
@@ -63,7 +63,7 @@ pub(super) fn classify(error: &rdkafka::error::KafkaError) -> Failure {
 pub(super) async fn deliver<P: Processor>(
     producer: FutureProducer,
     processor: Arc<P>,
-    input: InputMessage,
+    input: ConsumedMessage,
     outputs: Vec<OutgoingMessage>,
     health: &Health,
 ) -> Result<Position, KafkaError> {
@@ -93,7 +93,7 @@ pub(super) async fn deliver<P: Processor>(
 async fn resend<P: Processor>(
     producer: &FutureProducer,
     processor: &P,
-    input: &InputMessage,
+    input: &ConsumedMessage,
     output: &OutgoingMessage,
     mut error: rdkafka::error::KafkaError,
     health: &Health,

@@ -50,9 +50,10 @@ pub enum KafkaError {
     NotInGroup,
 }
 
-/// A consumed message, detached from the client.
+/// A message read from a topic (an input of the loop, or an output read
+/// back by a tool or test), detached from the client.
 #[derive(Debug, Clone)]
-pub struct InputMessage {
+pub struct ConsumedMessage {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
@@ -61,7 +62,7 @@ pub struct InputMessage {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-impl InputMessage {
+impl ConsumedMessage {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
@@ -103,11 +104,11 @@ pub trait Processor: Send + Sync + 'static {
     /// batch while the current one is processed; the result is handed to
     /// `process_batch` with the same inputs, or dropped if the batch is
     /// prepared again (after a failed attempt) or never processed.
-    fn prepare(&self, msgs: &[InputMessage]) -> Self::Prepared;
+    fn prepare(&self, msgs: &[ConsumedMessage]) -> Self::Prepared;
 
     fn process_batch(
         &self,
-        msgs: &[InputMessage],
+        msgs: &[ConsumedMessage],
         prepared: Self::Prepared,
     ) -> impl Future<Output = Result<Vec<Vec<OutgoingMessage>>, ProcessError>> + Send;
 
@@ -115,7 +116,8 @@ pub trait Processor: Send + Sync + 'static {
     /// refused it for good (too large, invalid, not authorized), so the
     /// input still ends in an outcome. `minimal`: without any of the input's
     /// bytes, for when the fuller letter was refused too.
-    fn refused(&self, input: &InputMessage, output: &OutgoingMessage, error: &str, minimal: bool) -> OutgoingMessage;
+    fn refused(&self, input: &ConsumedMessage, output: &OutgoingMessage, error: &str, minimal: bool)
+    -> OutgoingMessage;
 }
 
 /// How much work the loop takes on at once.

@@ -12,7 +12,7 @@ use tracing::{debug, error};
 
 use super::clients::{LoopContext, TXN_TIMEOUT};
 use super::delivery::{Failure, classify, to_record};
-use super::{InputMessage, KafkaError, OutgoingMessage, Processor};
+use super::{ConsumedMessage, KafkaError, OutgoingMessage, Processor};
 
 pub(super) enum TxnFailure {
     /// Aborted; the batch can be tried again.
@@ -28,7 +28,7 @@ pub(super) async fn publish_in_transaction<P: Processor>(
     producer: &FutureProducer,
     consumer: &StreamConsumer<LoopContext>,
     processor: &P,
-    batch: &[InputMessage],
+    batch: &[ConsumedMessage],
     outputs: Vec<Vec<OutgoingMessage>>,
 ) -> Result<(), TxnFailure> {
     let classify = |e: rdkafka::error::KafkaError| match &e {
@@ -100,7 +100,7 @@ pub(super) async fn publish_in_transaction<P: Processor>(
 fn enqueue_or_substitute<P: Processor>(
     producer: &FutureProducer,
     processor: &P,
-    input: &InputMessage,
+    input: &ConsumedMessage,
     output: &OutgoingMessage,
 ) -> Result<rdkafka::producer::DeliveryFuture, rdkafka::error::KafkaError> {
     let mut error = match producer.send_result(to_record(output)) {
@@ -122,7 +122,7 @@ fn enqueue_or_substitute<P: Processor>(
 }
 
 /// For each input partition in `batch`, the offset after its last input.
-fn next_offsets(batch: &[InputMessage]) -> Vec<(String, i32, i64)> {
+fn next_offsets(batch: &[ConsumedMessage]) -> Vec<(String, i32, i64)> {
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for m in batch {
         next.insert((&m.topic, m.partition), m.offset + 1);
@@ -132,7 +132,7 @@ fn next_offsets(batch: &[InputMessage]) -> Vec<(String, i32, i64)> {
 
 /// Seeks each partition of `batch` back to its first input there, so an
 /// aborted batch is consumed again.
-pub(super) fn rewind(consumer: &StreamConsumer<LoopContext>, batch: &[InputMessage]) {
+pub(super) fn rewind(consumer: &StreamConsumer<LoopContext>, batch: &[ConsumedMessage]) {
     let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for m in batch {
         first.entry((&m.topic, m.partition)).or_insert(m.offset);

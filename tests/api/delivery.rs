@@ -220,11 +220,11 @@ struct ConflictOnce {
 impl tollgate::kafka::Processor for ConflictOnce {
     type Prepared = ();
 
-    fn prepare(&self, _: &[tollgate::kafka::InputMessage]) {}
+    fn prepare(&self, _: &[tollgate::kafka::ConsumedMessage]) {}
 
     async fn process_batch(
         &self,
-        msgs: &[tollgate::kafka::InputMessage],
+        msgs: &[tollgate::kafka::ConsumedMessage],
         _: (),
     ) -> Result<Vec<Vec<tollgate::kafka::OutgoingMessage>>, tollgate::kafka::ProcessError> {
         if !self.tripped.swap(true, std::sync::atomic::Ordering::SeqCst) {
@@ -246,7 +246,7 @@ impl tollgate::kafka::Processor for ConflictOnce {
 
     fn refused(
         &self,
-        _: &tollgate::kafka::InputMessage,
+        _: &tollgate::kafka::ConsumedMessage,
         output: &tollgate::kafka::OutgoingMessage,
         _: &str,
         _: bool,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tollgate::auth::{Claims, SigningKey, Verifier};
 use tollgate::broker::{DecisionService, Source};
-use tollgate::kafka::{InputMessage, Processor};
+use tollgate::kafka::{ConsumedMessage, Processor};
 
 use crate::helpers::*;
 
@@ -54,8 +54,8 @@ async fn service() -> (DecisionService, SigningKey) {
     (service, idp)
 }
 
-fn input(offset: i64, payload: String) -> InputMessage {
-    InputMessage {
+fn input(offset: i64, payload: String) -> ConsumedMessage {
+    ConsumedMessage {
         topic: "tollgate.requests".into(),
         partition: 0,
         offset,

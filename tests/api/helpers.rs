@@ -17,7 +17,7 @@ use tollgate::auth::{Claims, SigningKey};
 use tollgate::config::{Settings, Topics};
 use tollgate::contract::{AuditEvent, Decision, REQUEST_SCHEMA};
 use tollgate::kafka::embedded::EmbeddedKafka;
-use tollgate::kafka::{Client, InputMessage, Reader};
+use tollgate::kafka::{Client, ConsumedMessage, Reader};
 
 pub const ISSUER: &str = "https://idp.test.tollgate";
 pub const TRAVEL: &str = "91610131MA6TG1L5X1";
@@ -203,7 +203,7 @@ impl TestApp {
     }
 
     /// The next `n` audit events of request chains (policy chains skipped).
-    pub async fn request_audit(&self, n: usize) -> Vec<InputMessage> {
+    pub async fn request_audit(&self, n: usize) -> Vec<ConsumedMessage> {
         let reader = self.reader(&self.infra.topics.audit);
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
@@ -233,7 +233,7 @@ impl TestApp {
 }
 
 /// Reads `n` messages (or fails after WAIT without one).
-pub async fn read_n(reader: &Reader, n: usize) -> Vec<InputMessage> {
+pub async fn read_n(reader: &Reader, n: usize) -> Vec<ConsumedMessage> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         match reader.next(WAIT).await.expect("read") {
@@ -251,10 +251,10 @@ pub async fn assert_no_more(reader: &Reader) {
     }
 }
 
-pub fn decision(m: &InputMessage) -> Decision {
+pub fn decision(m: &ConsumedMessage) -> Decision {
     serde_json::from_slice(&m.payload).expect("a decision")
 }
 
-pub fn audit_event(m: &InputMessage) -> AuditEvent {
+pub fn audit_event(m: &ConsumedMessage) -> AuditEvent {
     serde_json::from_slice(&m.payload).expect("an audit event")
 }

@@ -36,7 +36,7 @@ async fn stop_and_committed(app: &mut TestApp, partition: i32) -> Option<i64> {
     committed.get(&partition).copied().flatten()
 }
 
-fn decisions_all_approved(messages: &[tollgate::kafka::InputMessage]) {
+fn decisions_all_approved(messages: &[tollgate::kafka::ConsumedMessage]) {
     for m in messages {
         assert_eq!(decision(m).outcome, Outcome::Approved, "{:?}", decision(m).reasons);
     }
