@@ -89,7 +89,7 @@ pub(super) async fn deliver<P: Processor>(
 /// through or the loop stops; a permanent refusal is replaced by an
 /// `output.refused` dead letter, then by one without the input's bytes.
 /// Only when even that is refused does delivery fail: the input's offset is
-/// then never stored and the instance stops (see [`run`]).
+/// then never stored and the instance stops (see [`super::run`]).
 async fn resend<P: Processor>(
     producer: &FutureProducer,
     processor: &P,
