@@ -160,10 +160,13 @@ impl Offsets {
                 return Err(e);
             }
         };
-        if self.failed.contains(&(topic.clone(), partition)) {
-            debug!(message = "offset not stored: an earlier input of the partition was not delivered", %topic, partition, offset);
+        // Keyed without a copy of the topic: this runs for every input.
+        let key = (topic, partition);
+        if self.failed.contains(&key) {
+            debug!(message = "offset not stored: an earlier input of the partition was not delivered", topic = %key.0, partition, offset);
             return Ok(());
         }
+        let (topic, partition) = key;
         // Fails only when the partition was revoked meanwhile; its next owner
         // re-processes the input idempotently.
         if let Err(error) = consumer.store_offset(&topic, partition, offset) {
