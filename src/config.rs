@@ -287,6 +287,19 @@ impl Default for GrantSettings {
 pub struct ConfigError(#[from] Box<figment::Error>);
 
 impl Settings {
+    /// These settings for an instance run inside another program (the
+    /// demo, loadgen, the tests) on a cluster whose topics that program has
+    /// made: its bootstrap, database and grant key, no topic creation and no
+    /// HTTP listener (a foreground run is not a service to probe).
+    pub fn in_process(mut self, bootstrap: &str, database_url: &str, grant_key: PathBuf) -> Settings {
+        self.kafka.bootstrap_servers = Some(bootstrap.to_owned());
+        self.kafka.create_topics = false;
+        self.database.url = database_url.to_owned();
+        self.grant.signing_key = Some(grant_key);
+        self.service.http_listen = String::new();
+        self
+    }
+
     /// Defaults, then `file` (when given, it must exist), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));

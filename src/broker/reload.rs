@@ -281,7 +281,7 @@ impl Reloader {
             if new.version() == previous.version() {
                 return Ok(None);
             }
-            let (before, after) = (previous.rule_lines().rule_set(), new.rule_lines().rule_set());
+            let (before, after) = (previous.rules().rule_set(), new.rules().rule_set());
             let (added, removed) = (after.difference(&before).count(), before.difference(&after).count());
             Ok(Some((new, added, removed)))
         })

@@ -318,14 +318,10 @@ fn demo_settings(
     if db_path.exists() {
         anyhow::bail!("{} exists already: the demo starts from an empty database", db_path.display());
     }
-    settings.kafka.bootstrap_servers = Some(bootstrap.to_owned());
-    settings.database.url = format!("sqlite://{}", db_path.display());
-    settings.kafka.create_topics = false;
-    // The demo is a foreground show, not a service to probe.
-    settings.service.http_listen = String::new();
     let grant_key = temp.join("grants.pem");
     std::fs::write(&grant_key, SigningKey::generate("demo-grants").to_pkcs8_pem())?;
-    settings.grant.signing_key = Some(grant_key);
+    let database_url = format!("sqlite://{}", db_path.display());
+    *settings = std::mem::take(settings).in_process(bootstrap, &database_url, grant_key);
     Ok(db_path)
 }
 

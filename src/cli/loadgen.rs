@@ -364,21 +364,19 @@ async fn pass_through(
 /// own (SQLite in a temporary directory unless `database_url`); returns the
 /// measurement and the database, without its password.
 async fn in_process(
-    mut settings: Settings,
+    settings: Settings,
     database_url: Option<String>,
     idp: &Idp,
     load: &Load,
 ) -> anyhow::Result<((usize, f64, Histogram<u64>), String)> {
     let temp = tempfile::tempdir()?;
     let database = database_url.unwrap_or_else(|| format!("sqlite://{}", temp.path().join("loadgen.db").display()));
-    settings.kafka.group_id = format!("loadgen-{}", load.run_id);
-    settings.kafka.create_topics = false;
-    settings.database.url = database.clone();
-    settings.policy.watch = false;
-    settings.service.http_listen = String::new();
     let grant_key = temp.path().join("grants.pem");
     std::fs::write(&grant_key, SigningKey::generate("loadgen-grants").to_pkcs8_pem())?;
-    settings.grant.signing_key = Some(grant_key);
+    let bootstrap = settings.kafka.bootstrap_servers.clone().unwrap_or_default();
+    let mut settings = settings.in_process(&bootstrap, &database, grant_key);
+    settings.kafka.group_id = format!("loadgen-{}", load.run_id);
+    settings.policy.watch = false;
     let verifier = Verifier::for_ed25519(&idp.key.public(), &idp.issuer, &idp.audience);
     let topics = settings.topics.clone();
     let app = App::build_with_verifier(settings, Some(verifier)).await?;

@@ -135,7 +135,7 @@ pub async fn explain(dir: &Path, probe: &Probe) -> Result<CommandOutput, PolicyE
     let policy = Policy::load(dir).await?;
     let eval = probe.evaluate(&policy, chrono::Utc::now());
     let r = &probe.request;
-    let rules = policy.rule_lines();
+    let rules = policy.rules();
     let roles = rules.roles_of(&probe.principal.sub, &r.scenario);
     let groups = rules.groups_of(&r.dataset);
     let mut subjects: Vec<&str> = vec!["*", probe.principal.sub.as_str()];
@@ -143,18 +143,18 @@ pub async fn explain(dir: &Path, probe: &Probe) -> Result<CommandOutput, PolicyE
     let candidates: Vec<String> = rules
         .lines()
         .iter()
-        .filter(|(_, f)| f[0] == "p" && f.len() == 6)
-        .filter(|(_, f)| subjects.contains(&f[1].as_str()) && (f[2] == "*" || f[2] == r.scenario))
-        .map(|(line, f)| {
+        .filter_map(|l| l.rule.permission().map(|(t, _)| (l, t)))
+        .filter(|(_, t)| subjects.contains(&t.subject.as_str()) && t.covers_scenario(&r.scenario))
+        .map(|(l, t)| {
             let mut why = Vec::new();
-            if f[3] != "*" && f[3] != r.dataset && !groups.contains(&f[3]) {
-                why.push(format!("{} is not in {}", r.dataset, f[3]));
+            if t.object != "*" && t.object != r.dataset && !groups.contains(&t.object) {
+                why.push(format!("{} is not in {}", r.dataset, t.object));
             }
-            if f[4] != "*" && f[4] != r.operation.as_str() {
-                why.push(format!("operation is {}, not {}", r.operation.as_str(), f[4]));
+            if !t.covers_operation(r.operation) {
+                why.push(format!("operation is {}, not {}", r.operation.as_str(), t.action));
             }
             let why = if why.is_empty() { String::new() } else { format!("   ({})", why.join("; ")) };
-            format!("policy.csv:{line}: {}{why}", f.join(", "))
+            format!("policy.csv:{}: {}{why}", l.line, l.rule)
         })
         .collect();
     let ex = Explanation {

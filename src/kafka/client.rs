@@ -40,7 +40,7 @@ impl Client {
             .send(record, rdkafka::util::Timeout::After(Duration::from_secs(30)))
             .await
             .map(|d| (d.partition, d.offset))
-            .map_err(|(e, _)| KafkaError::Client(e))
+            .map_err(|(e, _)| KafkaError::from(e))
     }
 
     /// Sends without waiting: the future resolves on acknowledgement. For
@@ -55,11 +55,7 @@ impl Client {
         let (topic, key) = (topic.to_owned(), key.to_owned());
         async move {
             let record = FutureRecord::to(&topic).key(&key).payload(&payload);
-            producer
-                .send(record, rdkafka::util::Timeout::Never)
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| KafkaError::Client(e))
+            producer.send(record, rdkafka::util::Timeout::Never).await.map(|_| ()).map_err(|(e, _)| KafkaError::from(e))
         }
     }
 

@@ -64,10 +64,10 @@ fn describe(tpl: &TopicPartitionList) -> String {
 }
 
 pub struct LoopClients {
-    pub consumer: StreamConsumer<LoopContext>,
-    pub producer: FutureProducer,
+    pub(super) consumer: StreamConsumer<LoopContext>,
+    pub(super) producer: FutureProducer,
     /// Outputs and offsets go in Kafka transactions (see [`crate::config::DeliveryMode`]).
-    pub transactional: bool,
+    pub(super) transactional: bool,
 }
 
 /// How long a transaction step may take before it counts as failed.

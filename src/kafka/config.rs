@@ -86,7 +86,7 @@ fn set_loop_properties(cfg: &mut ClientConfig, settings: &KafkaSettings, side: S
 /// Order: tollgate's tunable defaults, then the operator's properties
 /// (shared, then this side's), then what correctness rests on, which no
 /// setting may change.
-pub fn producer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
+pub(super) fn producer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", bootstrap).set("linger.ms", "5").set("message.timeout.ms", "300000");
     set_loop_properties(&mut cfg, settings, Side::Producer);
@@ -95,7 +95,7 @@ pub fn producer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfi
     cfg
 }
 
-pub fn consumer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
+pub(super) fn consumer_config(settings: &KafkaSettings, bootstrap: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", bootstrap)
         .set("enable.auto.commit", "true")

@@ -29,13 +29,13 @@ use std::time::Duration;
 pub use client::{Client, Reader};
 pub use clients::{LoopClients, LoopContext};
 pub use cluster::Cluster;
-pub use config::{consumer_config, ensure_topics, producer_config};
+pub use config::ensure_topics;
 pub use consume::run;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
     #[error("kafka client: {0}")]
-    Client(#[from] rdkafka::error::KafkaError),
+    Client(#[source] ClientError),
     #[error("embedded kafka: {0}")]
     Embedded(#[from] embedded::EmbeddedError),
     #[error("creating topic {topic}: {message}")]
@@ -48,6 +48,18 @@ pub enum KafkaError {
     /// group, so a batch's offsets cannot be committed with its outputs.
     #[error("not a member of the consumer group: the batch's offsets cannot go in its transaction")]
     NotInGroup,
+}
+
+/// librdkafka's error, kept as the cause without making rdkafka's type part
+/// of tollgate's API.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ClientError(rdkafka::error::KafkaError);
+
+impl From<rdkafka::error::KafkaError> for KafkaError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        KafkaError::Client(ClientError(e))
+    }
 }
 
 /// A message read from a topic (an input of the loop, or an output read

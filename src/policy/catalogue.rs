@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
+use super::Rule;
 use crate::contract::PurposeClass;
 use crate::metering::PriceItem;
 
@@ -141,15 +142,21 @@ impl Catalogue {
     /// rules can name `grade:important` or `pi:sensitive` without repeating
     /// what the catalogue already says about each dataset.
     pub fn derived_groupings(&self) -> Vec<String> {
+        self.derived_groups().iter().map(ToString::to_string).collect()
+    }
+
+    /// The same groupings as typed rules.
+    pub fn derived_groups(&self) -> Vec<Rule> {
+        let group = |d: &Dataset, group: String| Rule::Group { member: d.code.clone(), group };
         let mut lines = Vec::new();
         for d in self.datasets.values() {
-            lines.push(format!("g2, {}, grade:{}", d.code, d.grade.as_str()));
+            lines.push(group(d, format!("grade:{}", d.grade.as_str())));
             match d.personal_info {
                 PersonalInfo::None => {}
-                PersonalInfo::Personal => lines.push(format!("g2, {}, pi:personal", d.code)),
+                PersonalInfo::Personal => lines.push(group(d, "pi:personal".into())),
                 PersonalInfo::Sensitive => {
-                    lines.push(format!("g2, {}, pi:personal", d.code));
-                    lines.push(format!("g2, {}, pi:sensitive", d.code));
+                    lines.push(group(d, "pi:personal".into()));
+                    lines.push(group(d, "pi:sensitive".into()));
                 }
             }
         }

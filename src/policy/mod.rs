@@ -4,6 +4,7 @@
 pub mod catalogue;
 pub mod engine;
 pub mod lint;
+pub mod rule;
 pub mod synth;
 
 use std::collections::BTreeSet;
@@ -13,6 +14,7 @@ use casbin::{CoreApi, DefaultModel, Enforcer, StringAdapter};
 use sha2::{Digest, Sha256};
 
 pub use catalogue::{Catalogue, CatalogueError, Dataset, Grade, PersonalInfo, Scenario};
+pub use rule::{Effect, Rule, RuleLine, Target};
 
 use crate::contract::Operation;
 
@@ -98,9 +100,9 @@ impl Policy {
     pub async fn from_texts(model: &str, rules: &str, catalogue_text: &str) -> Result<Policy, PolicyError> {
         let version = version_of(&[(MODEL_FILE, model), (POLICY_FILE, rules), (CATALOGUE_FILE, catalogue_text)]);
         let catalogue = Catalogue::parse(catalogue_text)?;
-        let lines = parse_lines(rules);
+        let lines = rule::parse_rules(rules).map_err(|(line, message)| PolicyError::Rule { line, message })?;
         let rule_count = validate_rules(&lines, &catalogue)?;
-        let has_obligations = lines.iter().any(|(_, f)| f[0] == "p2");
+        let has_obligations = lines.iter().any(|r| matches!(r.rule, Rule::Obligation { .. }));
         drop(lines);
 
         let model = DefaultModel::from_str(model)
@@ -151,9 +153,12 @@ impl Policy {
         self.rule_count
     }
 
-    /// policy.csv parsed line by line, for linting, explanations and diffs.
-    pub fn rule_lines(&self) -> RuleLines<'_> {
-        RuleLines { policy: self, lines: parse_lines(&self.rules_text) }
+    /// policy.csv as typed rules, for linting, explanations and diffs.
+    pub fn rules(&self) -> Rules<'_> {
+        // The same text passed `parse_rules` in `from_texts`, or this
+        // policy would not exist.
+        let lines = rule::parse_rules(&self.rules_text).expect("policy.csv was parsed when the policy was loaded");
+        Rules { policy: self, lines }
     }
 
     /// Asks Casbin whether `subject` may perform `op` on `dataset` within
@@ -199,50 +204,39 @@ impl Policy {
     }
 }
 
-/// policy.csv as written: `(line number, fields)`, comments dropped.
-pub struct RuleLines<'p> {
+/// policy.csv's rules with their line numbers, comments dropped.
+pub struct Rules<'p> {
     policy: &'p Policy,
-    lines: Vec<(usize, Vec<String>)>,
+    lines: Vec<RuleLine>,
 }
 
-impl RuleLines<'_> {
-    pub fn lines(&self) -> &[(usize, Vec<String>)] {
+impl Rules<'_> {
+    pub fn lines(&self) -> &[RuleLine] {
         &self.lines
     }
 
-    /// Each rule normalised to `p, a, b, …`, for diffs between versions.
+    /// Each rule as Casbin reads it (`p, a, b, …`), for diffs between versions.
     pub fn rule_set(&self) -> BTreeSet<String> {
-        self.lines.iter().map(|(_, f)| f.join(", ")).collect()
+        self.lines.iter().map(|r| r.rule.to_string()).collect()
     }
 
     /// Roles `subject` holds in `scenario`, transitively, from `g` lines.
     pub fn roles_of(&self, subject: &str, scenario: &str) -> BTreeSet<String> {
-        closure(
-            subject,
-            self.lines
-                .iter()
-                .filter(|(_, f)| f[0] == "g" && f.len() == 4 && f[3] == scenario)
-                .map(|(_, f)| (&f[1], &f[2])),
-        )
+        let edges = self.lines.iter().filter_map(|r| match &r.rule {
+            Rule::Role { member, role, scenario: s } if s == scenario => Some((member, role)),
+            _ => None,
+        });
+        closure(subject, edges)
     }
 
     /// Groups `dataset` belongs to, transitively: `g2` lines plus the grade
     /// and personal-information groups derived from the catalogue.
     pub fn groups_of(&self, dataset: &str) -> BTreeSet<String> {
-        let derived: Vec<Vec<String>> = self
-            .policy
-            .catalogue
-            .derived_groupings()
-            .iter()
-            .map(|l| l.split(',').map(|s| s.trim().to_owned()).collect())
-            .collect();
-        let edges = self
-            .lines
-            .iter()
-            .map(|(_, f)| f)
-            .chain(derived.iter())
-            .filter(|f| f[0] == "g2" && f.len() == 3)
-            .map(|f| (&f[1], &f[2]));
+        let derived = self.policy.catalogue.derived_groups();
+        let edges = self.lines.iter().map(|r| &r.rule).chain(derived.iter()).filter_map(|r| match r {
+            Rule::Group { member, group } => Some((member, group)),
+            _ => None,
+        });
         closure(dataset, edges)
     }
 }
@@ -253,43 +247,37 @@ fn verdict(allowed: bool, rules: Vec<Vec<String>>) -> CasbinVerdict {
     CasbinVerdict { allowed, matched_rules, denied_by_rule }
 }
 
+/// Everything reachable from `start` along `edges` (member → group), each
+/// edge looked at once.
 fn closure<'a>(start: &str, edges: impl Iterator<Item = (&'a String, &'a String)>) -> BTreeSet<String> {
-    let edges: Vec<(&String, &String)> = edges.collect();
+    let mut next: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+    for (from, to) in edges {
+        next.entry(from.as_str()).or_default().push(to.as_str());
+    }
     let mut found = BTreeSet::new();
-    let mut todo = vec![start.to_owned()];
+    let mut todo = vec![start];
     while let Some(x) = todo.pop() {
-        for (from, to) in &edges {
-            if **from == x && found.insert((*to).clone()) {
-                todo.push((*to).clone());
+        for to in next.get(x).into_iter().flatten() {
+            if found.insert((*to).to_owned()) {
+                todo.push(to);
             }
         }
     }
     found
 }
 
-pub(crate) fn parse_lines(rules: &str) -> Vec<(usize, Vec<String>)> {
-    rules
-        .lines()
-        .enumerate()
-        .filter_map(|(i, raw)| {
-            let line = raw.trim();
-            (!line.is_empty() && !line.starts_with('#'))
-                .then(|| (i + 1, line.split(',').map(|s| s.trim().to_owned()).collect()))
-        })
-        .collect()
-}
-
 /// A rule's scenario, dataset (or group) and operation must exist.
-fn check_target(dom: &str, obj: &str, act: &str, catalogue: &Catalogue, groups: &BTreeSet<&str>) -> Result<(), String> {
-    if dom != "*" && !catalogue.scenarios.contains_key(dom) {
-        return Err(format!("unknown scenario {dom}"));
+fn check_target(t: &Target, catalogue: &Catalogue, groups: &BTreeSet<&str>) -> Result<(), String> {
+    if t.scenario != "*" && !catalogue.scenarios.contains_key(&t.scenario) {
+        return Err(format!("unknown scenario {}", t.scenario));
     }
+    let obj = t.object.as_str();
     let builtin = obj.starts_with("grade:") || obj.starts_with("pi:");
     if obj != "*" && !builtin && !groups.contains(obj) && !catalogue.datasets.contains_key(obj) {
         return Err(format!("unknown dataset or dataset group {obj}"));
     }
-    if act != "*" && !Operation::ALL.iter().any(|o| o.as_str() == act) {
-        return Err(format!("unknown operation {act}"));
+    if t.action != "*" && !Operation::ALL.iter().any(|o| o.as_str() == t.action) {
+        return Err(format!("unknown operation {}", t.action));
     }
     Ok(())
 }
@@ -297,56 +285,30 @@ fn check_target(dom: &str, obj: &str, act: &str, catalogue: &Catalogue, groups: 
 /// Rules must name things that exist: a scenario (domain) or dataset that is
 /// not in the catalogue is almost always a typo that would silently never
 /// match. Returns the number of `p` rules.
-fn validate_rules(parsed: &[(usize, Vec<String>)], catalogue: &Catalogue) -> Result<usize, PolicyError> {
-    let groups: BTreeSet<&str> =
-        parsed.iter().filter(|(_, f)| f[0] == "g2" && f.len() >= 3).map(|(_, f)| f[2].as_str()).collect();
-    let mut count = 0;
-    for (line, f) in parsed {
-        let f: Vec<&str> = f.iter().map(String::as_str).collect();
-        let err = |message: String| PolicyError::Rule { line: *line, message };
-        match f.first().copied() {
-            Some("p") => {
-                count += 1;
-                if f.len() != 6 {
-                    return Err(err(format!("expected 6 fields (p, sub, dom, obj, act, eft), found {}", f.len())));
-                }
-                check_target(f[2], f[3], f[4], catalogue, &groups).map_err(err)?;
-                if f[5] != "allow" && f[5] != "deny" {
-                    return Err(err(format!("effect must be allow or deny, not {}", f[5])));
-                }
+fn validate_rules(rules: &[RuleLine], catalogue: &Catalogue) -> Result<usize, PolicyError> {
+    let groups: BTreeSet<&str> = rules
+        .iter()
+        .filter_map(|r| match &r.rule {
+            Rule::Group { group, .. } => Some(group.as_str()),
+            _ => None,
+        })
+        .collect();
+    for RuleLine { line, rule } in rules {
+        let checked = match rule {
+            Rule::Permission { target, .. } | Rule::Obligation { target, .. } => {
+                check_target(target, catalogue, &groups)
             }
-            Some("p2") => {
-                if f.len() != 6 {
-                    return Err(err(format!(
-                        "expected 6 fields (p2, sub, dom, obj, act, obligation), found {}",
-                        f.len()
-                    )));
-                }
-                check_target(f[2], f[3], f[4], catalogue, &groups).map_err(err)?;
-                let valid =
-                    |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_:.-".contains(&b));
-                if !valid(f[5]) {
-                    return Err(err(format!("obligation {:?} must be a word like aggregate_only or mask:field", f[5])));
-                }
+            Rule::Role { scenario, .. } if !catalogue.scenarios.contains_key(scenario) => {
+                Err(format!("unknown scenario {scenario}"))
             }
-            Some("g") => {
-                if f.len() != 4 {
-                    return Err(err("expected g, member, role, scenario".into()));
-                }
-                if !catalogue.scenarios.contains_key(f[3]) {
-                    return Err(err(format!("unknown scenario {}", f[3])));
-                }
+            Rule::Group { member, .. }
+                if !catalogue.datasets.contains_key(member) && !groups.contains(member.as_str()) =>
+            {
+                Err(format!("unknown dataset {member}"))
             }
-            Some("g2") => {
-                if f.len() != 3 {
-                    return Err(err("expected g2, dataset, group".into()));
-                }
-                if !catalogue.datasets.contains_key(f[1]) && !groups.contains(f[1]) {
-                    return Err(err(format!("unknown dataset {}", f[1])));
-                }
-            }
-            other => return Err(err(format!("unknown rule type {}", other.unwrap_or("")))),
-        }
+            Rule::Role { .. } | Rule::Group { .. } => Ok(()),
+        };
+        checked.map_err(|message| PolicyError::Rule { line: *line, message })?;
     }
-    Ok(count)
+    Ok(rules.iter().filter(|r| r.rule.permission().is_some()).count())
 }

@@ -67,16 +67,22 @@ impl<'a> StoredOutput<'a> {
 pub enum StoreError {
     /// The database is unreachable, busy or timed out: try again later.
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] DbError),
     /// Another writer stored a row this transaction also claims (a token
     /// id, a chain position, an outcome): not an outage. Deciding again
     /// sees what the other one stored.
     #[error("conflict with another writer: {0}")]
-    Conflict(#[source] sqlx::Error),
+    Conflict(#[source] DbError),
     /// A bug or a corrupted row: retrying will not help.
     #[error("database error: {0}")]
     Fatal(String),
 }
+
+/// The database driver's error, kept as the cause without making the
+/// driver's type part of tollgate's API.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct DbError(sqlx::Error);
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
@@ -91,7 +97,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if is_unique_violation(&e) {
-            return StoreError::Conflict(e);
+            return StoreError::Conflict(DbError(e));
         }
         match e {
             sqlx::Error::Io(_)
@@ -100,7 +106,7 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Database(_) => StoreError::Unavailable(e),
+            | sqlx::Error::Database(_) => StoreError::Unavailable(DbError(e)),
             other => StoreError::Fatal(other.to_string()),
         }
     }

@@ -127,16 +127,12 @@ pub async fn infra() -> Infra {
 impl Infra {
     /// Settings for a tollgate instance on this infrastructure.
     pub fn settings(&self) -> Settings {
-        let mut s = Settings::default();
-        s.kafka.bootstrap_servers = Some(self.bootstrap.clone());
+        let mut s = Settings::default().in_process(&self.bootstrap, &self.database_url, self.grant_key_path.clone());
         s.kafka.group_id = self.group.clone();
-        s.kafka.create_topics = false;
         s.topics = self.topics.clone();
-        s.database.url = self.database_url.clone();
         s.policy.dir = repo_policies();
         s.auth.public_keys = vec![self.idp_public.clone()];
         s.auth.issuers = vec![ISSUER.into()];
-        s.grant.signing_key = Some(self.grant_key_path.clone());
         s.service.shutdown_grace_secs = 10;
         // Tests run side by side: each takes a free port.
         s.service.http_listen = "127.0.0.1:0".into();
