@@ -10,8 +10,9 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::auth::{SigningKey, Verifier};
+use crate::auth::Verifier;
 use crate::broker::DecisionService;
+use crate::broker::grant_keys::GrantKeys;
 use crate::broker::outbox::Outbox;
 use crate::broker::reload::Reloader;
 use crate::config::{DeliveryMode, Settings};
@@ -77,8 +78,8 @@ impl App {
         let outbox = Arc::new(Outbox::new(store.clone(), client, settings.topics.audit.clone()));
         let instance = &settings.service.instance_id;
         let reloader = Reloader::new(&settings.policy, instance, policy.clone(), store.clone(), outbox, health.clone());
-        let service =
-            Arc::new(DecisionService::new(&settings, policy, verifier, store, grant_key(&settings)?, health.clone()));
+        let grant_keys = Arc::new(GrantKeys::from_settings(&settings.grant, instance, store.clone())?);
+        let service = Arc::new(DecisionService::new(&settings, policy, verifier, store, grant_keys, health.clone()));
         Ok(App { settings, cluster, service, clients, reloader, health, http })
     }
 
@@ -107,9 +108,9 @@ impl App {
         self.service.policy_version()
     }
 
-    /// The public key data hosts use to verify grants, as a JWK.
+    /// The public key data hosts use to verify new grants, as a JWK.
     pub fn grant_jwk(&self) -> serde_json::Value {
-        self.service.grant_key().public().to_jwk()
+        self.service.grant_keys().active().public().to_jwk()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -128,8 +129,9 @@ impl App {
             }
             let health = health.clone();
             let stop = reload_stop.clone();
+            let published: Arc<dyn crate::ops::Published> = service.grant_keys().clone();
             tokio::spawn(async move {
-                if let Err(error) = server.serve(health, stop).await {
+                if let Err(error) = server.serve(health, published, stop).await {
                     warn!(message = "http endpoint failed", %error);
                 }
             })
@@ -137,6 +139,7 @@ impl App {
         let result =
             kafka::run(clients, service.clone(), shutdown, grace, Limits::from(&settings.service), &health).await;
         reload_stop.cancel();
+        service.grant_keys().release(chrono::Utc::now().timestamp()).await;
         let _ = reloading.await;
         if let Some(serving) = serving {
             let _ = serving.await;
@@ -173,17 +176,6 @@ async fn load_policy(dir: &std::path::Path) -> Result<crate::policy::Policy, App
     info!(message = "policy loaded", version = %policy.version(), rules = policy.rule_count(),
           datasets = policy.catalogue().datasets.len(), scenarios = policy.catalogue().scenarios.len());
     Ok(policy)
-}
-
-fn grant_key(settings: &Settings) -> Result<SigningKey, AppError> {
-    Ok(match &settings.grant.signing_key {
-        Some(path) => SigningKey::from_pem_file(path)?,
-        None => {
-            let key = SigningKey::generate("tollgate-ephemeral");
-            warn!(message = "no grant.signing_key configured: grants are signed with a key generated for this run", jwk = %key.public().to_jwk());
-            key
-        }
-    })
 }
 
 /// The decision loop's consumer and producer; transactional when

@@ -518,6 +518,21 @@ impl SigningKey {
 }
 
 impl PublicKey {
+    /// An Ed25519 public key (SPKI PEM, as `keygen` writes NAME.pub.pem) or
+    /// the public half of a private one (PKCS#8 PEM); the kid is the file
+    /// name up to its first dot.
+    pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
+        use ed25519_dalek::pkcs8::DecodePublicKey;
+        let p = path.display().to_string();
+        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: p.clone(), source })?;
+        if pem.contains("PRIVATE KEY") {
+            return Ok(SigningKey::from_pem_file(path)?.public());
+        }
+        let inner = ed25519_dalek::VerifyingKey::from_public_key_pem(&pem)
+            .map_err(|e| KeyError::Invalid { path: p, message: format!("not an Ed25519 public key: {e}") })?;
+        Ok(PublicKey { kid: kid_from_path(path), inner })
+    }
+
     pub fn to_pem(&self) -> String {
         use ed25519_dalek::pkcs8::EncodePublicKey;
         self.inner
@@ -538,6 +553,8 @@ impl PublicKey {
         })
     }
 }
+
+pub mod grant;
 
 #[cfg(test)]
 mod tests {

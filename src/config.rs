@@ -272,13 +272,18 @@ pub struct GrantSettings {
     /// Ed25519 PKCS#8 PEM private key that signs grants. Unset: a key is
     /// generated at start-up (grants then cannot be verified after a restart).
     pub signing_key: Option<PathBuf>,
+    /// Keys announced ahead of use: published in the JWKS but signing
+    /// nothing yet (public or private PEM files; kid = file name up to its
+    /// first dot). Rotate by announcing the next key here, then making it
+    /// `signing_key` once data hosts' JWKS caches have it.
+    pub next_keys: Vec<PathBuf>,
     pub issuer: String,
     pub ttl_secs: i64,
 }
 
 impl Default for GrantSettings {
     fn default() -> Self {
-        GrantSettings { signing_key: None, issuer: "tollgate".into(), ttl_secs: 3600 }
+        GrantSettings { signing_key: None, next_keys: Vec::new(), issuer: "tollgate".into(), ttl_secs: 3600 }
     }
 }
 

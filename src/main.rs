@@ -88,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Grants as data hosts check them: the JWKS, and one grant's validity.
+    Grant {
+        #[command(subcommand)]
+        command: GrantCommand,
+    },
     /// Generate an Ed25519 key pair: NAME.pem (private, PKCS#8) and NAME.pub.pem.
     Keygen {
         #[arg(long, default_value = ".")]
@@ -165,6 +170,33 @@ enum PolicyCommand {
 }
 
 #[derive(Subcommand)]
+enum GrantCommand {
+    /// Write the JWKS of the grant keys (as served on /.well-known/jwks.json).
+    Jwks {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a grant: signature (key by kid from the JWKS), expiry, issuer,
+    /// audience. Exits non-zero when it is not good.
+    Verify {
+        /// The grant token; - for standard input.
+        token: String,
+        /// A JWKS file or http(s) URL (default: tollgate's configuration and database).
+        #[arg(long)]
+        jwks: Option<String>,
+        /// Your organisation code: the grant must be for you.
+        #[arg(long)]
+        audience: Option<String>,
+        /// The issuer grants must carry (default with no --jwks: grant.issuer).
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Re-verify every hash chain; names the first changed, dropped or
     /// reordered record. Reads the database, or the audit topic with --kafka.
@@ -234,6 +266,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy { command } => policy_command(cli.config.as_deref(), command).await,
         Command::Audit { command: AuditCommand::Verify { kafka } } => {
             cli::audit::verify(&Settings::load(cli.config.as_deref())?, kafka).await
+        }
+        Command::Grant { command: GrantCommand::Jwks { out } } => {
+            cli::grant::jwks(&Settings::load(cli.config.as_deref())?, out.as_deref()).await
+        }
+        Command::Grant { command: GrantCommand::Verify { token, jwks, audience, issuer, json } } => {
+            let token = if token == "-" {
+                let mut t = String::new();
+                std::io::stdin().read_to_string(&mut t)?;
+                t.trim().to_owned()
+            } else {
+                token
+            };
+            let keys = cli::grant::KeySource::parse(jwks);
+            let opts = cli::grant::VerifyOptions { token, keys, audience, issuer, json };
+            match cli::grant::verify(&Settings::load(cli.config.as_deref())?, opts).await? {
+                true => Ok(()),
+                false => Err(anyhow::anyhow!("the grant is not valid")),
+            }
         }
         Command::Keygen { out, name } => {
             let key = SigningKey::generate(&name);

@@ -176,6 +176,8 @@ impl DecisionService {
             obligations: eval.obligations.clone(),
             policy_version: policy.version().to_owned(),
         };
-        Some(Grant { token: self.grant_key.sign(&claims), expires_at, quota: eval.charge.as_ref().map(|c| c.quota) })
+        let token = self.grant_keys.active().sign(&claims);
+        self.grant_keys.signed(claims.exp);
+        Some(Grant { token, expires_at, quota: eval.charge.as_ref().map(|c| c.quota) })
     }
 }

@@ -8,6 +8,7 @@
 //! token ids; `reload` swaps policies in; `outbox` publishes audit events
 //! that belong to no input.
 
+pub mod grant_keys;
 pub mod outbox;
 pub mod reload;
 
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::auth::{SigningKey, Verifier};
+use crate::auth::Verifier;
 use crate::config::{GrantSettings, Settings, Topics};
 use crate::contract::Outcome;
 use crate::kafka::{ConsumedMessage, OutgoingMessage, ProcessError, Processor};
@@ -32,6 +33,7 @@ use crate::ops::Health;
 use crate::policy::Policy;
 use crate::store::{Store, StoreError};
 
+use grant_keys::GrantKeys;
 use prepare::Prepared;
 pub use prepare::Ready;
 
@@ -64,7 +66,7 @@ pub struct DecisionService {
     policy: Arc<ArcSwap<Policy>>,
     verifier: Verifier,
     store: Store,
-    grant_key: SigningKey,
+    grant_keys: Arc<GrantKeys>,
     grant: GrantSettings,
     topics: Topics,
     max_message_bytes: usize,
@@ -86,7 +88,7 @@ impl DecisionService {
         policy: Arc<ArcSwap<Policy>>,
         verifier: Verifier,
         store: Store,
-        grant_key: SigningKey,
+        grant_keys: Arc<GrantKeys>,
         health: Arc<Health>,
     ) -> Self {
         DecisionService {
@@ -94,7 +96,7 @@ impl DecisionService {
             policy,
             verifier,
             store,
-            grant_key,
+            grant_keys,
             grant: settings.grant.clone(),
             topics: settings.topics.clone(),
             max_message_bytes: settings.service.max_message_bytes,
@@ -121,9 +123,9 @@ impl DecisionService {
         self.policy.load().version().to_owned()
     }
 
-    /// The key grants are signed with.
-    pub fn grant_key(&self) -> &SigningKey {
-        &self.grant_key
+    /// The keys grants are signed with.
+    pub fn grant_keys(&self) -> &Arc<GrantKeys> {
+        &self.grant_keys
     }
 }
 
@@ -216,6 +218,9 @@ impl Processor for DecisionService {
             return Err(ProcessError::Fatal(format!("{} prepared for a batch of {}", ready.len(), msgs.len())));
         }
         let start = std::time::Instant::now();
+        // Before the batch's transaction (SQLite has one connection): every
+        // input was read before this `now`, so its grant expires by now + ttl.
+        self.grant_keys.cover(self.source.now().timestamp()).await?;
         let prepared: Vec<Prepared<'_>> = msgs.iter().zip(ready).map(|(m, r)| Prepared::new(m, r)).collect();
         let policy = self.policy.load_full();
         let keys = self.prefetch(&policy, &prepared);

@@ -4,5 +4,6 @@
 
 pub mod audit;
 pub mod demo;
+pub mod grant;
 pub mod loadgen;
 pub mod policy;

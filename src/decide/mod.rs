@@ -256,8 +256,11 @@ fn obligations(
 impl Held {
     /// A `p2` rule holds the request for a person: no grant, no charge.
     fn pending_review(self, dataset: &Dataset) -> Evaluation {
-        let message =
-            format!("a reviewer of {} must approve this request ({})", dataset.holder, self.review_rules.join("; "));
+        let message = format!(
+            "a reviewer of {} must approve this request ({})",
+            dataset.holder_name,
+            self.review_rules.join("; ")
+        );
         Evaluation {
             outcome: Outcome::PendingReview,
             reasons: vec![Reason::new("review.required", message)],

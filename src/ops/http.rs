@@ -1,4 +1,7 @@
-//! `/healthz`, `/readyz` and `/metrics` over HTTP.
+//! `/healthz`, `/readyz`, `/metrics` and the grant keys
+//! (`/.well-known/jwks.json`) over HTTP: the public part of the listener,
+//! served on any interface. What the listener publishes beyond health comes
+//! from a [`Published`] the app hands in, so this module needs no store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +14,36 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use super::Health;
+
+/// What the listener serves that lives below it (in the store).
+pub trait Published: Send + Sync + 'static {
+    /// The JWKS of the keys grants are signed with.
+    fn jwks(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
+}
+
+#[derive(Clone)]
+struct Shared {
+    health: Arc<Health>,
+    published: Arc<dyn Published>,
+}
+
+impl axum::extract::FromRef<Shared> for Arc<Health> {
+    fn from_ref(s: &Shared) -> Arc<Health> {
+        s.health.clone()
+    }
+}
+
+/// The grant keys; data hosts cache them for five minutes, so a key
+/// announced ahead (`grant.next_keys`) should be for longer than that.
+async fn jwks(State(s): State<Shared>) -> axum::response::Response {
+    match s.published.jwks().await {
+        Ok(set) => ([(header::CACHE_CONTROL, "public, max-age=300")], axum::Json(set)).into_response(),
+        Err(error) => {
+            tracing::warn!(message = "jwks unavailable", %error);
+            (StatusCode::SERVICE_UNAVAILABLE, "jwks unavailable\n").into_response()
+        }
+    }
+}
 
 async fn healthz() -> &'static str {
     "ok\n"
@@ -41,12 +74,18 @@ impl HttpServer {
         self.listener.local_addr()
     }
 
-    pub async fn serve(self, health: Arc<Health>, shutdown: CancellationToken) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        health: Arc<Health>,
+        published: Arc<dyn Published>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
         let router = Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
-            .with_state(health);
+            .route("/.well-known/jwks.json", get(jwks))
+            .with_state(Shared { health, published });
         axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
     }
 }

@@ -57,8 +57,13 @@ pub struct Dataset {
     /// Unified registration code, `GX-<6-digit region>-<DOMAIN>-<4-digit serial>`.
     pub code: String,
     pub name: String,
-    /// The government department that holds and registered the data.
+    /// The government department that holds and registered the data, by
+    /// its unified social credit code (a government body's begins with
+    /// `11`): the `aud` of the dataset's grants and the organisation its
+    /// reviewers' and data hosts' tokens must name.
     pub holder: String,
+    /// The department's name, for people.
+    pub holder_name: String,
     pub grade: Grade,
     #[serde(default)]
     pub personal_info: PersonalInfo,
@@ -96,6 +101,10 @@ pub enum CatalogueError {
     Duplicate { kind: &'static str, code: String },
     #[error("catalogue.toml: dataset code {0} is not of the form GX-<6 digits>-<DOMAIN>-<4 digits>")]
     BadCode(String),
+    #[error(
+        "catalogue.toml: dataset {dataset}: holder {holder:?} is not a unified social credit code (name the department in holder_name)"
+    )]
+    BadHolder { dataset: String, holder: String },
     #[error("catalogue.toml: scenario {0} allows no purpose class")]
     NoPurpose(String),
     #[error("catalogue.toml: {0}")]
@@ -128,6 +137,9 @@ impl Catalogue {
         for d in file.datasets {
             if !is_unified_code(&d.code) {
                 return Err(CatalogueError::BadCode(d.code));
+            }
+            if !crate::domain::is_uscc(&d.holder) {
+                return Err(CatalogueError::BadHolder { dataset: d.code, holder: d.holder });
             }
             d.price.validate()?;
             if cat.datasets.contains_key(&d.code) {

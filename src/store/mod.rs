@@ -11,6 +11,9 @@ use sqlx::{AnyPool, Row};
 
 use crate::contract::{AuditEvent, UsageRecord};
 
+mod grant_keys;
+pub use grant_keys::PublishedKey;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
 
 /// Which output topic a stored message goes to. Topic *names* are resolved

@@ -24,7 +24,8 @@ async fn approved_request_yields_signed_grant_audit_event_and_usage_record() {
     // The grant verifies with the configured grant key and names this decision.
     let grant = d.grant.as_ref().expect("approvals carry a grant");
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
-    v.set_audience(&["Xi'an Municipal Bureau of Culture and Tourism"]);
+    // The audience is the holder department's code (catalogue `holder`).
+    v.set_audience(&["11610100MB00014076"]);
     let claims = jsonwebtoken::decode::<GrantClaims>(&grant.token, &app.infra.grant_key.public().decoding_key(), &v)
         .expect("grant verifies")
         .claims;

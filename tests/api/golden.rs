@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tollgate::auth::{Claims, SigningKey, Verifier};
+use tollgate::broker::grant_keys::GrantKeys;
 use tollgate::broker::{DecisionService, Source};
 use tollgate::kafka::{ConsumedMessage, Processor};
 
@@ -42,12 +43,15 @@ async fn service() -> (DecisionService, SigningKey) {
     let mut settings = tollgate::config::Settings::default();
     settings.service.max_message_bytes = 64 * 1024;
     settings.service.dead_letter_max_bytes = 64 * 1024;
+    settings.grant.signing_key = Some(golden("grants.pem"));
+    let store = tollgate::store::Store::connect("sqlite::memory:", 1).await.unwrap();
+    let keys = GrantKeys::from_settings(&settings.grant, "golden", store.clone()).unwrap();
     let service = DecisionService::new(
         &settings,
         Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
         Verifier::for_ed25519(&idp.public(), ISSUER, "tollgate"),
-        tollgate::store::Store::connect("sqlite::memory:", 1).await.unwrap(),
-        SigningKey::from_pem_file(&golden("grants.pem")).unwrap(),
+        store,
+        Arc::new(keys),
         tollgate::ops::Health::new(),
     )
     .with_source(Box::new(Fixed(AtomicU64::new(0))));

@@ -46,6 +46,8 @@ pub struct TestApp {
     pub settings: Settings,
     /// The instance's readiness and metrics, as `/readyz` and `/metrics` serve them.
     pub health: std::sync::Arc<tollgate::ops::Health>,
+    /// Where the instance's HTTP listener is.
+    pub http: std::net::SocketAddr,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<Result<(), AppError>>>,
     /// A test that does not stop its app still lets it wind down.
@@ -156,10 +158,11 @@ pub async fn start(infra: Infra, settings: Settings) -> TestApp {
     let client = Client::new(&settings.kafka, &infra.bootstrap).unwrap();
     let app = App::build(settings.clone()).await.expect("app builds");
     let health = app.health();
+    let http = app.http_addr().expect("tests run with the HTTP listener on");
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let _stop_on_drop = shutdown.clone().drop_guard();
-    TestApp { infra, client, settings, health, shutdown, handle: Some(handle), _stop_on_drop }
+    TestApp { infra, client, settings, health, http, shutdown, handle: Some(handle), _stop_on_drop }
 }
 
 /// A v1 access request as JSON.
@@ -221,11 +224,37 @@ impl TestApp {
 
     /// Stops this instance and starts a new one on the same topics, group
     /// and database.
-    pub async fn restart(mut self) -> TestApp {
+    pub async fn restart(self) -> TestApp {
+        self.restart_with(|_| {}).await
+    }
+
+    /// As [`TestApp::restart`], with `change` made to the settings.
+    pub async fn restart_with(mut self, change: impl FnOnce(&mut Settings)) -> TestApp {
         self.stop().await;
-        let TestApp { infra, settings, .. } = self;
+        let TestApp { infra, mut settings, .. } = self;
+        change(&mut settings);
         start(infra, settings).await
     }
+
+    /// GET `path` from the instance's HTTP listener → (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let port = self.http.port();
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || http_get(port, &path)).await.unwrap().expect("http listener answers")
+    }
+}
+
+/// GET http://127.0.0.1:port/path → (status, body); None when unreachable.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
 }
 
 /// Reads `n` messages (or fails after WAIT without one).

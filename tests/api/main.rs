@@ -8,6 +8,7 @@ mod delivery;
 mod faults;
 mod fuzz;
 mod golden;
+mod grants;
 mod helpers;
 mod hostile;
 mod poison;

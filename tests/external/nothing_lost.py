@@ -9,6 +9,11 @@ dead-letter the two oversized inputs with letters that fit (cut, their length
 and sha256 stated), keep running, commit offsets past everything, and stop
 cleanly on SIGTERM. Then `tollgate audit verify --kafka` must pass.
 
+Grants are checked as a data host would: PyJWT verifies each one with the
+JWKS fetched from /.well-known/jwks.json (key chosen by kid, audience = the
+holder department's code); a tampered or expired grant must fail, and
+`tollgate grant verify --jwks URL` must agree with PyJWT on all three.
+
     python3 tests/external/nothing_lost.py TOLLGATE_BINARY BOOTSTRAP [DATABASE_URL]
 
 Needs `pip install confluent-kafka pyjwt cryptography`. Exits 1 on failure.
@@ -18,7 +23,9 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
+import urllib.request
 import sys
 import tempfile
 import time
@@ -30,6 +37,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 SUBJECT = "91610131MA6TG1L5X1"
+# The holder of GX-610100-TOUR-0001 (catalogue.toml), the grants' audience.
+HOLDER = "11610100MB00014076"
 ISSUER = "https://idp.external.test"
 
 
@@ -41,6 +50,9 @@ def main(binary, bootstrap, database_url=None):
     idp_pub = os.path.join(work, "ext-idp.pub.pem")
     with open(idp_pub, "wb") as f:
         f.write(idp.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        http_port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
     env.update({
         "TOLLGATE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
@@ -48,7 +60,7 @@ def main(binary, bootstrap, database_url=None):
         "TOLLGATE_DATABASE__URL": database_url or f"sqlite://{work}/tollgate.db",
         "TOLLGATE_AUTH__PUBLIC_KEYS": json.dumps([idp_pub]),
         "TOLLGATE_AUTH__ISSUERS": json.dumps([ISSUER]),
-        "TOLLGATE_SERVICE__HTTP_LISTEN": "127.0.0.1:0",
+        "TOLLGATE_SERVICE__HTTP_LISTEN": f"127.0.0.1:{http_port}",
         "TOLLGATE_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS": "100",
         "RUST_LOG": "info,librdkafka=warn",
     })
@@ -57,7 +69,8 @@ def main(binary, bootstrap, database_url=None):
     serve = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         jwk = wait_for_jwk(serve)
-        partition, last = check(serve, bootstrap, topics, idp, jwk, run)
+        partition, last, grants = check(serve, bootstrap, topics, idp, jwk, run)
+        check_grants(binary, env, f"http://127.0.0.1:{http_port}/.well-known/jwks.json", grants)
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0, f"exit status {serve.returncode} after SIGTERM"
         assert_committed(bootstrap, topics, run, partition, last + 1)
@@ -128,7 +141,46 @@ def check(serve, bootstrap, topics, idp, jwk, run):
         assert len(json.dumps(letter)) < 1_000_000
     assert serve.poll() is None, "tollgate exited"
     _, partition, last = max(delivered, key=lambda d: d[2])
-    return partition, last
+    return partition, last, [d["grant"]["token"] for d in decisions]
+
+
+def check_grants(binary, env, jwks_url, grants):
+    with urllib.request.urlopen(jwks_url, timeout=10) as r:
+        jwks = jwt.PyJWKSet.from_dict(json.load(r))
+    for g in grants:
+        key = jwks[jwt.get_unverified_header(g)["kid"]]
+        claims = jwt.decode(g, key.key, algorithms=["EdDSA"], audience=HOLDER, issuer="tollgate")
+        assert claims["aud"] == HOLDER and claims["dataset"] == "GX-610100-TOUR-0001", claims
+    good = grants[0]
+    head, body, sig = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims["operation"] = "download"
+    forged_body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    tampered = ".".join((head, forged_body, sig))
+    key = jwks[jwt.get_unverified_header(good)["kid"]].key
+    try:
+        jwt.decode(tampered, key, algorithms=["EdDSA"], audience=HOLDER)
+        raise AssertionError("PyJWT accepted a tampered grant")
+    except jwt.InvalidSignatureError:
+        pass
+    # Expired: as seen from a clock past `exp` (a negative leeway moves PyJWT's clock forward).
+    past_exp = claims["exp"] - int(time.time()) + 1
+    try:
+        jwt.decode(good, key, algorithms=["EdDSA"], audience=HOLDER, leeway=-past_exp,
+                   options={"verify_iat": False, "verify_nbf": False})
+        raise AssertionError("PyJWT accepted an expired grant")
+    except jwt.ExpiredSignatureError:
+        pass
+
+    def verify(token):
+        out = subprocess.run([binary, "grant", "verify", token, "--jwks", jwks_url, "--audience", HOLDER, "--json"],
+                             env=env, capture_output=True, text=True)
+        return out.returncode, json.loads(out.stdout)
+    code, report = verify(good)
+    assert code == 0 and report["valid"] and report["claims"]["jti"] == claims["jti"], report
+    code, report = verify(tampered)
+    assert code == 1 and report["code"] == "grant.bad_signature", report
+    print(f"grants: {len(grants)} verified by PyJWT with the published JWKS; tampered and expired refused")
 
 
 def consume(bootstrap, topic, n, within=120):
