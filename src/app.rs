@@ -14,6 +14,7 @@ use crate::auth::Verifier;
 use crate::broker::DecisionService;
 use crate::broker::grant_keys::GrantKeys;
 use crate::broker::outbox::Outbox;
+use crate::broker::recheck::Recheck;
 use crate::broker::reload::Reloader;
 use crate::config::{DeliveryMode, Settings};
 use crate::kafka::{self, Cluster, Limits, LoopClients};
@@ -75,9 +76,19 @@ impl App {
         };
         let clients = loop_clients(&settings, bootstrap, health.clone())?;
         let client = kafka::Client::new(&settings.kafka, bootstrap)?;
-        let outbox = Arc::new(Outbox::new(store.clone(), client, settings.topics.audit.clone()));
+        let outbox = Arc::new(Outbox::new(store.clone(), client, settings.topics.clone()));
         let instance = &settings.service.instance_id;
-        let reloader = Reloader::new(&settings.policy, instance, policy.clone(), store.clone(), outbox, health.clone());
+        let recheck = Recheck::new(store.clone(), outbox.clone(), instance, health.clone());
+        let every = (settings.grant.recheck_secs > 0).then(|| Duration::from_secs(settings.grant.recheck_secs));
+        let reloader = Reloader::new(
+            &settings.policy,
+            instance,
+            policy.clone(),
+            store.clone(),
+            outbox,
+            health.clone(),
+            (recheck, every),
+        );
         let grant_keys = Arc::new(GrantKeys::from_settings(&settings.grant, instance, store.clone())?);
         let service = Arc::new(DecisionService::new(&settings, policy, verifier, store, grant_keys, health.clone()));
         Ok(App { settings, cluster, service, clients, reloader, health, http })
@@ -115,7 +126,7 @@ impl App {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let App { settings, cluster, service, clients, reloader, health, http } = self;
-        info!(message = "tollgate is consuming", bootstrap = %cluster.bootstrap_servers(), topic = %settings.topics.requests, group = %settings.kafka.group_id,
+        info!(message = "tollgate is consuming", bootstrap = %cluster.bootstrap_servers(), topics = ?settings.topics.inputs(), group = %settings.kafka.group_id,
               instance = %settings.service.instance_id);
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
         // The reloader stops with the service, also when the loop fails.
@@ -129,9 +140,13 @@ impl App {
             }
             let health = health.clone();
             let stop = reload_stop.clone();
-            let published: Arc<dyn crate::ops::Published> = service.grant_keys().clone();
+            let published: Arc<dyn crate::ops::Published> = Arc::new(crate::broker::grant_keys::ForDataHosts {
+                keys: service.grant_keys().clone(),
+                store: service.store().clone(),
+            });
+            let remote = remote_access(&settings);
             tokio::spawn(async move {
-                if let Err(error) = server.serve(health, published, stop).await {
+                if let Err(error) = server.serve(health, published, remote, stop).await {
                     warn!(message = "http endpoint failed", %error);
                 }
             })
@@ -178,12 +193,28 @@ async fn load_policy(dir: &std::path::Path) -> Result<crate::policy::Policy, App
     Ok(policy)
 }
 
+/// Who may read the listener's private pages from another host; loopback
+/// only when no role is allowed or the keys do not load.
+fn remote_access(settings: &Settings) -> crate::ops::RemoteAccess {
+    let roles = settings.service.http_remote_roles.clone();
+    if roles.is_empty() {
+        return crate::ops::RemoteAccess::loopback_only();
+    }
+    match Verifier::from_settings(&settings.auth) {
+        Ok(verifier) => crate::ops::RemoteAccess { verifier: Some(verifier), roles },
+        Err(error) => {
+            warn!(message = "private pages answer loopback only: the token keys do not load", %error);
+            crate::ops::RemoteAccess::loopback_only()
+        }
+    }
+}
+
 /// The decision loop's consumer and producer; transactional when
 /// `kafka.delivery` says so.
 fn loop_clients(settings: &Settings, bootstrap: &str, health: Arc<Health>) -> Result<LoopClients, AppError> {
     let transactional_id = (settings.kafka.delivery == DeliveryMode::Transactional).then(|| {
         settings.kafka.transactional_id.clone().unwrap_or_else(|| format!("tollgate-{}", settings.service.instance_id))
     });
-    let (kafka, topic, instance) = (&settings.kafka, &settings.topics.requests, &settings.service.instance_id);
-    Ok(LoopClients::new(kafka, bootstrap, topic, health, transactional_id.as_deref(), instance)?)
+    let (kafka, topics, instance) = (&settings.kafka, settings.topics.inputs(), &settings.service.instance_id);
+    Ok(LoopClients::new(kafka, bootstrap, &topics, health, transactional_id.as_deref(), instance)?)
 }

@@ -42,6 +42,10 @@ pub struct ServiceSettings {
     /// Address of `/healthz`, `/readyz` and `/metrics`; empty turns the
     /// HTTP endpoint off. Port 0 picks a free port (logged at start-up).
     pub http_listen: String,
+    /// Who may read the listener's private pages (the revocation list) from
+    /// another host: a bearer token verified like requesters' (`auth.*`)
+    /// carrying one of these roles. Empty (the default): loopback only.
+    pub http_remote_roles: Vec<String>,
 }
 
 impl Default for ServiceSettings {
@@ -54,6 +58,7 @@ impl Default for ServiceSettings {
             max_in_flight: 1000,
             max_batch: 256,
             http_listen: "127.0.0.1:9464".into(),
+            http_remote_roles: Vec::new(),
         }
     }
 }
@@ -159,6 +164,12 @@ pub struct Topics {
     pub audit: String,
     pub usage: String,
     pub dlq: String,
+    /// Operators' revoke commands (in).
+    pub revocations: String,
+    /// Grant events for data hosts (out).
+    pub grants: String,
+    /// Answers to commands (out).
+    pub replies: String,
 }
 
 impl Default for Topics {
@@ -169,6 +180,9 @@ impl Default for Topics {
             audit: "tollgate.audit".into(),
             usage: "tollgate.usage".into(),
             dlq: "tollgate.dlq".into(),
+            revocations: "tollgate.revocations".into(),
+            grants: "tollgate.grants".into(),
+            replies: "tollgate.replies".into(),
         }
     }
 }
@@ -183,11 +197,28 @@ impl Topics {
             audit: format!("{}.{suffix}", d.audit),
             usage: format!("{}.{suffix}", d.usage),
             dlq: format!("{}.{suffix}", d.dlq),
+            revocations: format!("{}.{suffix}", d.revocations),
+            grants: format!("{}.{suffix}", d.grants),
+            replies: format!("{}.{suffix}", d.replies),
         }
     }
 
-    pub fn all(&self) -> [&str; 5] {
-        [&self.requests, &self.decisions, &self.audit, &self.usage, &self.dlq]
+    pub fn all(&self) -> [&str; 8] {
+        [
+            &self.requests,
+            &self.decisions,
+            &self.audit,
+            &self.usage,
+            &self.dlq,
+            &self.revocations,
+            &self.grants,
+            &self.replies,
+        ]
+    }
+
+    /// The topics the decision loop consumes.
+    pub fn inputs(&self) -> [&str; 2] {
+        [&self.requests, &self.revocations]
     }
 }
 
@@ -279,11 +310,21 @@ pub struct GrantSettings {
     pub next_keys: Vec<PathBuf>,
     pub issuer: String,
     pub ttl_secs: i64,
+    /// How often live grants are decided again under the policy in force
+    /// (besides after every reload that changes it), so a lapsed scenario
+    /// authorization or registration revokes them; 0: only after reloads.
+    pub recheck_secs: u64,
 }
 
 impl Default for GrantSettings {
     fn default() -> Self {
-        GrantSettings { signing_key: None, next_keys: Vec::new(), issuer: "tollgate".into(), ttl_secs: 3600 }
+        GrantSettings {
+            signing_key: None,
+            next_keys: Vec::new(),
+            issuer: "tollgate".into(),
+            ttl_secs: 3600,
+            recheck_secs: 300,
+        }
     }
 }
 

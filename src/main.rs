@@ -177,6 +177,11 @@ enum GrantCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write the revocation list (as served on /revocations).
+    Revocations {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Check a grant: signature (key by kid from the JWKS), expiry, issuer,
     /// audience. Exits non-zero when it is not good.
     Verify {
@@ -185,6 +190,9 @@ enum GrantCommand {
         /// A JWKS file or http(s) URL (default: tollgate's configuration and database).
         #[arg(long)]
         jwks: Option<String>,
+        /// A revocation list file or http(s) URL (default with no --jwks: the database).
+        #[arg(long)]
+        revocations: Option<String>,
         /// Your organisation code: the grant must be for you.
         #[arg(long)]
         audience: Option<String>,
@@ -270,7 +278,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grant { command: GrantCommand::Jwks { out } } => {
             cli::grant::jwks(&Settings::load(cli.config.as_deref())?, out.as_deref()).await
         }
-        Command::Grant { command: GrantCommand::Verify { token, jwks, audience, issuer, json } } => {
+        Command::Grant { command: GrantCommand::Revocations { out } } => {
+            cli::grant::revocations(&Settings::load(cli.config.as_deref())?, out.as_deref()).await
+        }
+        Command::Grant { command: GrantCommand::Verify { token, jwks, revocations, audience, issuer, json } } => {
             let token = if token == "-" {
                 let mut t = String::new();
                 std::io::stdin().read_to_string(&mut t)?;
@@ -279,7 +290,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 token
             };
             let keys = cli::grant::KeySource::parse(jwks);
-            let opts = cli::grant::VerifyOptions { token, keys, audience, issuer, json };
+            let revocations = revocations.map(|r| cli::grant::KeySource::parse(Some(r)));
+            let opts = cli::grant::VerifyOptions { token, keys, revocations, audience, issuer, json };
             match cli::grant::verify(&Settings::load(cli.config.as_deref())?, opts).await? {
                 true => Ok(()),
                 false => Err(anyhow::anyhow!("the grant is not valid")),

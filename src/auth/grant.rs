@@ -6,7 +6,7 @@
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-use crate::contract::GrantClaims;
+use crate::contract::{GrantClaims, Reason};
 
 /// What a grant must also satisfy besides its signature and time.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +17,23 @@ pub struct GrantCheck {
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway_secs: i64,
+    /// Revoked grants by decision id (`jti`), with the revocation's reason.
+    pub revoked: std::collections::HashMap<String, Reason>,
+}
+
+impl GrantCheck {
+    /// Takes in a revocation list as `/revocations` and `grant revocations` write it.
+    pub fn with_revocation_list(mut self, list: &serde_json::Value) -> Result<Self, String> {
+        let entries =
+            list.get("revoked").and_then(|r| r.as_array()).ok_or("not a revocation list: no \"revoked\" array")?;
+        for e in entries {
+            let id = e.get("decision_id").and_then(|d| d.as_str()).ok_or("a revoked entry without decision_id")?;
+            let reason: Reason = serde_json::from_value(e.get("reason").cloned().unwrap_or_default())
+                .map_err(|err| format!("revoked entry {id}: {err}"))?;
+            self.revoked.insert(id.to_owned(), reason);
+        }
+        Ok(self)
+    }
 }
 
 /// Why a grant is not good, with a stable code (`grant.*`).
@@ -40,6 +57,8 @@ pub enum GrantError {
     WrongIssuer(String),
     #[error("granted to data holder {0}")]
     WrongAudience(String),
+    #[error("revoked ({}): {}", .0.code, .0.message)]
+    Revoked(Reason),
 }
 
 impl GrantError {
@@ -53,6 +72,7 @@ impl GrantError {
             GrantError::NotYetValid(_) => "grant.not_yet_valid",
             GrantError::WrongIssuer(_) => "grant.wrong_issuer",
             GrantError::WrongAudience(_) => "grant.wrong_audience",
+            GrantError::Revoked(_) => "grant.revoked",
         }
     }
 }
@@ -89,6 +109,9 @@ pub fn verify_grant(token: &str, jwks: &JwkSet, check: &GrantCheck, now: i64) ->
     }
     if check.audience.as_ref().is_some_and(|aud| *aud != c.aud) {
         return Err(GrantError::WrongAudience(c.aud));
+    }
+    if let Some(reason) = check.revoked.get(&c.jti) {
+        return Err(GrantError::Revoked(reason.clone()));
     }
     Ok(c)
 }
@@ -128,8 +151,11 @@ mod tests {
         let (key, other) = (SigningKey::generate("g1"), SigningKey::generate("g2"));
         let token = key.sign(&claims(2000));
         let set = jwks(&[&key, &other]);
-        let check =
-            GrantCheck { issuer: Some("tollgate".into()), audience: Some("11610100MB00014076".into()), leeway_secs: 0 };
+        let check = GrantCheck {
+            issuer: Some("tollgate".into()),
+            audience: Some("11610100MB00014076".into()),
+            ..GrantCheck::default()
+        };
         assert_eq!(verify_grant(&token, &set, &check, 1500).unwrap().jti, "d-1");
 
         let code =
@@ -160,5 +186,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(code(&hs256, &set, &check, 1500), "grant.algorithm_not_allowed");
+        let list = serde_json::json!({"revoked": [{"decision_id": "d-1", "reason": {"code": "revoke.command", "message": "contract ended"}}]});
+        let revoked = check.clone().with_revocation_list(&list).unwrap();
+        assert_eq!(code(&token, &set, &revoked, 1500), "grant.revoked");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use tracing::{debug, info, warn};
 
-use super::prepare::{Origin, Prepared, position};
+use super::prepare::{Input, Origin, Prepared, position};
 use super::{DecisionService, Tally};
 use crate::audit;
 use crate::auth::{AuthError, Principal};
@@ -21,6 +21,9 @@ pub(super) struct Draft<'m> {
     pub(super) origin: Origin<'m>,
     pub(super) request: AccessRequest,
     pub(super) subject: String,
+    /// Who asked, when the token verified: kept with a grant so the request
+    /// can be decided again when the policy changes.
+    pub(super) principal: Option<Principal>,
     pub(super) eval: Evaluation,
     pub(super) period: String,
     pub(super) replayed: bool,
@@ -58,7 +61,7 @@ impl DecisionService {
                 let commit = self.dead_letter(policy, &origin, rejection);
                 Ok(Step::Commit(Box::new(commit), Tally::DeadLetter, origin.traceparent))
             }
-            Ok((request, identity)) => {
+            Ok(input) => {
                 let key = &origin.idem_key;
                 if let Some(outputs) = batch.find_outcome(key).await? {
                     debug!(message = "re-publishing stored outcome", idem_key = %key, position = %position(msg));
@@ -70,7 +73,16 @@ impl DecisionService {
                     debug!(message = "repeated within the batch; publishing the first's outcome", idem_key = %key, position = %position(msg));
                     return Ok(Step::Repeat(origin.idem_key, origin.traceparent));
                 }
-                Ok(Step::Draft(Box::new(self.draft(batch, policy, reserved, origin, request, identity).await?)))
+                match input {
+                    Input::Access(request, identity) => {
+                        Ok(Step::Draft(Box::new(self.draft(batch, policy, reserved, origin, request, identity).await?)))
+                    }
+                    Input::Revoke(command, identity) => {
+                        let traceparent = origin.traceparent.clone();
+                        let commit = self.revoke(batch, policy, &origin, command, identity).await?;
+                        Ok(Step::Commit(Box::new(commit), Tally::Command, traceparent))
+                    }
+                }
             }
         }
     }
@@ -125,6 +137,7 @@ impl DecisionService {
             *reserved.entry(key).or_default() += charge.quantity;
         }
         let subject = identity.as_ref().map(|p| p.subject.clone()).unwrap_or_default();
-        Ok(Draft { origin, request, subject, eval, period, replayed })
+        let principal = identity.ok();
+        Ok(Draft { origin, request, subject, principal, eval, period, replayed })
     }
 }

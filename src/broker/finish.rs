@@ -7,13 +7,21 @@ use chrono::{DateTime, Utc};
 use super::draft::{Draft, Step};
 use super::{DecisionService, Tally, on_two_threads, rfc3339};
 use crate::audit;
+use crate::auth::Principal;
 use crate::contract::GrantClaims;
 use crate::contract::{
     AccessRequest, AuditEvent, DECISION_SCHEMA, Decision, EventType, Grant, Outcome, USAGE_SCHEMA, UsageRecord,
 };
 use crate::decide::{ChargeDraft, Evaluation};
 use crate::policy::Policy;
-use crate::store::{Commit, DecisionRow, Output, Stream};
+use crate::store::{Commit, DecisionRow, GrantRow, Output, Stream};
+
+/// What a grant's request is decided again with when the policy changes:
+/// the verified principal and the request without its token.
+pub(super) fn probe_of(principal: &Principal, request: &AccessRequest) -> String {
+    let request = AccessRequest { token: None, ..request.clone() };
+    serde_json::json!({ "principal": principal, "request": request }).to_string()
+}
 
 impl DecisionService {
     /// Phase 2: finishes every draft, on two threads for a large batch
@@ -43,11 +51,23 @@ impl DecisionService {
     /// holds, so drafts are finished on two threads: signs the grant and
     /// builds the decision, usage record and audit event.
     fn finish_draft(&self, policy: &Policy, d: Draft<'_>) -> (Commit, Tally) {
-        let Draft { origin, request, subject, eval, period, replayed } = d;
+        let Draft { origin, request, subject, principal, eval, period, replayed } = d;
         let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
         let request = &request;
         let decision_id = self.source.id().to_string();
         let grant = self.grant_for(policy, &eval, request, &subject, &decision_id, now);
+        let grant_row = grant.as_ref().zip(principal.as_ref()).map(|(g, p)| GrantRow {
+            decision_id: decision_id.clone(),
+            request_id: request.request_id.clone(),
+            subject: subject.clone(),
+            holder: policy.catalogue().datasets.get(&request.dataset).map(|d| d.holder.clone()).unwrap_or_default(),
+            dataset: request.dataset.clone(),
+            scenario: request.scenario.clone(),
+            operation: request.operation.as_str().into(),
+            policy_version: policy.version().to_owned(),
+            expires_at: g.expires_at.timestamp(),
+            probe: probe_of(p, request),
+        });
         let decision = Decision {
             schema: DECISION_SCHEMA.into(),
             decision_id: decision_id.clone(),
@@ -106,6 +126,7 @@ impl DecisionService {
                 ..AuditEvent::draft(origin.chain.clone(), event_type, now, trace_id.to_owned())
             },
             usage,
+            grant: grant_row,
             created_at: rfc3339(now),
         };
         // Only drafted when this transaction found no outcome for the request.

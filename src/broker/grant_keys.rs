@@ -128,8 +128,41 @@ pub async fn jwks(store: &Store, configured: &[PublicKey], now: i64) -> Result<s
     Ok(serde_json::json!({ "keys": keys.into_values().collect::<Vec<serde_json::Value>>() }))
 }
 
-impl crate::ops::Published for GrantKeys {
+/// The revocation list at `now`: every grant revoked before it expired and
+/// not expired yet (a grant past `exp` fails verification anyway), oldest
+/// revocation first.
+pub async fn revocation_list(store: &Store, now: i64) -> Result<serde_json::Value, StoreError> {
+    let rfc3339 = |t: i64| chrono::DateTime::from_timestamp(t, 0).unwrap_or_default().to_rfc3339();
+    let revoked: Vec<serde_json::Value> = store
+        .revoked_grants(now)
+        .await?
+        .into_iter()
+        .map(|g| {
+            serde_json::json!({
+                "decision_id": g.decision_id, "subject": g.subject, "holder": g.holder, "dataset": g.dataset,
+                "expires_at": rfc3339(g.expires_at), "revoked_at": rfc3339(g.revoked_at),
+                "reason": {"code": g.code, "message": g.reason},
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({ "as_of": rfc3339(now), "revoked": revoked }))
+}
+
+/// What data hosts read from the HTTP listener: the JWKS and the
+/// revocation list.
+pub struct ForDataHosts {
+    pub keys: std::sync::Arc<GrantKeys>,
+    pub store: Store,
+}
+
+impl crate::ops::Published for ForDataHosts {
     fn jwks(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async move { GrantKeys::jwks(self, chrono::Utc::now().timestamp()).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { self.keys.jwks(chrono::Utc::now().timestamp()).await.map_err(|e| e.to_string()) })
+    }
+
+    fn revocations(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            revocation_list(&self.store, chrono::Utc::now().timestamp()).await.map_err(|e| e.to_string())
+        })
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod grant_keys;
 pub mod outbox;
+pub mod recheck;
 pub mod reload;
 
 mod commit;
@@ -18,6 +19,7 @@ mod finish;
 mod outputs;
 mod prepare;
 mod purge;
+mod revoke;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -151,6 +153,8 @@ enum Tally {
     Replayed,
     DeadLetter,
     Republished,
+    /// An operator's command answered.
+    Command,
 }
 
 /// `f` over `items`, in order; from [`PARALLEL_FROM`] items on, half of them
@@ -186,6 +190,7 @@ impl DecisionService {
             Tally::Decided(Outcome::PendingReview) => &c.pending_review,
             Tally::DeadLetter => &c.dead_letters,
             Tally::Republished => &c.republished,
+            Tally::Command => &c.commands,
         });
     }
 }
@@ -207,8 +212,9 @@ impl Processor for DecisionService {
         self.refused_letter(input, output, error, minimal)
     }
 
-    /// One policy version and one database transaction for the whole batch;
-    /// decoding and signature checks were done before (see `prepare`).
+    /// One policy version and one database transaction per run of the
+    /// batch (see [`runs`]); decoding and signature checks were done before
+    /// (see `prepare`).
     async fn process_batch(
         &self,
         msgs: &[ConsumedMessage],
@@ -217,6 +223,40 @@ impl Processor for DecisionService {
         if ready.len() != msgs.len() {
             return Err(ProcessError::Fatal(format!("{} prepared for a batch of {}", ready.len(), msgs.len())));
         }
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut ready = ready.into_iter();
+        for run in runs(msgs, |m| m.topic == self.topics.revocations) {
+            out.extend(self.process_run(run, ready.by_ref().take(run.len()).collect()).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// The batch cut before each command, so a command sees every grant the
+/// inputs before it issued (those are stored when their run commits). A
+/// failure in a later run leaves the earlier ones stored; the retried batch
+/// finds their outcomes and publishes them again.
+fn runs(msgs: &[ConsumedMessage], is_command: impl Fn(&ConsumedMessage) -> bool) -> Vec<&[ConsumedMessage]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, m) in msgs.iter().enumerate() {
+        if i > start && is_command(m) {
+            out.push(&msgs[start..i]);
+            start = i;
+        }
+    }
+    if start < msgs.len() {
+        out.push(&msgs[start..]);
+    }
+    out
+}
+
+impl DecisionService {
+    async fn process_run(
+        &self,
+        msgs: &[ConsumedMessage],
+        ready: Vec<Ready>,
+    ) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
         let start = std::time::Instant::now();
         // Before the batch's transaction (SQLite has one connection): every
         // input was read before this `now`, so its grant expires by now + ttl.
@@ -247,5 +287,24 @@ impl Processor for DecisionService {
         tallies.into_iter().for_each(|t| self.count(t));
         self.purge_expired_token_uses().await;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(topic: &str, offset: i64) -> ConsumedMessage {
+        ConsumedMessage { topic: topic.into(), partition: 0, offset, key: None, payload: vec![], headers: vec![] }
+    }
+
+    #[test]
+    fn a_batch_is_cut_before_each_command_so_it_sees_the_grants_before_it() {
+        let msgs =
+            ["r", "r", "c", "r", "c", "c"].iter().enumerate().map(|(i, t)| input(t, i as i64)).collect::<Vec<_>>();
+        let cuts: Vec<Vec<i64>> =
+            runs(&msgs, |m| m.topic == "c").iter().map(|run| run.iter().map(|m| m.offset).collect()).collect();
+        assert_eq!(cuts, [vec![0, 1], vec![2, 3], vec![4], vec![5]]);
+        assert!(runs(&[], |_| true).is_empty());
     }
 }

@@ -1,5 +1,7 @@
-//! Publishes audit events that belong to no input: the policy chain's
-//! `policy_loaded`, `policy_rejected` and `policy_restored`. A decision's
+//! Publishes what belongs to no input: the policy chain's audit events
+//! (`policy_loaded`, `policy_rejected`, `policy_restored`,
+//! `policy_revocation`) and the `grant_revoked` events of grants the
+//! policy no longer allows. A decision's
 //! audit event reaches the topic through its input (a crash before the
 //! broker acknowledged it re-delivers the input, which re-publishes it); a
 //! policy event has no input, so it is queued in the outbox in the
@@ -16,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
+use crate::config::Topics;
 use crate::kafka::{Client, KafkaError};
 use crate::store::{Store, StoreError};
 
@@ -33,7 +36,7 @@ pub enum OutboxError {
 pub struct Outbox {
     store: Store,
     client: Client,
-    topic: String,
+    topics: Topics,
     /// One drain at a time per instance, so a chain's events go out in
     /// order. (Two instances draining at once publish identical copies,
     /// which verifiers accept as re-publications.)
@@ -41,8 +44,8 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(store: Store, client: Client, topic: String) -> Self {
-        Outbox { store, client, topic, draining: Mutex::new(()) }
+    pub fn new(store: Store, client: Client, topics: Topics) -> Self {
+        Outbox { store, client, topics, draining: Mutex::new(()) }
     }
 
     /// Publishes every queued event, chain by chain in order, each taken
@@ -53,11 +56,20 @@ impl Outbox {
         let _one = self.draining.lock().await;
         let queued = self.store.outbox().await?;
         for (seq, event) in &queued {
-            self.client.produce(&self.topic, &event.key, event.payload.as_bytes(), &[]).await?;
+            self.client.produce(&self.topics.audit, &event.key, event.payload.as_bytes(), &[]).await?;
             self.store.published(&event.key, *seq).await?;
             debug!(message = "queued audit event published", chain = %event.key, seq);
         }
-        Ok(queued.len())
+        let messages = self.store.queued_messages().await?;
+        for (idem_key, outputs) in &messages {
+            for o in outputs {
+                let topic = super::outputs::topic_of(&self.topics, o.stream);
+                self.client.produce(topic, &o.key, o.payload.as_bytes(), &[]).await?;
+            }
+            self.store.messages_published(idem_key).await?;
+            debug!(message = "queued messages published", %idem_key, count = outputs.len());
+        }
+        Ok(queued.len() + messages.len())
     }
 
     /// [`Outbox::drain`], logging a failure instead of returning it: the

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use super::prepare::{Origin, position};
 use super::{DecisionService, rfc3339};
 use crate::audit;
+use crate::config::Topics;
 use crate::contract::{AuditEvent, DEAD_LETTER_SCHEMA, DeadLetter, DeadLetterError, EventType, RefusedOutput};
 use crate::decide::Rejection;
 use crate::kafka::{ConsumedMessage, OutgoingMessage};
@@ -71,14 +72,21 @@ fn dead_letter_for(
     }
 }
 
+/// The topic a stored stream is published to.
+pub(super) fn topic_of(topics: &Topics, stream: Stream) -> &str {
+    match stream {
+        Stream::Decisions => &topics.decisions,
+        Stream::Audit => &topics.audit,
+        Stream::Usage => &topics.usage,
+        Stream::DeadLetters => &topics.dlq,
+        Stream::Grants => &topics.grants,
+        Stream::Replies => &topics.replies,
+    }
+}
+
 impl DecisionService {
     fn topic(&self, stream: Stream) -> &str {
-        match stream {
-            Stream::Decisions => &self.topics.decisions,
-            Stream::Audit => &self.topics.audit,
-            Stream::Usage => &self.topics.usage,
-            Stream::DeadLetters => &self.topics.dlq,
-        }
+        topic_of(&self.topics, stream)
     }
 
     pub(super) fn to_messages(&self, outputs: Vec<Output>, traceparent: &str) -> Vec<OutgoingMessage> {
@@ -119,6 +127,7 @@ impl DecisionService {
                 ..AuditEvent::draft(origin.chain.clone(), EventType::InputRejected, now, trace_id.to_owned())
             },
             usage: None,
+            grant: None,
             created_at: rfc3339(now),
         }
     }

@@ -9,7 +9,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 use super::{DecisionService, on_two_threads};
 use crate::auth::{AuthError, Principal};
-use crate::contract::AccessRequest;
+use crate::contract::{AccessRequest, RevokeCommand};
 use crate::decide::{self, Rejection};
 use crate::domain::ChainId;
 use crate::kafka::ConsumedMessage;
@@ -41,19 +41,27 @@ pub(super) fn trace_context(msg: &ConsumedMessage) -> (String, String) {
     (trace_id.to_string(), out.remove("traceparent").unwrap_or_default())
 }
 
+/// What an input is, once read, with whoever its token says sent it.
+pub(super) enum Input {
+    /// An access request (`tollgate.requests`).
+    Access(AccessRequest, Result<Principal, AuthError>),
+    /// An operator's revoke command (`tollgate.revocations`).
+    Revoke(RevokeCommand, Result<Principal, AuthError>),
+}
+
 /// An input decoded and its token verified: everything about it that needs
 /// no database, done before the batch's transaction starts.
 pub struct Ready {
     pub(super) now: DateTime<Utc>,
     pub(super) trace_id: String,
     pub(super) traceparent: String,
-    pub(super) input: Result<(AccessRequest, Result<Principal, AuthError>), Rejection>,
+    pub(super) input: Result<Input, Rejection>,
 }
 
 /// An input with what was prepared of it.
 pub(super) struct Prepared<'m> {
     pub(super) origin: Origin<'m>,
-    pub(super) input: Result<(AccessRequest, Result<Principal, AuthError>), Rejection>,
+    pub(super) input: Result<Input, Rejection>,
 }
 
 /// Where an input came from, when it was taken up, the key its outcome
@@ -77,7 +85,8 @@ impl<'m> Prepared<'m> {
     pub(super) fn new(msg: &'m ConsumedMessage, ready: Ready) -> Self {
         let Ready { now, trace_id, traceparent, input } = ready;
         let idem_key = match &input {
-            Ok((request, _)) => format!("request:{}", request.request_id),
+            Ok(Input::Access(request, _)) => format!("request:{}", request.request_id),
+            Ok(Input::Revoke(command, _)) => format!("command:{}", command.command_id),
             Err(_) => format!("input:{}", position(msg)),
         };
         let chain = ChainId::Partition { topic: msg.topic.clone(), partition: msg.partition }.to_string();
@@ -89,13 +98,16 @@ impl DecisionService {
     pub(super) fn ready(&self, msg: &ConsumedMessage) -> Ready {
         let now = self.source.now();
         let (trace_id, traceparent) = trace_context(msg);
-        let input = decide::decode(&msg.payload, msg.header("authorization"), self.max_message_bytes).map(|d| {
-            let identity = match d.token.as_deref() {
-                Some(t) => self.verifier.verify(t),
-                None => Err(AuthError::Missing),
-            };
-            (d.request, identity)
-        });
+        let verify = |token: Option<&str>| match token {
+            Some(t) => self.verifier.verify(t),
+            None => Err(AuthError::Missing),
+        };
+        let (payload, authorization, max) = (&msg.payload, msg.header("authorization"), self.max_message_bytes);
+        let input = if msg.topic == self.topics.revocations {
+            decide::decode_revoke(payload, authorization, max).map(|(c, t)| Input::Revoke(c, verify(t.as_deref())))
+        } else {
+            decide::decode(payload, authorization, max).map(|d| Input::Access(d.request, verify(d.token.as_deref())))
+        };
         Ready { now, trace_id, traceparent, input }
     }
 
@@ -118,7 +130,7 @@ impl DecisionService {
             if !keys.chains.contains(&p.origin.chain) {
                 keys.chains.push(p.origin.chain.clone());
             }
-            if let Ok((request, Ok(principal))) = &p.input {
+            if let Ok(Input::Access(request, Ok(principal))) = &p.input {
                 if self.single_use_jti
                     && let Some(jti) = &principal.token_id
                 {

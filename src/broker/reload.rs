@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::outbox::{self, Outbox};
+use super::recheck::Recheck;
 use crate::config::PolicySettings;
 use crate::contract::{AuditEvent, EventType, Reason};
 use crate::decide::policy_tests::run_tests;
@@ -54,6 +55,10 @@ pub struct Reloader {
     debounce: Duration,
     watch: bool,
     health: Arc<Health>,
+    /// Revokes live grants a new policy no longer allows.
+    recheck: Recheck,
+    /// How often live grants are re-checked with no reload (None: never).
+    recheck_every: Option<Duration>,
 }
 
 impl Reloader {
@@ -66,8 +71,11 @@ impl Reloader {
         store: Store,
         outbox: Arc<Outbox>,
         health: Arc<Health>,
+        recheck: (Recheck, Option<Duration>),
     ) -> Self {
         Reloader {
+            recheck: recheck.0,
+            recheck_every: recheck.1,
             dir: settings.dir.clone(),
             current,
             last_rejected: Mutex::new(None),
@@ -182,6 +190,7 @@ impl Reloader {
         let Watch { _watcher, changes: mut rx, hangup: mut hup } = watch;
         #[cfg(not(unix))]
         let Watch { _watcher, changes: mut rx } = watch;
+        let mut last_recheck = tokio::time::Instant::now();
         loop {
             #[cfg(unix)]
             let hangup = async {
@@ -197,6 +206,10 @@ impl Reloader {
                 // Events a broker outage held back go out once it is back.
                 _ = tokio::time::sleep(outbox::RETRY_EVERY) => {
                     self.outbox.drain_logged().await;
+                    if self.recheck_every.is_some_and(|every| last_recheck.elapsed() >= every) {
+                        last_recheck = tokio::time::Instant::now();
+                        self.recheck.sweep_logged(&self.current.load_full()).await;
+                    }
                     continue;
                 }
                 Some(()) = rx.recv() => {
@@ -212,11 +225,13 @@ impl Reloader {
     }
 
     /// Records the policy an instance starts with, so the policy chain
-    /// says which version was in force from when.
+    /// says which version was in force from when, and re-checks live
+    /// grants against it (the policy may have changed while no instance ran).
     pub async fn announce_start(&self) {
         let version = self.current.load().version().to_owned();
         let reason = Reason::new("policy.loaded", format!("started with {version}"));
         self.audit(EventType::PolicyLoaded, "loaded", version, reason, &candidate_version(&self.dir), Utc::now()).await;
+        self.recheck.sweep_logged(&self.current.load_full()).await;
     }
 
     pub async fn reload(&self, trigger: &str) -> ReloadOutcome {
@@ -243,6 +258,9 @@ impl Reloader {
         let now = Utc::now();
         if let Some((event_type, word, version, reason)) = self.audit_entry(&outcome, &old, &candidate, trigger) {
             self.audit(event_type, word, version, reason, &candidate, now).await;
+        }
+        if let ReloadOutcome::Loaded { .. } = outcome {
+            self.recheck.sweep_logged(&self.current.load_full()).await;
         }
         outcome
     }
@@ -363,6 +381,7 @@ impl Reloader {
                 )
             },
             usage: None,
+            grant: None,
             created_at: now.to_rfc3339(),
         };
         // Stored (and queued in the outbox) first: the database chain is

@@ -287,6 +287,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
         }
     }
     summarise(&reader, &traffic.sent, traffic.expected, opts.verbose, started).await?;
+    show_revocation(&client, &settings, &store, &idp).await?;
 
     shutdown.cancel();
     service.await??;
@@ -323,6 +324,57 @@ fn demo_settings(
     let database_url = format!("sqlite://{}", db_path.display());
     *settings = std::mem::take(settings).in_process(bootstrap, &database_url, grant_key);
     Ok(db_path)
+}
+
+/// An operator at the provincial data bureau.
+const OPERATOR: &str = "11610000MB0001111E";
+
+/// An operator withdraws one live grant over Kafka; the reply and the
+/// grant event data hosts receive are shown.
+async fn show_revocation(
+    client: &Client,
+    settings: &Settings,
+    store: &tollgate::store::Store,
+    idp: &SigningKey,
+) -> anyhow::Result<()> {
+    let Some(grant) = store.live_grants(chrono::Utc::now().timestamp()).await?.into_iter().next() else {
+        return Ok(());
+    };
+    let token = idp.sign(&Claims::new(OPERATOR, ISSUER, "tollgate", 600).with_roles(&["operator"]));
+    let command = serde_json::json!({
+        "schema": "tollgate.revoke/v1", "command_id": "demo-revoke-1", "token": token,
+        "target": {"grant": grant.decision_id}, "reason": "the enterprise's contract with the holder ended",
+    });
+    let topics = &settings.topics;
+    let reader = client.reader(&[&topics.replies, &topics.grants], "tollgate-demo-revocation")?;
+    client.produce(&topics.revocations, "ops", command.to_string().as_bytes(), &[]).await?;
+    let (mut reply, mut event) = (None, None);
+    while reply.is_none() || event.is_none() {
+        let Some(m) = reader.next(Duration::from_secs(30)).await? else {
+            anyhow::bail!("no answer to the demo's revoke command within 30 s");
+        };
+        let value: serde_json::Value = serde_json::from_slice(&m.payload)?;
+        if m.topic == topics.replies { reply = Some(value) } else { event = Some(value) }
+    }
+    let (reply, event) = (reply.unwrap_or_default(), event.unwrap_or_default());
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    println!();
+    println!(
+        "revocation: operator {OPERATOR} revoked grant {} ({} {} on {}): {}",
+        grant.decision_id,
+        grant.subject,
+        grant.operation,
+        grant.dataset,
+        text(&reply["outcome"])
+    );
+    println!(
+        "  data hosts were told on {}: {} by {} ({})",
+        topics.grants,
+        text(&event["event"]),
+        text(&event["by"]),
+        text(&event["reason"]["message"])
+    );
+    Ok(())
 }
 
 async fn print_totals(store: &tollgate::store::Store) -> anyhow::Result<()> {

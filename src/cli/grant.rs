@@ -35,7 +35,19 @@ pub async fn jwks(settings: &Settings, out: Option<&Path>) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Where `grant verify` gets its keys.
+/// Writes the revocation list to `out` (standard output when None).
+pub async fn revocations(settings: &Settings, out: Option<&Path>) -> anyhow::Result<()> {
+    let store = Store::connect(&settings.database.url, 1).await?;
+    let list = tollgate::broker::grant_keys::revocation_list(&store, chrono::Utc::now().timestamp()).await?;
+    let text = serde_json::to_string_pretty(&list)?;
+    match out {
+        Some(path) => std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+/// Where `grant verify` gets its keys or revocation list.
 pub enum KeySource {
     /// tollgate's own configuration and database.
     Configured,
@@ -50,6 +62,20 @@ impl KeySource {
             Some(a) if a.starts_with("http://") || a.starts_with("https://") => KeySource::Url(a),
             Some(a) => KeySource::File(a.into()),
         }
+    }
+
+    /// The revocation list from here (the database for `Configured`).
+    async fn revocations(&self, settings: &Settings) -> anyhow::Result<serde_json::Value> {
+        Ok(match self {
+            KeySource::Configured => {
+                let store = Store::connect(&settings.database.url, 1).await?;
+                tollgate::broker::grant_keys::revocation_list(&store, chrono::Utc::now().timestamp()).await?
+            }
+            KeySource::File(path) => serde_json::from_str(
+                &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            )?,
+            KeySource::Url(url) => fetch(url)?,
+        })
     }
 
     async fn load(&self, settings: &Settings) -> anyhow::Result<JwkSet> {
@@ -82,6 +108,9 @@ fn fetch(url: &str) -> anyhow::Result<serde_json::Value> {
 pub struct VerifyOptions {
     pub token: String,
     pub keys: KeySource,
+    /// Where the revocation list comes from; None: the database when the
+    /// keys come from the configuration, else no revocation check.
+    pub revocations: Option<KeySource>,
     pub audience: Option<String>,
     pub issuer: Option<String>,
     pub json: bool,
@@ -93,7 +122,15 @@ pub async fn verify(settings: &Settings, opts: VerifyOptions) -> anyhow::Result<
     let jwks = opts.keys.load(settings).await?;
     let issuer =
         opts.issuer.or_else(|| matches!(opts.keys, KeySource::Configured).then(|| settings.grant.issuer.clone()));
-    let check = GrantCheck { issuer, audience: opts.audience, leeway_secs: 0 };
+    let mut check = GrantCheck { issuer, audience: opts.audience, ..GrantCheck::default() };
+    let revocations = match (&opts.revocations, &opts.keys) {
+        (Some(source), _) => Some(source),
+        (None, KeySource::Configured) => Some(&KeySource::Configured),
+        (None, _) => None,
+    };
+    if let Some(source) = revocations {
+        check = check.with_revocation_list(&source.revocations(settings).await?).map_err(anyhow::Error::msg)?;
+    }
     let result = verify_grant(&opts.token, &jwks, &check, chrono::Utc::now().timestamp());
     let report = match &result {
         Ok(claims) => json!({ "valid": true, "claims": claims }),

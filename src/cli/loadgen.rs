@@ -344,7 +344,7 @@ async fn pass_through(
 ) -> anyhow::Result<(usize, f64, Histogram<u64>)> {
     let mut base = settings.kafka.clone();
     base.group_id = format!("loadgen-base-{}", load.run_id);
-    let clients = LoopClients::new(&base, bootstrap, &topics.requests, Health::new(), None, "loadgen-pass-through")?;
+    let clients = LoopClients::new(&base, bootstrap, &[&topics.requests], Health::new(), None, "loadgen-pass-through")?;
     let pass =
         Arc::new(PassThrough { outputs: [topics.decisions.clone(), topics.audit.clone(), topics.usage.clone()] });
     let stop = CancellationToken::new();

@@ -72,6 +72,10 @@ pub enum EventType {
     PolicyRejected,
     /// Files back at the version in force: the rejected edit withdrawn.
     PolicyRestored,
+    /// A revoke command: accepted (grants withdrawn) or refused.
+    Revocation,
+    /// A grant withdrawn because the policy in force no longer allows it.
+    PolicyRevocation,
 }
 
 impl EventType {
@@ -83,6 +87,8 @@ impl EventType {
             EventType::PolicyLoaded => "policy_loaded",
             EventType::PolicyRejected => "policy_rejected",
             EventType::PolicyRestored => "policy_restored",
+            EventType::Revocation => "revocation",
+            EventType::PolicyRevocation => "policy_revocation",
         }
     }
 }

@@ -8,6 +8,7 @@ mod dead_letter;
 mod decision;
 mod grant;
 mod request;
+mod revocation;
 mod usage;
 
 pub use audit_event::*;
@@ -15,6 +16,7 @@ pub use dead_letter::*;
 pub use decision::*;
 pub use grant::*;
 pub use request::*;
+pub use revocation::*;
 pub use usage::*;
 
 pub const REQUEST_SCHEMA: &str = "tollgate.access_request/v1";

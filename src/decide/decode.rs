@@ -2,7 +2,7 @@
 //! a [`Rejection`] with a stable code (its input goes to the dead-letter
 //! topic); identity is taken from the token only, never from the body.
 
-use crate::contract::{AccessRequest, REQUEST_SCHEMA};
+use crate::contract::{AccessRequest, REQUEST_SCHEMA, REVOKE_SCHEMA, RevokeCommand};
 
 /// Why an input could not be read as a request at all: it goes to the
 /// dead-letter topic with this code.
@@ -36,6 +36,52 @@ const MAX_FIELDS: usize = 200;
 /// dataset, a bad token) is decided and denied instead, so the requester
 /// gets a reason on the decisions topic.
 pub fn decode(payload: &[u8], authorization: Option<&[u8]>, max_bytes: usize) -> Result<DecodedRequest, Rejection> {
+    let text = versioned_json(payload, max_bytes, REQUEST_SCHEMA)?;
+    // Parse the text again rather than the Value: serde_json rejects
+    // duplicate keys only when deserialising a struct from text.
+    let request: AccessRequest =
+        serde_json::from_str(text).map_err(|e| Rejection::new("input.invalid_request", e.to_string()))?;
+    validate_shape(&request)?;
+    let token = request.token.clone().or_else(|| bearer(authorization));
+    Ok(DecodedRequest { request, token })
+}
+
+/// Reads an operator's revoke command (`tollgate.revoke/v1`) and its token
+/// (body, else `authorization: Bearer` header). As for requests, a command
+/// that is not well-formed is a [`Rejection`]; bad content (an empty
+/// reason, a bad token) is answered with a refusal.
+pub fn decode_revoke(
+    payload: &[u8],
+    authorization: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<(RevokeCommand, Option<String>), Rejection> {
+    let text = versioned_json(payload, max_bytes, REVOKE_SCHEMA)?;
+    let command: RevokeCommand =
+        serde_json::from_str(text).map_err(|e| Rejection::new("input.invalid_request", e.to_string()))?;
+    let id_ok = |s: &str| !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
+    if !id_ok(&command.command_id) {
+        return Err(Rejection::new(
+            "input.invalid_request",
+            format!("command_id must be 1..={MAX_ID_LEN} printable characters"),
+        ));
+    }
+    if command.reason.len() > MAX_STATEMENT_LEN {
+        return Err(Rejection::new("input.invalid_request", format!("reason is longer than {MAX_STATEMENT_LEN}")));
+    }
+    let token = command.token.clone().or_else(|| bearer(authorization));
+    Ok((command, token))
+}
+
+fn bearer(authorization: Option<&[u8]>) -> Option<String> {
+    authorization
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_owned())
+}
+
+/// The payload as text, once it is known to be JSON of `schema` within
+/// `max_bytes`.
+fn versioned_json<'p>(payload: &'p [u8], max_bytes: usize, schema: &str) -> Result<&'p str, Rejection> {
     if payload.len() > max_bytes {
         return Err(Rejection::new(
             "input.too_large",
@@ -47,34 +93,16 @@ pub fn decode(payload: &[u8], authorization: Option<&[u8]>, max_bytes: usize) ->
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| Rejection::new("input.invalid_json", e.to_string()))?;
     match value.get("schema").and_then(|s| s.as_str()) {
-        Some(REQUEST_SCHEMA) => {}
-        Some(other) => {
-            return Err(Rejection::new(
-                "input.unsupported_schema",
-                format!("schema {:?} is not supported; expected {REQUEST_SCHEMA}", truncate(other, 64)),
-            ));
-        }
+        Some(s) if s == schema => Ok(text),
+        Some(other) => Err(Rejection::new(
+            "input.unsupported_schema",
+            format!("schema {:?} is not supported; expected {schema}", truncate(other, 64)),
+        )),
         None if value.get("schema").is_some() => {
-            return Err(Rejection::new(
-                "input.unsupported_schema",
-                format!("schema must be the string {REQUEST_SCHEMA}"),
-            ));
+            Err(Rejection::new("input.unsupported_schema", format!("schema must be the string {schema}")))
         }
-        None => {
-            return Err(Rejection::new("input.missing_schema", format!("no schema field; expected {REQUEST_SCHEMA}")));
-        }
+        None => Err(Rejection::new("input.missing_schema", format!("no schema field; expected {schema}"))),
     }
-    // Parse the text again rather than the Value: serde_json rejects
-    // duplicate keys only when deserialising a struct from text.
-    let request: AccessRequest =
-        serde_json::from_str(text).map_err(|e| Rejection::new("input.invalid_request", e.to_string()))?;
-    validate_shape(&request)?;
-    let header_token = authorization
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-        .map(|t| t.trim().to_owned());
-    let token = request.token.clone().or(header_token);
-    Ok(DecodedRequest { request, token })
 }
 
 pub(super) fn truncate(s: &str, n: usize) -> String {

@@ -5,9 +5,10 @@
 
 mod decode;
 pub mod policy_tests;
+pub mod recheck;
 
 use decode::truncate;
-pub use decode::{DecodedRequest, Rejection, decode};
+pub use decode::{DecodedRequest, Rejection, decode, decode_revoke};
 
 use chrono::{DateTime, Utc};
 

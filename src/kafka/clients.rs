@@ -81,14 +81,14 @@ impl LoopClients {
     pub fn new(
         settings: &KafkaSettings,
         bootstrap: &str,
-        input_topic: &str,
+        input_topics: &[&str],
         health: Arc<Health>,
         transactional_id: Option<&str>,
         instance_id: &str,
     ) -> Result<Self, KafkaError> {
         let (consumer_cfg, producer_cfg) = loop_configs(settings, bootstrap, transactional_id, instance_id);
         let consumer: StreamConsumer<LoopContext> = consumer_cfg.create_with_context(LoopContext { health })?;
-        consumer.subscribe(&[input_topic])?;
+        consumer.subscribe(input_topics)?;
         let producer: FutureProducer = producer_cfg.create()?;
         if transactional_id.is_some() {
             producer.init_transactions(TXN_TIMEOUT)?;

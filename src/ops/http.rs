@@ -1,7 +1,10 @@
 //! `/healthz`, `/readyz`, `/metrics` and the grant keys
-//! (`/.well-known/jwks.json`) over HTTP: the public part of the listener,
-//! served on any interface. What the listener publishes beyond health comes
-//! from a [`Published`] the app hands in, so this module needs no store.
+//! (`/.well-known/jwks.json`), served to anyone who reaches the listener;
+//! and private pages (`/revocations`): who accessed what is itself
+//! sensitive, so those answer loopback peers, and others only with a
+//! verified bearer token carrying a role of `service.http_remote_roles`.
+//! What the listener publishes beyond health comes from a [`Published`] the
+//! app hands in, so this module needs no store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,17 +22,70 @@ use super::Health;
 pub trait Published: Send + Sync + 'static {
     /// The JWKS of the keys grants are signed with.
     fn jwks(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
+    /// Grants revoked before they expired.
+    fn revocations(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
+}
+
+/// Who may read the private pages from another host.
+pub struct RemoteAccess {
+    /// Verifies bearer tokens; None: loopback only.
+    pub verifier: Option<crate::auth::Verifier>,
+    pub roles: Vec<String>,
+}
+
+impl RemoteAccess {
+    pub fn loopback_only() -> Self {
+        RemoteAccess { verifier: None, roles: Vec::new() }
+    }
+
+    /// None when `peer` may read private pages; else the status to answer.
+    fn refusal(&self, peer: SocketAddr, headers: &axum::http::HeaderMap) -> Option<StatusCode> {
+        if peer.ip().is_loopback() {
+            return None;
+        }
+        let Some(verifier) = &self.verifier else { return Some(StatusCode::FORBIDDEN) };
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let Some(token) = bearer else { return Some(StatusCode::UNAUTHORIZED) };
+        match verifier.verify(token.trim()) {
+            Ok(p) if self.roles.iter().any(|r| p.roles.contains(r)) => None,
+            Ok(_) => Some(StatusCode::FORBIDDEN),
+            Err(_) => Some(StatusCode::UNAUTHORIZED),
+        }
+    }
 }
 
 #[derive(Clone)]
 struct Shared {
     health: Arc<Health>,
     published: Arc<dyn Published>,
+    remote: Arc<RemoteAccess>,
 }
 
 impl axum::extract::FromRef<Shared> for Arc<Health> {
     fn from_ref(s: &Shared) -> Arc<Health> {
         s.health.clone()
+    }
+}
+
+/// The revocation list (private).
+async fn revocations(
+    State(s): State<Shared>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if let Some(status) = s.remote.refusal(peer, &headers) {
+        return (status, "the revocation list answers loopback peers and tokens with an allowed role\n")
+            .into_response();
+    }
+    match s.published.revocations().await {
+        Ok(list) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(list)).into_response(),
+        Err(error) => {
+            tracing::warn!(message = "revocation list unavailable", %error);
+            (StatusCode::SERVICE_UNAVAILABLE, "revocation list unavailable\n").into_response()
+        }
     }
 }
 
@@ -78,6 +134,7 @@ impl HttpServer {
         self,
         health: Arc<Health>,
         published: Arc<dyn Published>,
+        remote: RemoteAccess,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let router = Router::new()
@@ -85,7 +142,41 @@ impl HttpServer {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .route("/.well-known/jwks.json", get(jwks))
-            .with_state(Shared { health, published });
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+            .route("/revocations", get(revocations))
+            .with_state(Shared { health, published, remote: Arc::new(remote) });
+        axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Claims, SigningKey, Verifier};
+
+    #[test]
+    fn private_pages_answer_loopback_and_remote_peers_only_with_a_token_of_an_allowed_role() {
+        let (loopback, remote): (SocketAddr, SocketAddr) =
+            ("127.0.0.1:5000".parse().unwrap(), "10.1.2.3:5000".parse().unwrap());
+        let none = axum::http::HeaderMap::new();
+        assert_eq!(RemoteAccess::loopback_only().refusal(loopback, &none), None);
+        assert_eq!(RemoteAccess::loopback_only().refusal(remote, &none), Some(StatusCode::FORBIDDEN));
+
+        let idp = SigningKey::generate("idp");
+        let verifier = Verifier::for_ed25519(&idp.public(), "iss", "tollgate");
+        let access = RemoteAccess { verifier: Some(verifier), roles: vec!["data_host".into()] };
+        let bearer = |roles: &[&str]| {
+            let token = idp.sign(&Claims::new("11610100MB00014076", "iss", "tollgate", 600).with_roles(roles));
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+            h
+        };
+        assert_eq!(access.refusal(remote, &none), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(access.refusal(remote, &bearer(&["data_user"])), Some(StatusCode::FORBIDDEN));
+        assert_eq!(access.refusal(remote, &bearer(&["data_host"])), None);
+        let mut forged = axum::http::HeaderMap::new();
+        forged.insert(header::AUTHORIZATION, "Bearer a.b.c".parse().unwrap());
+        assert_eq!(access.refusal(remote, &forged), Some(StatusCode::UNAUTHORIZED));
     }
 }

@@ -113,6 +113,12 @@ pub struct Counters {
     /// Batches decided again because another instance stored part of
     /// what they claim first.
     pub conflicts: AtomicU64,
+    /// Operators' commands answered (accepted or refused).
+    pub commands: AtomicU64,
+    /// Grants withdrawn by an operator's command / because the policy no
+    /// longer allows them.
+    pub revoked_by_command: AtomicU64,
+    pub revoked_by_policy: AtomicU64,
 }
 
 impl Health {
@@ -152,6 +158,13 @@ impl Health {
             "counter",
             "Redelivered inputs answered with their stored outcome.",
             &[("", get(&c.republished))],
+        );
+        family("commands_total", "counter", "Operators' commands answered.", &[("", get(&c.commands))]);
+        family(
+            "grants_revoked_total",
+            "counter",
+            "Grants withdrawn before they expired.",
+            &[("{by=\"command\"}", get(&c.revoked_by_command)), ("{by=\"policy\"}", get(&c.revoked_by_policy))],
         );
         family(
             "processing_retries_total",

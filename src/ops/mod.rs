@@ -7,6 +7,6 @@ mod metrics;
 mod readiness;
 pub mod telemetry;
 
-pub use http::{HttpServer, Published};
+pub use http::{HttpServer, Published, RemoteAccess};
 pub use metrics::{Counters, Histogram, Timings};
 pub use readiness::{Health, Readiness};

@@ -57,6 +57,10 @@ impl Health {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn readiness(&self) -> Readiness {
         let mut reasons = Vec::new();
         if self.stopping.load(Ordering::Relaxed) {

@@ -12,7 +12,9 @@ use sqlx::{AnyPool, Row};
 use crate::contract::{AuditEvent, UsageRecord};
 
 mod grant_keys;
+mod grants;
 pub use grant_keys::PublishedKey;
+pub use grants::{GrantRow, GrantState, Revocation, RevokedGrant};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
 
@@ -25,6 +27,10 @@ pub enum Stream {
     Audit,
     Usage,
     DeadLetters,
+    /// Grant events (revocations) for data hosts.
+    Grants,
+    /// Answers to commands.
+    Replies,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +162,8 @@ pub struct Commit {
     /// Unsealed: chain position and hash are assigned inside the transaction.
     pub audit: AuditEvent,
     pub usage: Option<UsageRecord>,
+    /// The grant an approval issued, recorded so it can be revoked.
+    pub grant: Option<GrantRow>,
     pub created_at: String,
 }
 
@@ -239,7 +247,7 @@ impl Store {
         let attempt = async {
             let mut batch = self.begin().await?;
             let committed = batch.add(c).await?;
-            batch.pending.outbox = batch.pending.audit.iter().map(|(a, _)| (a.chain.clone(), a.seq)).collect();
+            batch.queue_in_outbox();
             batch.finish().await?;
             Ok::<_, StoreError>(committed)
         };
@@ -284,6 +292,30 @@ impl Store {
                 Ok((seq, Output { stream: Stream::Audit, key: r.try_get(0)?, payload: r.try_get(2)? }))
             })
             .collect()
+    }
+
+    /// Outcomes whose messages (other than audit events, which are in the
+    /// audit outbox) are stored but not yet acknowledged by the broker.
+    pub async fn queued_messages(&self) -> Result<Vec<(String, Vec<Output>)>, StoreError> {
+        let keys: Vec<String> = sqlx::query("SELECT idem_key FROM message_outbox ORDER BY idem_key")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let mut batch = self.begin().await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let outputs = batch.find_outcome(&key).await?.unwrap_or_default();
+            out.push((key, outputs.into_iter().filter(|o| o.stream != Stream::Audit).collect()));
+        }
+        Ok(out)
+    }
+
+    /// Takes an outcome's messages out of the outbox once all were acknowledged.
+    pub async fn messages_published(&self, idem_key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM message_outbox WHERE idem_key = $1").bind(idem_key).execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Takes an event out of the outbox once the broker acknowledged it.
@@ -369,6 +401,11 @@ struct Pending {
     tokens: Vec<(String, String, String, i64)>,
     /// Chain positions to publish from the outbox.
     outbox: Vec<(String, u64)>,
+    grants: Vec<grants::GrantRow>,
+    /// Outcomes of this batch with messages besides their audit event.
+    with_messages: Vec<String>,
+    /// Of those, the ones to publish from the outbox.
+    message_outbox: Vec<String>,
 }
 
 /// A token's use by a request (single-use token ids).
@@ -633,6 +670,9 @@ impl Batch {
         let audit_json = serde_json::to_string(&audit).map_err(|e| StoreError::Fatal(e.to_string()))?;
         self.heads.insert(audit.chain.clone(), Some((audit.seq, audit.hash.clone())));
 
+        if !c.messages.is_empty() {
+            self.pending.with_messages.push(c.idem_key.clone());
+        }
         let mut outputs = c.messages;
         let mut stored: Vec<StoredOutput<'_>> = outputs.iter().map(StoredOutput::inline).collect();
         stored.push(StoredOutput {
@@ -668,11 +708,23 @@ impl Batch {
             outputs.push(Output { stream: Stream::Usage, key: u.subject.clone(), payload: body.clone() });
             self.pending.usage.push((u, body));
         }
+        if let Some(g) = c.grant {
+            self.pending.grants.push(g);
+        }
+
         self.pending.outcomes.push((c.idem_key.clone(), c.kind, encoded, c.created_at));
         self.pending.audit.push((audit, audit_json));
         // Kept for an input repeated later in this batch.
         self.outcomes.insert(c.idem_key, Some(outputs.clone()));
         Ok(Committed::New(outputs))
+    }
+
+    /// Queues what this batch stores for the outbox (outcomes that belong
+    /// to no input, whose redelivery would publish them): its audit events
+    /// and its other messages.
+    pub fn queue_in_outbox(&mut self) {
+        self.pending.outbox = self.pending.audit.iter().map(|(a, _)| (a.chain.clone(), a.seq)).collect();
+        self.pending.message_outbox = self.pending.with_messages.clone();
     }
 
     /// Writes everything buffered and commits. On any error nothing of the
@@ -684,6 +736,7 @@ impl Batch {
         insert_audit(tx, sqlite, &p.audit).await?;
         insert_decisions(tx, sqlite, &p.decisions).await?;
         insert_usage(tx, sqlite, &p.usage).await?;
+        grants::insert_grants(tx, sqlite, &p.grants).await?;
         add_to_counters(tx, sqlite, &p.counter_deltas).await?;
         insert_rows(
             tx,
@@ -696,6 +749,10 @@ impl Batch {
         .await?;
         insert_rows(tx, sqlite, "INSERT INTO audit_outbox (chain, seq) VALUES ", 2, &p.outbox, |q, (chain, seq)| {
             q.bind(chain).bind(i64::try_from(*seq).unwrap_or(i64::MAX))
+        })
+        .await?;
+        insert_rows(tx, sqlite, "INSERT INTO message_outbox (idem_key) VALUES ", 1, &p.message_outbox, |q, key| {
+            q.bind(key)
         })
         .await?;
         insert_rows(
@@ -900,6 +957,7 @@ mod tests {
             messages: vec![],
             audit: AuditEvent::draft("policy/i".into(), crate::contract::EventType::PolicyLoaded, now, "t".into()),
             usage: None,
+            grant: None,
             created_at: now.to_rfc3339(),
         };
         store.commit(commit("p1")).await.unwrap();

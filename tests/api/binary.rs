@@ -401,11 +401,7 @@ expect = { outcome = "approved" }
 #[tokio::test]
 async fn sighup_reloads_the_policy_when_file_watching_is_off() {
     let infra = infra().await;
-    let dir = infra.dir.path().join("policies");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["model.conf", "policy.csv", "catalogue.toml"] {
-        std::fs::copy(repo_policies().join(f), dir.join(f)).unwrap();
-    }
+    let dir = policy_copy(&infra, false);
     let t = &infra.topics;
     let mut child = serve(&infra)
         .env("TOLLGATE_POLICY__DIR", &dir)

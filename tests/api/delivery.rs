@@ -263,7 +263,7 @@ async fn a_conflict_with_another_instance_is_decided_again_at_once_without_pausi
     let pipeline = tollgate::kafka::LoopClients::new(
         &settings.kafka,
         &infra.bootstrap,
-        &infra.topics.requests,
+        &[&infra.topics.requests],
         health.clone(),
         None,
         "c",

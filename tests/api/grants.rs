@@ -14,7 +14,7 @@ use crate::helpers::*;
 /// The Xi'an tourism bureau's code: the holder of GX-610100-TOUR-0001.
 const XIAN_TOURISM: &str = "11610100MB00014076";
 
-async fn approved_grant(app: &TestApp, id: &str) -> String {
+pub(crate) async fn approved_grant(app: &TestApp, id: &str) -> String {
     let token = app.infra.token(TRAVEL, &[], 600);
     app.send_json(&request(id, Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry")).await;
     let reader = app.reader(&app.infra.topics.decisions);
@@ -27,7 +27,7 @@ async fn approved_grant(app: &TestApp, id: &str) -> String {
     }
 }
 
-async fn jwks(app: &TestApp) -> JwkSet {
+pub(crate) async fn jwks(app: &TestApp) -> JwkSet {
     let (status, body) = app.get("/.well-known/jwks.json").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("a JWKS")
@@ -37,8 +37,8 @@ fn kids(set: &JwkSet) -> Vec<String> {
     set.keys.iter().filter_map(|k| k.common.key_id.clone()).collect()
 }
 
-fn check() -> GrantCheck {
-    GrantCheck { issuer: Some("tollgate".into()), audience: Some(XIAN_TOURISM.into()), leeway_secs: 0 }
+pub(crate) fn check() -> GrantCheck {
+    GrantCheck { issuer: Some("tollgate".into()), audience: Some(XIAN_TOURISM.into()), ..GrantCheck::default() }
 }
 
 fn now() -> i64 {

@@ -58,6 +58,18 @@ pub fn repo_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
 
+/// A copy of the shipped policies a test may edit, in the test's directory;
+/// `with_tests`: their tests too (a reload runs them).
+pub fn policy_copy(infra: &Infra, with_tests: bool) -> PathBuf {
+    let dir = infra.dir.path().join("policies");
+    std::fs::create_dir_all(dir.join("tests")).unwrap();
+    let tests: &[&str] = if with_tests { &["tests/domain_rules.toml"] } else { &[] };
+    for f in ["model.conf", "policy.csv", "catalogue.toml"].iter().chain(tests) {
+        std::fs::copy(repo_policies().join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))

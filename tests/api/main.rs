@@ -13,3 +13,4 @@ mod helpers;
 mod hostile;
 mod poison;
 mod reload;
+mod revocation;

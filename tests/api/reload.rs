@@ -7,17 +7,17 @@ use crate::helpers::*;
 /// Publishes a reloader's events to the test's audit topic.
 fn outbox(infra: &Infra, store: &tollgate::store::Store) -> std::sync::Arc<tollgate::broker::outbox::Outbox> {
     let client = tollgate::kafka::Client::new(&infra.settings().kafka, &infra.bootstrap).unwrap();
-    std::sync::Arc::new(tollgate::broker::outbox::Outbox::new(store.clone(), client, infra.topics.audit.clone()))
+    std::sync::Arc::new(tollgate::broker::outbox::Outbox::new(store.clone(), client, infra.topics.clone()))
 }
 
-/// A copy of the shipped policies (tests included) the test may edit.
-fn editable_policies(infra: &Infra) -> std::path::PathBuf {
-    let dir = infra.dir.path().join("policies");
-    std::fs::create_dir_all(dir.join("tests")).unwrap();
-    for f in ["model.conf", "policy.csv", "catalogue.toml", "tests/domain_rules.toml"] {
-        std::fs::copy(repo_policies().join(f), dir.join(f)).unwrap();
-    }
-    dir
+/// Re-checks live grants after reloads only.
+fn recheck(
+    infra: &Infra,
+    store: &tollgate::store::Store,
+    health: &std::sync::Arc<tollgate::ops::Health>,
+) -> (tollgate::broker::recheck::Recheck, Option<Duration>) {
+    let outbox = outbox(infra, store);
+    (tollgate::broker::recheck::Recheck::new(store.clone(), outbox, "test", health.clone()), None)
 }
 
 /// Waits for a policy audit event of `event_type` whose reason mentions
@@ -40,7 +40,7 @@ async fn policy_event(
 #[tokio::test]
 async fn edited_policy_is_reloaded_and_a_bad_edit_keeps_the_last_good_one() {
     let infra = infra().await;
-    let dir = editable_policies(&infra);
+    let dir = policy_copy(&infra, true);
     let mut settings = infra.settings();
     settings.policy.dir = dir.clone();
     settings.policy.debounce_ms = 200;
@@ -108,14 +108,21 @@ async fn the_same_rejected_files_are_audited_once_and_a_new_bad_edit_again() {
     use tollgate::broker::reload::{ReloadOutcome, Reloader};
 
     let infra = infra().await;
-    let dir = editable_policies(&infra);
+    let dir = policy_copy(&infra, true);
     let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
     let policy = tollgate::broker::reload::build_checked(&dir).await.unwrap();
     let health = tollgate::ops::Health::new();
     let settings = tollgate::config::PolicySettings { dir: dir.clone(), watch: false, debounce_ms: 10 };
     let current = Arc::new(arc_swap::ArcSwap::from_pointee(policy));
-    let reloader =
-        Reloader::new(&settings, "dedupe", current.clone(), store.clone(), outbox(&infra, &store), health.clone());
+    let reloader = Reloader::new(
+        &settings,
+        "dedupe",
+        current.clone(),
+        store.clone(),
+        outbox(&infra, &store),
+        health.clone(),
+        recheck(&infra, &store, &health),
+    );
     // A trigger with the files in force (SIGHUP, a touch) builds nothing.
     assert_eq!(reloader.reload("test").await, ReloadOutcome::Unchanged);
     assert_eq!(health.counters.policy_unchanged.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -159,7 +166,7 @@ async fn reading_the_policy_files_triggers_no_reload_and_an_edit_does() {
     use tollgate::broker::reload::Reloader;
 
     let infra = infra().await;
-    let dir = editable_policies(&infra);
+    let dir = policy_copy(&infra, true);
     let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
     let policy = tollgate::broker::reload::build_checked(&dir).await.unwrap();
     let health = tollgate::ops::Health::new();
@@ -171,6 +178,7 @@ async fn reading_the_policy_files_triggers_no_reload_and_an_edit_does() {
         store.clone(),
         outbox(&infra, &store),
         health.clone(),
+        recheck(&infra, &store, &health),
     );
     let watch = reloader.watch_files();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -232,6 +240,7 @@ async fn a_policy_event_stored_before_a_crash_reaches_the_topic_at_the_next_star
             )
         },
         usage: None,
+        grant: None,
         created_at: now.to_rfc3339(),
     };
     store.commit(crashed).await.unwrap();

@@ -13,6 +13,9 @@ Grants are checked as a data host would: PyJWT verifies each one with the
 JWKS fetched from /.well-known/jwks.json (key chosen by kid, audience = the
 holder department's code); a tampered or expired grant must fail, and
 `tollgate grant verify --jwks URL` must agree with PyJWT on all three.
+Then an operator revokes one grant with a command produced by
+confluent-kafka: the reply, the grant event and /revocations must say so,
+and `grant verify --revocations URL` must refuse it as grant.revoked.
 
     python3 tests/external/nothing_lost.py TOLLGATE_BINARY BOOTSTRAP [DATABASE_URL]
 
@@ -45,7 +48,8 @@ ISSUER = "https://idp.external.test"
 def main(binary, bootstrap, database_url=None):
     run = uuid.uuid4().hex[:10]
     work = tempfile.mkdtemp()
-    topics = {name: f"tollgate.{name}.ext{run}" for name in ("requests", "decisions", "audit", "usage", "dlq")}
+    topics = {name: f"tollgate.{name}.ext{run}"
+              for name in ("requests", "decisions", "audit", "usage", "dlq", "revocations", "grants", "replies")}
     idp = Ed25519PrivateKey.generate()
     idp_pub = os.path.join(work, "ext-idp.pub.pem")
     with open(idp_pub, "wb") as f:
@@ -70,7 +74,9 @@ def main(binary, bootstrap, database_url=None):
     try:
         jwk = wait_for_jwk(serve)
         partition, last, grants = check(serve, bootstrap, topics, idp, jwk, run)
-        check_grants(binary, env, f"http://127.0.0.1:{http_port}/.well-known/jwks.json", grants)
+        base = f"http://127.0.0.1:{http_port}"
+        check_grants(binary, env, f"{base}/.well-known/jwks.json", grants)
+        check_revocation(binary, env, bootstrap, topics, idp, base, grants[1], run)
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0, f"exit status {serve.returncode} after SIGTERM"
         assert_committed(bootstrap, topics, run, partition, last + 1)
@@ -181,6 +187,27 @@ def check_grants(binary, env, jwks_url, grants):
     code, report = verify(tampered)
     assert code == 1 and report["code"] == "grant.bad_signature", report
     print(f"grants: {len(grants)} verified by PyJWT with the published JWKS; tampered and expired refused")
+
+
+def check_revocation(binary, env, bootstrap, topics, idp, base, grant, run):
+    decision_id = jwt.decode(grant, options={"verify_signature": False})["jti"]
+    operator = token(idp, {"sub": "11610000MB0001111E", "roles": ["operator"]})
+    command = {"schema": "tollgate.revoke/v1", "command_id": f"ext-{run}-revoke", "token": operator,
+               "target": {"grant": decision_id}, "reason": "external check"}
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topics["revocations"], key=b"ops", value=json.dumps(command).encode())
+    assert producer.flush(30) == 0, "command not acknowledged"
+    [reply] = consume(bootstrap, topics["replies"], 1)
+    assert reply["outcome"] == "accepted" and reply["revoked"] == [decision_id], reply
+    [event] = consume(bootstrap, topics["grants"], 1)
+    assert (event["event"], event["decision_id"], event["reason"]["code"]) == ("revoked", decision_id, "revoke.command")
+    with urllib.request.urlopen(f"{base}/revocations", timeout=10) as r:
+        listed = [g["decision_id"] for g in json.load(r)["revoked"]]
+    assert listed == [decision_id], listed
+    out = subprocess.run([binary, "grant", "verify", grant, "--jwks", f"{base}/.well-known/jwks.json",
+                          "--revocations", f"{base}/revocations", "--json"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and json.loads(out.stdout)["code"] == "grant.revoked", out.stdout
+    print("revocation: command accepted, grant event and revocation list agree, grant verify refuses it")
 
 
 def consume(bootstrap, topic, n, within=120):

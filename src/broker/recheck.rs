@@ -1,0 +1,121 @@
+//! Policy-driven revocation: every live grant's request decided again
+//! under the policy in force; a grant it would no longer approve is revoked
+//! with the denial's reason, announced to data hosts (`grant_revoked`) and
+//! audited on the instance's policy chain. Run after a reload that changed
+//! the policy, at start-up and every `grant.recheck_secs` (a scenario's
+//! authorization or a registration can lapse with no edit).
+//!
+//! What must stay true: each revocation is stored with its messages in one
+//! transaction and published through the outbox (it has no input whose
+//! redelivery would publish it); a grant two instances find at once is
+//! revoked and announced once (the store marks it only if unmarked).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use super::outbox::Outbox;
+use super::revoke::revoked_event;
+use crate::audit;
+use crate::contract::{AuditEvent, EventType, Reason};
+use crate::decide::recheck::{Granted, denial};
+use crate::domain::ChainId;
+use crate::ops::Health;
+use crate::policy::Policy;
+use crate::store::{Commit, GrantRow, Revocation, Store, StoreError};
+
+pub struct Recheck {
+    store: Store,
+    outbox: Arc<Outbox>,
+    instance_id: String,
+    health: Arc<Health>,
+}
+
+impl Recheck {
+    pub fn new(store: Store, outbox: Arc<Outbox>, instance_id: &str, health: Arc<Health>) -> Self {
+        Recheck { store, outbox, instance_id: instance_id.to_owned(), health }
+    }
+
+    /// Revokes every live grant `policy` would deny at `now`; returns how
+    /// many this instance revoked.
+    pub async fn sweep(&self, policy: &Policy, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let live = self.store.live_grants(now.timestamp()).await?;
+        let checked = live.len();
+        let denied: Vec<(GrantRow, Reason)> = live
+            .into_iter()
+            .filter_map(|g| match serde_json::from_str::<Granted>(&g.probe) {
+                Ok(granted) => denial(&granted, policy, now).map(|reason| (g, reason)),
+                Err(error) => {
+                    warn!(message = "a stored grant's request does not decode; it is not re-checked", decision_id = %g.decision_id, %error);
+                    None
+                }
+            })
+            .collect();
+        let mut revoked = 0;
+        for (grant, reason) in denied {
+            if self.revoke(policy, grant, reason, now).await? {
+                revoked += 1;
+            }
+        }
+        if revoked > 0 {
+            Health::add(&self.health.counters.revoked_by_policy, revoked as u64);
+            info!(message = "grants the policy no longer allows were revoked", revoked, checked, policy_version = %policy.version());
+            self.outbox.drain_logged().await;
+        }
+        Ok(revoked)
+    }
+
+    /// Revokes one grant unless another instance or command did first.
+    async fn revoke(
+        &self,
+        policy: &Policy,
+        g: GrantRow,
+        reason: Reason,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let r = Revocation {
+            revocation_id: uuid::Uuid::now_v7().to_string(),
+            at: now.timestamp(),
+            code: reason.code.clone(),
+            reason: reason.message.clone(),
+        };
+        let mut batch = self.store.begin().await?;
+        if !batch.revoke_grant(&g.decision_id, &r).await? {
+            return Ok(false);
+        }
+        let chain = ChainId::Policy { instance: self.instance_id.clone() }.to_string();
+        let trace_id = opentelemetry::trace::TraceId::from_bytes(rand::random()).to_string();
+        let commit = Commit {
+            idem_key: format!("revocation:{}", g.decision_id),
+            kind: "policy_revocation",
+            decision: None,
+            messages: vec![revoked_event(&g, &r, "policy", policy.version())],
+            audit: AuditEvent {
+                actor: format!("tollgate/{}", self.instance_id),
+                subject: g.subject.clone(),
+                resource: g.dataset.clone(),
+                action: g.operation.clone(),
+                outcome: "revoked".into(),
+                reasons: vec![reason],
+                policy_version: policy.version().to_owned(),
+                request_digest: audit::digest(g.probe.as_bytes()),
+                ..AuditEvent::draft(chain, EventType::PolicyRevocation, now, trace_id)
+            },
+            usage: None,
+            grant: None,
+            created_at: super::rfc3339(now),
+        };
+        batch.add(commit).await?;
+        batch.queue_in_outbox();
+        batch.finish().await?;
+        Ok(true)
+    }
+
+    /// [`Recheck::sweep`] with the failure logged: the next sweep tries again.
+    pub async fn sweep_logged(&self, policy: &Policy) {
+        if let Err(error) = self.sweep(policy, Utc::now()).await {
+            warn!(message = "live grants could not be re-checked against the policy; will retry", %error);
+        }
+    }
+}
