@@ -178,6 +178,14 @@ async fn connect_kafka(settings: &Settings) -> Result<Cluster, AppError> {
     }
     if settings.kafka.create_topics {
         cluster.create_topics(&settings.kafka, &settings.topics.all()).await?;
+    } else if !cluster.is_embedded() {
+        // Subscribing to a topic that does not exist fails late and
+        // obscurely (no partitions, or the whole group stalls): say so now.
+        let missing =
+            kafka::missing_topics(&settings.kafka, cluster.bootstrap_servers(), &settings.topics.all()).await?;
+        if !missing.is_empty() {
+            return Err(kafka::KafkaError::MissingTopics(missing).into());
+        }
     }
     Ok(cluster)
 }

@@ -91,6 +91,13 @@ pub struct Principal {
     pub qualifications: BTreeSet<String>,
     pub token_id: Option<String>,
     pub expires_at: i64,
+    /// The organisation the token speaks for: its `org` claim, else `sub`
+    /// (a reviewer's department, which must hold the dataset).
+    #[serde(default)]
+    pub organisation: String,
+    /// The person, when the token names one (`name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// Claims tollgate reads from a requester token.
@@ -118,6 +125,9 @@ pub struct Claims {
     pub qualifications: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The organisation (USCC) a person's token speaks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
 }
 
 impl Claims {
@@ -136,7 +146,15 @@ impl Claims {
             roles: Vec::new(),
             qualifications: Vec::new(),
             name: None,
+            org: None,
         }
+    }
+
+    /// A person speaking for an organisation (a reviewer for a department).
+    pub fn for_organisation(mut self, name: &str, org: &str) -> Claims {
+        self.name = Some(name.to_owned());
+        self.org = Some(org.to_owned());
+        self
     }
 
     pub fn with_roles<S: ToString>(mut self, roles: &[S]) -> Claims {
@@ -370,12 +388,14 @@ fn principal_from(claims: Claims) -> Result<Principal, AuthError> {
         return Err(AuthError::InvalidSubject(claims.sub.chars().take(32).collect()));
     }
     Ok(Principal {
+        organisation: claims.org.unwrap_or_else(|| claims.sub.clone()),
         subject: claims.sub,
         issuer: claims.iss,
         roles: claims.roles.into_iter().collect(),
         qualifications: claims.qualifications.into_iter().collect(),
         token_id: claims.jti,
         expires_at: claims.exp,
+        name: claims.name,
     })
 }
 
@@ -578,6 +598,7 @@ mod tests {
             roles: vec!["data_user".into()],
             qualifications: vec!["medical_research".into()],
             name: None,
+            org: None,
         }
     }
 

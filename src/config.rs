@@ -18,6 +18,20 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub policy: PolicySettings,
     pub grant: GrantSettings,
+    pub review: ReviewSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReviewSettings {
+    /// A request pending review longer than this is denied `review.timeout`.
+    pub timeout_secs: u64,
+}
+
+impl Default for ReviewSettings {
+    fn default() -> Self {
+        ReviewSettings { timeout_secs: 7 * 24 * 3600 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,6 +178,8 @@ pub struct Topics {
     pub audit: String,
     pub usage: String,
     pub dlq: String,
+    /// Reviewers' verdicts (in).
+    pub reviews: String,
     /// Operators' revoke commands (in).
     pub revocations: String,
     /// Grant events for data hosts (out).
@@ -180,6 +196,7 @@ impl Default for Topics {
             audit: "tollgate.audit".into(),
             usage: "tollgate.usage".into(),
             dlq: "tollgate.dlq".into(),
+            reviews: "tollgate.reviews".into(),
             revocations: "tollgate.revocations".into(),
             grants: "tollgate.grants".into(),
             replies: "tollgate.replies".into(),
@@ -197,15 +214,17 @@ impl Topics {
             audit: format!("{}.{suffix}", d.audit),
             usage: format!("{}.{suffix}", d.usage),
             dlq: format!("{}.{suffix}", d.dlq),
+            reviews: format!("{}.{suffix}", d.reviews),
             revocations: format!("{}.{suffix}", d.revocations),
             grants: format!("{}.{suffix}", d.grants),
             replies: format!("{}.{suffix}", d.replies),
         }
     }
 
-    pub fn all(&self) -> [&str; 8] {
+    pub fn all(&self) -> [&str; 9] {
         [
             &self.requests,
+            &self.reviews,
             &self.decisions,
             &self.audit,
             &self.usage,
@@ -217,8 +236,14 @@ impl Topics {
     }
 
     /// The topics the decision loop consumes.
-    pub fn inputs(&self) -> [&str; 2] {
-        [&self.requests, &self.revocations]
+    pub fn inputs(&self) -> [&str; 3] {
+        [&self.requests, &self.reviews, &self.revocations]
+    }
+
+    /// Whether inputs of `topic` are commands (verdicts, revocations),
+    /// which act on what earlier inputs stored.
+    pub fn is_command(&self, topic: &str) -> bool {
+        topic == self.reviews || topic == self.revocations
     }
 }
 

@@ -88,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The review queue (verdicts go on tollgate.reviews).
+    Review {
+        #[command(subcommand)]
+        command: ReviewCommand,
+    },
     /// Grants as data hosts check them: the JWKS, and one grant's validity.
     Grant {
         #[command(subcommand)]
@@ -166,6 +171,24 @@ enum PolicyCommand {
         model: Option<PathBuf>,
         #[arg(long)]
         policy: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReviewCommand {
+    /// Requests pending review, oldest first.
+    List {
+        /// Only this department's (its unified social credit code).
+        #[arg(long)]
+        holder: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One request's review: what was asked, by whom, and how it was closed.
+    Show {
+        request_id: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -278,25 +301,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grant { command: GrantCommand::Jwks { out } } => {
             cli::grant::jwks(&Settings::load(cli.config.as_deref())?, out.as_deref()).await
         }
-        Command::Grant { command: GrantCommand::Revocations { out } } => {
-            cli::grant::revocations(&Settings::load(cli.config.as_deref())?, out.as_deref()).await
-        }
-        Command::Grant { command: GrantCommand::Verify { token, jwks, revocations, audience, issuer, json } } => {
-            let token = if token == "-" {
-                let mut t = String::new();
-                std::io::stdin().read_to_string(&mut t)?;
-                t.trim().to_owned()
-            } else {
-                token
-            };
-            let keys = cli::grant::KeySource::parse(jwks);
-            let revocations = revocations.map(|r| cli::grant::KeySource::parse(Some(r)));
-            let opts = cli::grant::VerifyOptions { token, keys, revocations, audience, issuer, json };
-            match cli::grant::verify(&Settings::load(cli.config.as_deref())?, opts).await? {
-                true => Ok(()),
-                false => Err(anyhow::anyhow!("the grant is not valid")),
-            }
-        }
+        Command::Review { command } => review_command(cli.config.as_deref(), command).await,
+        Command::Grant { command } => grant_command(cli.config.as_deref(), command).await,
         Command::Keygen { out, name } => {
             let key = SigningKey::generate(&name);
             std::fs::create_dir_all(&out)?;
@@ -312,6 +318,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let claims = Claims::new(&sub, &iss, &aud, ttl).with_roles(&roles).with_qualifications(&qualifications);
             println!("{}", key.sign(&claims));
             Ok(())
+        }
+    }
+}
+
+async fn review_command(config: Option<&std::path::Path>, command: ReviewCommand) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    match command {
+        ReviewCommand::List { holder, json } => cli::review::list(&settings, holder.as_deref(), json).await,
+        ReviewCommand::Show { request_id, json } => cli::review::show(&settings, &request_id, json).await,
+    }
+}
+
+async fn grant_command(config: Option<&std::path::Path>, command: GrantCommand) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    match command {
+        GrantCommand::Jwks { out } => cli::grant::jwks(&settings, out.as_deref()).await,
+        GrantCommand::Revocations { out } => cli::grant::revocations(&settings, out.as_deref()).await,
+        GrantCommand::Verify { token, jwks, revocations, audience, issuer, json } => {
+            let token = if token == "-" {
+                let mut t = String::new();
+                std::io::stdin().read_to_string(&mut t)?;
+                t.trim().to_owned()
+            } else {
+                token
+            };
+            let keys = cli::grant::KeySource::parse(jwks);
+            let revocations = revocations.map(|r| cli::grant::KeySource::parse(Some(r)));
+            let opts = cli::grant::VerifyOptions { token, keys, revocations, audience, issuer, json };
+            match cli::grant::verify(&settings, opts).await? {
+                true => Ok(()),
+                false => Err(anyhow::anyhow!("the grant is not valid")),
+            }
         }
     }
 }

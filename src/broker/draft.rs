@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use tracing::{debug, info, warn};
 
 use super::prepare::{Input, Origin, Prepared, position};
+use super::review::ReviewContext;
 use super::{DecisionService, Tally};
 use crate::audit;
 use crate::auth::{AuthError, Principal};
@@ -27,6 +28,16 @@ pub(super) struct Draft<'m> {
     pub(super) eval: Evaluation,
     pub(super) period: String,
     pub(super) replayed: bool,
+    /// A final decision after review: what it supersedes and records.
+    pub(super) review: Option<Box<ReviewContext>>,
+}
+
+/// A request to decide in phase 1: as asked, by whom, and whether a
+/// reviewer approved it.
+pub(super) struct Ask {
+    pub(super) request: AccessRequest,
+    pub(super) identity: Result<Principal, AuthError>,
+    pub(super) reviewed: bool,
 }
 
 /// What becomes of one input of a batch, phase by phase.
@@ -75,7 +86,11 @@ impl DecisionService {
                 }
                 match input {
                     Input::Access(request, identity) => {
-                        Ok(Step::Draft(Box::new(self.draft(batch, policy, reserved, origin, request, identity).await?)))
+                        let ask = Ask { request, identity, reviewed: false };
+                        Ok(Step::Draft(Box::new(self.draft(batch, policy, reserved, origin, ask).await?)))
+                    }
+                    Input::Verdict(verdict, identity) => {
+                        self.verdict(batch, policy, reserved, origin, verdict, identity).await
                     }
                     Input::Revoke(command, identity) => {
                         let traceparent = origin.traceparent.clone();
@@ -90,15 +105,15 @@ impl DecisionService {
     /// The order-dependent part of a decision (phase 1): claims the token
     /// id, reads the quota counter (with what earlier inputs of the batch
     /// reserved) and evaluates.
-    async fn draft<'m>(
+    pub(super) async fn draft<'m>(
         &self,
         batch: &mut Batch,
         policy: &Policy,
         reserved: &mut HashMap<(String, String, String), u64>,
         origin: Origin<'m>,
-        request: AccessRequest,
-        identity: Result<Principal, AuthError>,
+        ask: Ask,
     ) -> Result<Draft<'m>, StoreError> {
+        let Ask { request, identity, reviewed } = ask;
         // A token id authorizes one request; the same request again (a
         // client retry) was answered from its stored outcome before this.
         let identity = match identity {
@@ -132,12 +147,13 @@ impl DecisionService {
             used: counter.as_ref().map_or(0, |(used, _)| *used),
             now: origin.now,
             grant_ttl_secs: self.grant.ttl_secs,
+            reviewed,
         });
         if let (Some(charge), Some((_, key))) = (&eval.charge, counter) {
             *reserved.entry(key).or_default() += charge.quantity;
         }
         let subject = identity.as_ref().map(|p| p.subject.clone()).unwrap_or_default();
         let principal = identity.ok();
-        Ok(Draft { origin, request, subject, principal, eval, period, replayed })
+        Ok(Draft { origin, request, subject, principal, eval, period, replayed, review: None })
     }
 }

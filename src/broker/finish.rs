@@ -14,7 +14,54 @@ use crate::contract::{
 };
 use crate::decide::{ChargeDraft, Evaluation};
 use crate::policy::Policy;
-use crate::store::{Commit, DecisionRow, GrantRow, Output, Stream};
+use crate::store::{Commit, DecisionRow, GrantRow, Output, ReviewRow, Stream};
+
+/// A decision's audit event type: a verdict's is `review`.
+fn event_type_of(after_review: bool, reason_code: Option<&str>) -> EventType {
+    match (after_review, reason_code) {
+        (true, _) => EventType::Review,
+        (false, Some("quota.exceeded")) => EventType::QuotaExceeded,
+        (false, _) => EventType::Decision,
+    }
+}
+
+/// The subject, or `unauthenticated` when the token failed.
+fn or_unauthenticated(subject: &str) -> String {
+    if subject.is_empty() { "unauthenticated".into() } else { subject.to_owned() }
+}
+
+/// A grant's row, but for its expiry.
+fn grant_row(policy: &Policy, request: &AccessRequest, principal: &Principal, decision_id: &str) -> GrantRow {
+    GrantRow {
+        decision_id: decision_id.to_owned(),
+        request_id: request.request_id.clone(),
+        subject: principal.subject.clone(),
+        holder: policy.catalogue().datasets.get(&request.dataset).map(|d| d.holder.clone()).unwrap_or_default(),
+        dataset: request.dataset.clone(),
+        scenario: request.scenario.clone(),
+        operation: request.operation.as_str().into(),
+        policy_version: policy.version().to_owned(),
+        expires_at: 0,
+        probe: probe_of(principal, request),
+    }
+}
+
+/// What a decision row takes from the request and the policy.
+pub(super) fn decision_row(policy: &Policy, request: &AccessRequest) -> DecisionRow {
+    DecisionRow {
+        request_id: request.request_id.clone(),
+        decision_id: String::new(),
+        subject: String::new(),
+        dataset: request.dataset.clone(),
+        scenario: request.scenario.clone(),
+        operation: request.operation.as_str().into(),
+        outcome: String::new(),
+        reason_code: None,
+        policy_version: policy.version().to_owned(),
+        request_digest: String::new(),
+        decided_at: String::new(),
+    }
+}
 
 /// What a grant's request is decided again with when the policy changes:
 /// the verified principal and the request without its token.
@@ -51,22 +98,18 @@ impl DecisionService {
     /// holds, so drafts are finished on two threads: signs the grant and
     /// builds the decision, usage record and audit event.
     fn finish_draft(&self, policy: &Policy, d: Draft<'_>) -> (Commit, Tally) {
-        let Draft { origin, request, subject, principal, eval, period, replayed } = d;
+        let reply = d.review.as_ref().map(|r| self.verdict_reply(&d, &r.decision_id));
+        let Draft { origin, request, subject, principal, eval, period, replayed, review } = d;
         let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
         let request = &request;
-        let decision_id = self.source.id().to_string();
+        let decision_id = match &review {
+            Some(r) => r.decision_id.clone(),
+            None => self.source.id().to_string(),
+        };
         let grant = self.grant_for(policy, &eval, request, &subject, &decision_id, now);
         let grant_row = grant.as_ref().zip(principal.as_ref()).map(|(g, p)| GrantRow {
-            decision_id: decision_id.clone(),
-            request_id: request.request_id.clone(),
-            subject: subject.clone(),
-            holder: policy.catalogue().datasets.get(&request.dataset).map(|d| d.holder.clone()).unwrap_or_default(),
-            dataset: request.dataset.clone(),
-            scenario: request.scenario.clone(),
-            operation: request.operation.as_str().into(),
-            policy_version: policy.version().to_owned(),
             expires_at: g.expires_at.timestamp(),
-            probe: probe_of(p, request),
+            ..grant_row(policy, request, p, &decision_id)
         });
         let decision = Decision {
             schema: DECISION_SCHEMA.into(),
@@ -84,38 +127,40 @@ impl DecisionService {
             policy_version: policy.version().to_owned(),
             decided_at: now,
             trace_id: trace_id.to_owned(),
+            supersedes: review.as_ref().map(|r| r.pending_decision_id.clone()),
+            review: review.as_ref().map(|r| r.note.clone()),
         };
+        let pending = (eval.outcome == Outcome::PendingReview)
+            .then_some(principal.as_ref())
+            .flatten()
+            .map(|p| self.review_row(policy, request, p, &subject, &decision_id, now));
         let request_digest = audit::digest(&msg.payload);
         let reason_code = eval.reasons.first().map(|r| r.code.clone());
         let usage = eval.charge.as_ref().map(|c| self.usage_record(request, &subject, &decision_id, c, &period, now));
-        let event_type = if reason_code.as_deref() == Some("quota.exceeded") {
-            EventType::QuotaExceeded
-        } else {
-            EventType::Decision
-        };
+        let event_type = event_type_of(review.is_some(), reason_code.as_deref());
         let commit = Commit {
             idem_key: origin.idem_key.clone(),
             kind: "decision",
             decision: Some(DecisionRow {
-                request_id: request.request_id.clone(),
                 decision_id,
                 subject: subject.clone(),
-                dataset: request.dataset.clone(),
-                scenario: request.scenario.clone(),
-                operation: request.operation.as_str().into(),
                 outcome: eval.outcome.as_str().into(),
                 reason_code,
-                policy_version: policy.version().to_owned(),
                 request_digest: request_digest.clone(),
                 decided_at: rfc3339(now),
+                ..decision_row(policy, request)
             }),
-            messages: vec![Output {
-                stream: Stream::Decisions,
-                key: if subject.is_empty() { "unauthenticated".into() } else { subject.clone() },
-                payload: serde_json::to_string(&decision).expect("decisions serialise"),
-            }],
+            messages: reply
+                .flatten()
+                .into_iter()
+                .chain([Output {
+                    stream: Stream::Decisions,
+                    key: or_unauthenticated(&subject),
+                    payload: serde_json::to_string(&decision).expect("decisions serialise"),
+                }])
+                .collect(),
             audit: AuditEvent {
-                actor: if subject.is_empty() { "unauthenticated".into() } else { subject.clone() },
+                actor: review.as_ref().map_or_else(|| or_unauthenticated(&subject), |r| r.note.organisation.clone()),
                 subject,
                 resource: request.dataset.clone(),
                 action: request.operation.as_str().into(),
@@ -127,10 +172,40 @@ impl DecisionService {
             },
             usage,
             grant: grant_row,
+            review: pending,
+            supersedes: review.map(|_| request.request_id.clone()),
             created_at: rfc3339(now),
         };
         // Only drafted when this transaction found no outcome for the request.
         (commit, if replayed { Tally::Replayed } else { Tally::Decided(eval.outcome) })
+    }
+
+    /// The review a pending decision opens: who may close it and until when.
+    fn review_row(
+        &self,
+        policy: &Policy,
+        request: &AccessRequest,
+        principal: &Principal,
+        subject: &str,
+        decision_id: &str,
+        now: DateTime<Utc>,
+    ) -> ReviewRow {
+        ReviewRow {
+            request_id: request.request_id.clone(),
+            pending_decision_id: decision_id.to_owned(),
+            subject: subject.to_owned(),
+            holder: policy.catalogue().datasets.get(&request.dataset).map(|d| d.holder.clone()).unwrap_or_default(),
+            dataset: request.dataset.clone(),
+            scenario: request.scenario.clone(),
+            operation: request.operation.as_str().into(),
+            probe: probe_of(principal, request),
+            created_at: now.timestamp(),
+            deadline: now.timestamp().saturating_add(self.review_timeout_secs),
+            state: "pending".into(),
+            final_decision_id: None,
+            reviewer: None,
+            closed_at: None,
+        }
     }
 
     /// The usage record of an approval: what it is charged, and the quota

@@ -148,6 +148,30 @@ pub async fn revocation_list(store: &Store, now: i64) -> Result<serde_json::Valu
     Ok(serde_json::json!({ "as_of": rfc3339(now), "revoked": revoked }))
 }
 
+/// The review queue at `now`: requests pending review, oldest first, each
+/// with what a reviewer needs to decide (the request as asked, without its
+/// token, and who asked).
+pub async fn review_queue(store: &Store, holder: Option<&str>, now: i64) -> Result<serde_json::Value, StoreError> {
+    let rfc3339 = |t: i64| chrono::DateTime::from_timestamp(t, 0).unwrap_or_default().to_rfc3339();
+    let pending: Vec<serde_json::Value> = store
+        .pending_reviews(holder)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let probe: serde_json::Value = serde_json::from_str(&r.probe).unwrap_or_default();
+            serde_json::json!({
+                "request_id": r.request_id, "pending_decision_id": r.pending_decision_id, "subject": r.subject,
+                "holder": r.holder, "dataset": r.dataset, "scenario": r.scenario, "operation": r.operation,
+                "purpose": probe["request"]["purpose"], "volume": probe["request"]["volume"],
+                "qualifications": probe["principal"]["qualifications"],
+                "pending_since": rfc3339(r.created_at), "deadline": rfc3339(r.deadline),
+                "age_secs": (now - r.created_at).max(0),
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({ "as_of": rfc3339(now), "pending": pending }))
+}
+
 /// What data hosts read from the HTTP listener: the JWKS and the
 /// revocation list.
 pub struct ForDataHosts {
@@ -163,6 +187,17 @@ impl crate::ops::Published for ForDataHosts {
     fn revocations(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>> {
         Box::pin(async move {
             revocation_list(&self.store, chrono::Utc::now().timestamp()).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn reviews(
+        &self,
+        holder: Option<String>,
+    ) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            review_queue(&self.store, holder.as_deref(), chrono::Utc::now().timestamp())
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 }

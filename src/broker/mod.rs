@@ -19,6 +19,7 @@ mod finish;
 mod outputs;
 mod prepare;
 mod purge;
+mod review;
 mod revoke;
 
 use std::collections::{HashMap, HashSet};
@@ -78,6 +79,8 @@ pub struct DecisionService {
     /// See `auth.single_use_jti`.
     single_use_jti: bool,
     token_leeway_secs: i64,
+    /// See `review.timeout_secs`.
+    review_timeout_secs: i64,
     /// Epoch second of the last purge of expired token uses.
     last_purge: std::sync::atomic::AtomicI64,
 }
@@ -106,6 +109,7 @@ impl DecisionService {
             health,
             single_use_jti: settings.auth.single_use_jti,
             token_leeway_secs: i64::try_from(settings.auth.leeway_secs).unwrap_or(i64::MAX),
+            review_timeout_secs: i64::try_from(settings.review.timeout_secs).unwrap_or(i64::MAX),
             last_purge: Default::default(),
         }
     }
@@ -225,7 +229,7 @@ impl Processor for DecisionService {
         }
         let mut out = Vec::with_capacity(msgs.len());
         let mut ready = ready.into_iter();
-        for run in runs(msgs, |m| m.topic == self.topics.revocations) {
+        for run in runs(msgs, |m| self.topics.is_command(&m.topic)) {
             out.extend(self.process_run(run, ready.by_ref().take(run.len()).collect()).await?);
         }
         Ok(out)

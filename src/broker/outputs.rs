@@ -128,6 +128,8 @@ impl DecisionService {
             },
             usage: None,
             grant: None,
+            review: None,
+            supersedes: None,
             created_at: rfc3339(now),
         }
     }

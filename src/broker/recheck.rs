@@ -1,4 +1,6 @@
-//! Policy-driven revocation: every live grant's request decided again
+//! Decisions that change with time, without an input. Review timeouts: a
+//! request pending review past `review.timeout_secs` gets its final
+//! decision, denied `review.timeout`. Policy-driven revocation: every live grant's request decided again
 //! under the policy in force; a grant it would no longer approve is revoked
 //! with the denial's reason, announced to data hosts (`grant_revoked`) and
 //! audited on the instance's policy chain. Run after a reload that changed
@@ -18,12 +20,43 @@ use tracing::{info, warn};
 use super::outbox::Outbox;
 use super::revoke::revoked_event;
 use crate::audit;
-use crate::contract::{AuditEvent, EventType, Reason};
+use crate::contract::{AccessRequest, AuditEvent, DECISION_SCHEMA, Decision, EventType, Outcome, Reason};
 use crate::decide::recheck::{Granted, denial};
 use crate::domain::ChainId;
 use crate::ops::Health;
 use crate::policy::Policy;
-use crate::store::{Commit, GrantRow, Revocation, Store, StoreError};
+use crate::store::{Closing, Commit, DecisionRow, GrantRow, Output, ReviewRow, Revocation, Store, StoreError, Stream};
+
+/// The final decision of a review that timed out.
+fn timeout_decision(
+    policy: &Policy,
+    review: &ReviewRow,
+    r: &AccessRequest,
+    decision_id: &str,
+    reason: &Reason,
+    now: DateTime<Utc>,
+    trace_id: &str,
+) -> Decision {
+    Decision {
+        schema: DECISION_SCHEMA.into(),
+        decision_id: decision_id.to_owned(),
+        request_id: r.request_id.clone(),
+        subject: review.subject.clone(),
+        dataset: r.dataset.clone(),
+        operation: r.operation,
+        scenario: r.scenario.clone(),
+        outcome: Outcome::Denied,
+        reasons: vec![reason.clone()],
+        matched_rules: Vec::new(),
+        obligations: Vec::new(),
+        grant: None,
+        policy_version: policy.version().to_owned(),
+        decided_at: now,
+        trace_id: trace_id.to_owned(),
+        supersedes: Some(review.pending_decision_id.clone()),
+        review: None,
+    }
+}
 
 pub struct Recheck {
     store: Store,
@@ -104,12 +137,109 @@ impl Recheck {
             },
             usage: None,
             grant: None,
+            review: None,
+            supersedes: None,
             created_at: super::rfc3339(now),
         };
         batch.add(commit).await?;
         batch.queue_in_outbox();
         batch.finish().await?;
         Ok(true)
+    }
+
+    /// Denies every review pending past its deadline at `now`, refreshing
+    /// the pending-review gauges; returns how many this instance closed.
+    pub async fn expire_reviews(&self, policy: &Policy, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let mut closed = 0;
+        for review in self.store.overdue_reviews(now.timestamp()).await? {
+            if self.time_out(policy, review, now).await? {
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            info!(message = "reviews past their deadline were denied review.timeout", closed);
+            self.outbox.drain_logged().await;
+        }
+        let pending = self.store.pending_reviews(None).await?;
+        let oldest = pending.iter().map(|r| r.created_at).min();
+        self.health.set_reviews(pending.len() as u64, oldest.map_or(0, |t| (now.timestamp() - t).max(0) as u64));
+        Ok(closed)
+    }
+
+    /// The final decision of one review past its deadline, unless a verdict
+    /// closed it first.
+    async fn time_out(&self, policy: &Policy, review: ReviewRow, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let granted: Granted = serde_json::from_str(&review.probe)
+            .map_err(|e| StoreError::Fatal(format!("review of {}: stored request: {e}", review.request_id)))?;
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        let closing = Closing {
+            request_id: &review.request_id,
+            state: "timed_out",
+            final_decision_id: &decision_id,
+            reviewer: None,
+            at: now.timestamp(),
+        };
+        let mut batch = self.store.begin().await?;
+        if !batch.close_review(&closing).await? {
+            return Ok(false);
+        }
+        let reason = Reason::new(
+            "review.timeout",
+            format!("no reviewer of {} decided within the review timeout", review.holder),
+        );
+        let trace_id = opentelemetry::trace::TraceId::from_bytes(rand::random()).to_string();
+        let r = &granted.request;
+        let decision = timeout_decision(policy, &review, r, &decision_id, &reason, now, &trace_id);
+        let commit = Commit {
+            idem_key: format!("review-timeout:{}", review.request_id),
+            kind: "review_timeout",
+            decision: Some(DecisionRow {
+                decision_id,
+                subject: review.subject.clone(),
+                outcome: Outcome::Denied.as_str().into(),
+                reason_code: Some(reason.code.clone()),
+                request_digest: audit::digest(review.probe.as_bytes()),
+                decided_at: super::rfc3339(now),
+                ..super::finish::decision_row(policy, r)
+            }),
+            messages: vec![Output {
+                stream: Stream::Decisions,
+                key: review.subject.clone(),
+                payload: serde_json::to_string(&decision).expect("decisions serialise"),
+            }],
+            audit: AuditEvent {
+                actor: format!("tollgate/{}", self.instance_id),
+                subject: review.subject.clone(),
+                resource: format!("request:{}", review.request_id),
+                action: "review:timeout".into(),
+                outcome: Outcome::Denied.as_str().into(),
+                reasons: vec![reason],
+                policy_version: policy.version().to_owned(),
+                request_digest: audit::digest(review.probe.as_bytes()),
+                ..AuditEvent::draft(
+                    ChainId::Policy { instance: self.instance_id.clone() }.to_string(),
+                    EventType::Review,
+                    now,
+                    trace_id,
+                )
+            },
+            usage: None,
+            grant: None,
+            review: None,
+            supersedes: Some(review.request_id.clone()),
+            created_at: super::rfc3339(now),
+        };
+        batch.add(commit).await?;
+        batch.queue_in_outbox();
+        batch.finish().await?;
+        Ok(true)
+    }
+
+    /// [`Recheck::expire_reviews`] with the failure logged.
+    pub async fn expire_reviews_logged(&self, policy: &Policy) {
+        if let Err(error) = self.expire_reviews(policy, Utc::now()).await {
+            warn!(message = "reviews past their deadline could not be closed; will retry", %error);
+        }
     }
 
     /// [`Recheck::sweep`] with the failure logged: the next sweep tries again.

@@ -206,6 +206,7 @@ impl Reloader {
                 // Events a broker outage held back go out once it is back.
                 _ = tokio::time::sleep(outbox::RETRY_EVERY) => {
                     self.outbox.drain_logged().await;
+                    self.recheck.expire_reviews_logged(&self.current.load_full()).await;
                     if self.recheck_every.is_some_and(|every| last_recheck.elapsed() >= every) {
                         last_recheck = tokio::time::Instant::now();
                         self.recheck.sweep_logged(&self.current.load_full()).await;
@@ -382,6 +383,8 @@ impl Reloader {
             },
             usage: None,
             grant: None,
+            review: None,
+            supersedes: None,
             created_at: now.to_rfc3339(),
         };
         // Stored (and queued in the outbox) first: the database chain is

@@ -119,6 +119,7 @@ impl DecisionService {
             outcome: outcome.into(),
             reasons: reasons.clone(),
             revoked,
+            decision_id: None,
             replied_at: now,
             trace_id: origin.trace_id.clone(),
         };
@@ -150,6 +151,8 @@ impl DecisionService {
             },
             usage: None,
             grant: None,
+            review: None,
+            supersedes: None,
             created_at: super::rfc3339(now),
         })
     }

@@ -287,6 +287,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
         }
     }
     summarise(&reader, &traffic.sent, traffic.expected, opts.verbose, started).await?;
+    resolve_reviews(&client, &settings, &store, &idp).await?;
     show_revocation(&client, &settings, &store, &idp).await?;
 
     shutdown.cancel();
@@ -324,6 +325,61 @@ fn demo_settings(
     let database_url = format!("sqlite://{}", db_path.display());
     *settings = std::mem::take(settings).in_process(bootstrap, &database_url, grant_key);
     Ok(db_path)
+}
+
+/// Reviewers of the holder departments decide the requests held for
+/// review: every other one approved, the rest rejected with a comment; the
+/// final decisions are shown as they arrive.
+async fn resolve_reviews(
+    client: &Client,
+    settings: &Settings,
+    store: &tollgate::store::Store,
+    idp: &SigningKey,
+) -> anyhow::Result<()> {
+    let pending = store.pending_reviews(None).await?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let topics = &settings.topics;
+    let reader = client.reader(&[&topics.decisions], "tollgate-demo-reviews")?;
+    println!();
+    println!("review: {} request(s) held for the holder department's review", pending.len());
+    for (i, r) in pending.iter().enumerate() {
+        let token = idp.sign(
+            &Claims::new(&r.holder, ISSUER, "tollgate", 600)
+                .with_roles(&["reviewer"])
+                .for_organisation("reviewer on duty", &r.holder),
+        );
+        let (verdict, comment) = if i % 2 == 0 {
+            ("approve", "purpose and safeguards checked")
+        } else {
+            ("reject", "training set not minimised")
+        };
+        let v = serde_json::json!({"schema": "tollgate.review/v1", "request_id": r.request_id, "verdict": verdict, "comment": comment, "token": token});
+        client.produce(&topics.reviews, &r.holder, v.to_string().as_bytes(), &[]).await?;
+    }
+    let mut open: std::collections::HashSet<&str> = pending.iter().map(|r| r.request_id.as_str()).collect();
+    while !open.is_empty() {
+        let Some(m) = reader.next(Duration::from_secs(30)).await? else {
+            anyhow::bail!("{} review(s) got no final decision within 30 s", open.len());
+        };
+        let d: Decision = serde_json::from_slice(&m.payload)?;
+        if d.supersedes.is_none() || !open.remove(d.request_id.as_str()) {
+            continue;
+        }
+        let why = d.reasons.first().map_or_else(|| "grant issued".to_owned(), |r| format!("{}: {}", r.code, r.message));
+        let verdict = d.review.as_ref().map_or("", |r| r.verdict.as_str());
+        println!(
+            "  {:<10} {:<8} → {:<8} {} {} on {} ({why})",
+            d.request_id,
+            verdict,
+            d.outcome.as_str(),
+            d.subject,
+            d.operation.as_str(),
+            d.dataset
+        );
+    }
+    Ok(())
 }
 
 /// An operator at the provincial data bureau.

@@ -7,3 +7,4 @@ pub mod demo;
 pub mod grant;
 pub mod loadgen;
 pub mod policy;
+pub mod review;

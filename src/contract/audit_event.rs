@@ -72,6 +72,9 @@ pub enum EventType {
     PolicyRejected,
     /// Files back at the version in force: the rejected edit withdrawn.
     PolicyRestored,
+    /// A reviewer's verdict: accepted (the request's final decision) or
+    /// refused; or a review that timed out.
+    Review,
     /// A revoke command: accepted (grants withdrawn) or refused.
     Revocation,
     /// A grant withdrawn because the policy in force no longer allows it.
@@ -87,6 +90,7 @@ impl EventType {
             EventType::PolicyLoaded => "policy_loaded",
             EventType::PolicyRejected => "policy_rejected",
             EventType::PolicyRestored => "policy_restored",
+            EventType::Review => "review",
             EventType::Revocation => "revocation",
             EventType::PolicyRevocation => "policy_revocation",
         }

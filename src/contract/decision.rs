@@ -70,4 +70,11 @@ pub struct Decision {
     pub policy_version: String,
     pub decided_at: chrono::DateTime<chrono::Utc>,
     pub trace_id: String,
+    /// A final decision after review: the pending decision it replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<String>,
+    /// A final decision after review: the reviewer's verdict (absent when
+    /// the review timed out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<super::ReviewNote>,
 }

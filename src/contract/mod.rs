@@ -8,6 +8,7 @@ mod dead_letter;
 mod decision;
 mod grant;
 mod request;
+mod review;
 mod revocation;
 mod usage;
 
@@ -16,6 +17,7 @@ pub use dead_letter::*;
 pub use decision::*;
 pub use grant::*;
 pub use request::*;
+pub use review::*;
 pub use revocation::*;
 pub use usage::*;
 

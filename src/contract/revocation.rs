@@ -51,12 +51,14 @@ pub struct RevokeCommand {
     pub reason: String,
 }
 
-/// The answer to a command, keyed by `command_id`.
+/// The answer to a command, keyed by `command_id` (a verdict's: its
+/// `request_id`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     pub schema: String,
+    /// The revoke command's id, or the verdict's request id.
     pub command_id: String,
-    /// `revoke` (the command's kind).
+    /// `revoke` or `review` (the command's kind).
     pub command: String,
     /// `accepted` or `refused`.
     pub outcome: String,
@@ -64,6 +66,9 @@ pub struct Reply {
     pub reasons: Vec<Reason>,
     /// Grants withdrawn by this command (decision ids), when accepted.
     pub revoked: Vec<String>,
+    /// An accepted verdict: the request's final decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<String>,
     pub replied_at: chrono::DateTime<chrono::Utc>,
     pub trace_id: String,
 }

@@ -2,7 +2,7 @@
 //! a [`Rejection`] with a stable code (its input goes to the dead-letter
 //! topic); identity is taken from the token only, never from the body.
 
-use crate::contract::{AccessRequest, REQUEST_SCHEMA, REVOKE_SCHEMA, RevokeCommand};
+use crate::contract::{AccessRequest, REQUEST_SCHEMA, REVIEW_SCHEMA, REVOKE_SCHEMA, ReviewVerdict, RevokeCommand};
 
 /// Why an input could not be read as a request at all: it goes to the
 /// dead-letter topic with this code.
@@ -36,11 +36,7 @@ const MAX_FIELDS: usize = 200;
 /// dataset, a bad token) is decided and denied instead, so the requester
 /// gets a reason on the decisions topic.
 pub fn decode(payload: &[u8], authorization: Option<&[u8]>, max_bytes: usize) -> Result<DecodedRequest, Rejection> {
-    let text = versioned_json(payload, max_bytes, REQUEST_SCHEMA)?;
-    // Parse the text again rather than the Value: serde_json rejects
-    // duplicate keys only when deserialising a struct from text.
-    let request: AccessRequest =
-        serde_json::from_str(text).map_err(|e| Rejection::new("input.invalid_request", e.to_string()))?;
+    let request: AccessRequest = parse(payload, max_bytes, REQUEST_SCHEMA)?;
     validate_shape(&request)?;
     let token = request.token.clone().or_else(|| bearer(authorization));
     Ok(DecodedRequest { request, token })
@@ -55,21 +51,52 @@ pub fn decode_revoke(
     authorization: Option<&[u8]>,
     max_bytes: usize,
 ) -> Result<(RevokeCommand, Option<String>), Rejection> {
-    let text = versioned_json(payload, max_bytes, REVOKE_SCHEMA)?;
-    let command: RevokeCommand =
-        serde_json::from_str(text).map_err(|e| Rejection::new("input.invalid_request", e.to_string()))?;
-    let id_ok = |s: &str| !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
-    if !id_ok(&command.command_id) {
-        return Err(Rejection::new(
-            "input.invalid_request",
-            format!("command_id must be 1..={MAX_ID_LEN} printable characters"),
-        ));
-    }
-    if command.reason.len() > MAX_STATEMENT_LEN {
-        return Err(Rejection::new("input.invalid_request", format!("reason is longer than {MAX_STATEMENT_LEN}")));
-    }
+    let command: RevokeCommand = parse(payload, max_bytes, REVOKE_SCHEMA)?;
+    check_id("command_id", &command.command_id)?;
+    check_text("reason", &command.reason)?;
     let token = command.token.clone().or_else(|| bearer(authorization));
     Ok((command, token))
+}
+
+/// Reads a reviewer's verdict (`tollgate.review/v1`) and its token (body,
+/// else `authorization: Bearer` header); bad content (no comment on a
+/// rejection, a bad token) is answered with a refusal, not dead-lettered.
+pub fn decode_verdict(
+    payload: &[u8],
+    authorization: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<(ReviewVerdict, Option<String>), Rejection> {
+    let verdict: ReviewVerdict = parse(payload, max_bytes, REVIEW_SCHEMA)?;
+    check_id("request_id", &verdict.request_id)?;
+    check_text("comment", &verdict.comment)?;
+    let token = verdict.token.clone().or_else(|| bearer(authorization));
+    Ok((verdict, token))
+}
+
+/// A message of `schema`, parsed from its text (serde_json rejects
+/// duplicate keys only when deserialising a struct from text).
+fn parse<T: serde::de::DeserializeOwned>(payload: &[u8], max_bytes: usize, schema: &str) -> Result<T, Rejection> {
+    let text = versioned_json(payload, max_bytes, schema)?;
+    serde_json::from_str(text).map_err(|e| Rejection::new("input.invalid_request", e.to_string()))
+}
+
+/// An id: 1..=128 printable characters.
+fn check_id(name: &str, s: &str) -> Result<(), Rejection> {
+    if s.is_empty() || s.len() > MAX_ID_LEN || s.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            "input.invalid_request",
+            format!("{name} must be 1..={MAX_ID_LEN} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Free text of at most 2000 bytes.
+fn check_text(name: &str, s: &str) -> Result<(), Rejection> {
+    if s.len() > MAX_STATEMENT_LEN {
+        return Err(Rejection::new("input.invalid_request", format!("{name} is longer than {MAX_STATEMENT_LEN}")));
+    }
+    Ok(())
 }
 
 fn bearer(authorization: Option<&[u8]>) -> Option<String> {
@@ -110,24 +137,13 @@ pub(super) fn truncate(s: &str, n: usize) -> String {
 }
 
 fn validate_shape(r: &AccessRequest) -> Result<(), Rejection> {
-    let id_ok = |s: &str| !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
-    if !id_ok(&r.request_id) {
-        return Err(Rejection::new(
-            "input.invalid_request",
-            format!("request_id must be 1..={MAX_ID_LEN} printable characters"),
-        ));
-    }
+    check_id("request_id", &r.request_id)?;
     for (name, v) in [("dataset", &r.dataset), ("scenario", &r.scenario)] {
         if v.len() > MAX_FIELD_LEN {
             return Err(Rejection::new("input.invalid_request", format!("{name} is longer than {MAX_FIELD_LEN}")));
         }
     }
-    if r.purpose.statement.len() > MAX_STATEMENT_LEN {
-        return Err(Rejection::new(
-            "input.invalid_request",
-            format!("purpose.statement is longer than {MAX_STATEMENT_LEN}"),
-        ));
-    }
+    check_text("purpose.statement", &r.purpose.statement)?;
     if r.fields.len() > MAX_FIELDS || r.fields.iter().any(|f| f.len() > MAX_FIELD_LEN) {
         return Err(Rejection::new("input.invalid_request", "too many or too long fields"));
     }

@@ -8,7 +8,7 @@ pub mod policy_tests;
 pub mod recheck;
 
 use decode::truncate;
-pub use decode::{DecodedRequest, Rejection, decode, decode_revoke};
+pub use decode::{DecodedRequest, Rejection, decode, decode_revoke, decode_verdict};
 
 use chrono::{DateTime, Utc};
 
@@ -44,7 +44,7 @@ pub struct ChargeDraft {
 }
 
 impl Evaluation {
-    fn deny(code: &str, message: impl Into<String>) -> Self {
+    pub fn deny(code: &str, message: impl Into<String>) -> Self {
         Evaluation {
             outcome: Outcome::Denied,
             reasons: vec![Reason::new(code, message)],
@@ -65,6 +65,10 @@ pub struct DecisionInput<'a> {
     pub used: u64,
     pub now: DateTime<Utc>,
     pub grant_ttl_secs: i64,
+    /// A reviewer of the dataset's holder approved this request: the
+    /// policy's `pending_review` obligation is met (every other check
+    /// still applies, with the policy and quota in force now).
+    pub reviewed: bool,
 }
 
 fn end_of_day(d: chrono::NaiveDate) -> DateTime<Utc> {
@@ -110,7 +114,7 @@ fn decide(input: &DecisionInput<'_>) -> Result<Evaluation, Denial> {
     let matched_rules = check_rules(input, principal, scenario, dataset)?;
     let quantity = check_quota(input, dataset, &matched_rules)?;
     let held = obligations(input, principal, dataset, matched_rules);
-    if !held.review_rules.is_empty() {
+    if !held.review_rules.is_empty() && !input.reviewed {
         return Ok(held.pending_review(dataset));
     }
     Ok(approve(input, scenario, dataset, quantity, held))
@@ -334,6 +338,8 @@ mod tests {
             qualifications: quals.iter().map(|q| (*q).to_owned()).collect(),
             token_id: None,
             expires_at: 0,
+            organisation: sub.into(),
+            name: None,
         }
     }
 
@@ -358,7 +364,15 @@ mod tests {
     }
 
     fn eval(policy: &Policy, p: &Principal, r: &AccessRequest, used: u64) -> Evaluation {
-        evaluate(&DecisionInput { request: r, identity: Ok(p), policy, used, now: now(), grant_ttl_secs: 3600 })
+        evaluate(&DecisionInput {
+            request: r,
+            identity: Ok(p),
+            policy,
+            used,
+            now: now(),
+            grant_ttl_secs: 3600,
+            reviewed: false,
+        })
     }
 
     fn code(e: &Evaluation) -> &str {
@@ -506,6 +520,7 @@ mod tests {
             used: 0,
             now: now(),
             grant_ttl_secs: 60,
+            reviewed: false,
         });
         assert_eq!(code(&e), "auth.token_expired");
 

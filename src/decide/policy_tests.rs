@@ -63,6 +63,8 @@ impl Probe {
             qualifications: self.principal.qualifications.iter().cloned().collect(),
             token_id: None,
             expires_at: i64::MAX,
+            organisation: self.principal.sub.clone(),
+            name: None,
         };
         let r = &self.request;
         let request = AccessRequest {
@@ -88,6 +90,7 @@ impl Probe {
             used: self.used,
             now: self.now.unwrap_or(default_now),
             grant_ttl_secs: 3600,
+            reviewed: false,
         })
     }
 }

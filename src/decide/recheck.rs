@@ -30,6 +30,7 @@ pub fn denial(granted: &Granted, policy: &Policy, now: DateTime<Utc>) -> Option<
         used: 0,
         now,
         grant_ttl_secs: 0,
+        reviewed: false,
     });
     match eval.outcome {
         Outcome::Denied => eval.reasons.into_iter().find(|r| !r.code.starts_with("quota.")),

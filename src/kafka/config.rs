@@ -133,6 +133,24 @@ pub async fn ensure_topics(settings: &KafkaSettings, bootstrap: &str, topics: &[
     Ok(())
 }
 
+/// The topics of `topics` the cluster does not have.
+pub async fn missing_topics(
+    settings: &KafkaSettings,
+    bootstrap: &str,
+    topics: &[&str],
+) -> Result<Vec<String>, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = base_config(settings, bootstrap, Side::Consumer).create()?;
+    let wanted: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(30))?;
+        let present: std::collections::HashSet<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+        Ok(wanted.into_iter().filter(|t| !present.contains(t.as_str())).collect())
+    })
+    .await
+    .unwrap_or_else(|e| Ok(vec![format!("(metadata check failed: {e})")]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

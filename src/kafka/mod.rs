@@ -29,7 +29,7 @@ use std::time::Duration;
 pub use client::{Client, Reader};
 pub use clients::{LoopClients, LoopContext};
 pub use cluster::Cluster;
-pub use config::ensure_topics;
+pub use config::{ensure_topics, missing_topics};
 pub use consume::run;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,9 @@ pub enum KafkaError {
     /// group, so a batch's offsets cannot be committed with its outputs.
     #[error("not a member of the consumer group: the batch's offsets cannot go in its transaction")]
     NotInGroup,
+    /// `kafka.create_topics = false` and the cluster lacks topics tollgate uses.
+    #[error("topics missing on the cluster: {}; create them, or set kafka.create_topics = true", .0.join(", "))]
+    MissingTopics(Vec<String>),
 }
 
 /// librdkafka's error, kept as the cause without making rdkafka's type part

@@ -24,6 +24,9 @@ pub trait Published: Send + Sync + 'static {
     fn jwks(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
     /// Grants revoked before they expired.
     fn revocations(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
+    /// Requests pending review; only `holder`'s when given.
+    fn reviews(&self, holder: Option<String>)
+    -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
 }
 
 /// Who may read the private pages from another host.
@@ -89,6 +92,25 @@ async fn revocations(
     }
 }
 
+/// The review queue (private): `?holder=CODE` for one department's.
+async fn reviews(
+    State(s): State<Shared>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if let Some(status) = s.remote.refusal(peer, &headers) {
+        return (status, "the review queue answers loopback peers and tokens with an allowed role\n").into_response();
+    }
+    match s.published.reviews(query.get("holder").cloned()).await {
+        Ok(queue) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(queue)).into_response(),
+        Err(error) => {
+            tracing::warn!(message = "review queue unavailable", %error);
+            (StatusCode::SERVICE_UNAVAILABLE, "review queue unavailable\n").into_response()
+        }
+    }
+}
+
 /// The grant keys; data hosts cache them for five minutes, so a key
 /// announced ahead (`grant.next_keys`) should be for longer than that.
 async fn jwks(State(s): State<Shared>) -> axum::response::Response {
@@ -143,6 +165,7 @@ impl HttpServer {
             .route("/metrics", get(metrics))
             .route("/.well-known/jwks.json", get(jwks))
             .route("/revocations", get(revocations))
+            .route("/reviews", get(reviews))
             .with_state(Shared { health, published, remote: Arc::new(remote) });
         axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.cancelled_owned())

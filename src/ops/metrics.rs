@@ -119,17 +119,48 @@ pub struct Counters {
     /// longer allows them.
     pub revoked_by_command: AtomicU64,
     pub revoked_by_policy: AtomicU64,
+    /// Gauges, refreshed every 10 s: requests pending review and the age
+    /// of the oldest (seconds).
+    pub reviews_pending: AtomicU64,
+    pub oldest_review_age_secs: AtomicU64,
 }
 
 impl Health {
     /// Prometheus text exposition format, version 0.0.4.
     pub fn metrics(&self) -> String {
         let mut out = self.counter_metrics();
+        self.lifecycle_metrics(&mut out);
         self.histogram_metrics(&mut out);
         out
     }
 
     /// The gauge and counters.
+    /// The lifecycle around decisions: reviews, commands, revocations.
+    fn lifecycle_metrics(&self, out: &mut String) {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP tollgate_{name} {help}\n# TYPE tollgate_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "tollgate_{name}{labels} {value}");
+            }
+        };
+        family("reviews_pending", "gauge", "Requests pending review.", &[("", get(&c.reviews_pending))]);
+        family(
+            "review_oldest_pending_seconds",
+            "gauge",
+            "Age of the oldest request pending review.",
+            &[("", get(&c.oldest_review_age_secs))],
+        );
+        family("commands_total", "counter", "Operators' commands answered.", &[("", get(&c.commands))]);
+        family(
+            "grants_revoked_total",
+            "counter",
+            "Grants withdrawn before they expired.",
+            &[("{by=\"command\"}", get(&c.revoked_by_command)), ("{by=\"policy\"}", get(&c.revoked_by_policy))],
+        );
+    }
+
     fn counter_metrics(&self) -> String {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -158,13 +189,6 @@ impl Health {
             "counter",
             "Redelivered inputs answered with their stored outcome.",
             &[("", get(&c.republished))],
-        );
-        family("commands_total", "counter", "Operators' commands answered.", &[("", get(&c.commands))]);
-        family(
-            "grants_revoked_total",
-            "counter",
-            "Grants withdrawn before they expired.",
-            &[("{by=\"command\"}", get(&c.revoked_by_command)), ("{by=\"policy\"}", get(&c.revoked_by_policy))],
         );
         family(
             "processing_retries_total",

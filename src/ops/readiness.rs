@@ -61,6 +61,12 @@ impl Health {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Requests pending review, and the age in seconds of the oldest.
+    pub fn set_reviews(&self, pending: u64, oldest_age_secs: u64) {
+        self.counters.reviews_pending.store(pending, Ordering::Relaxed);
+        self.counters.oldest_review_age_secs.store(oldest_age_secs, Ordering::Relaxed);
+    }
+
     pub fn readiness(&self) -> Readiness {
         let mut reasons = Vec::new();
         if self.stopping.load(Ordering::Relaxed) {

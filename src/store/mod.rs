@@ -13,8 +13,10 @@ use crate::contract::{AuditEvent, UsageRecord};
 
 mod grant_keys;
 mod grants;
+mod reviews;
 pub use grant_keys::PublishedKey;
 pub use grants::{GrantRow, GrantState, Revocation, RevokedGrant};
+pub use reviews::{Closing, ReviewRow};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
 
@@ -164,6 +166,13 @@ pub struct Commit {
     pub usage: Option<UsageRecord>,
     /// The grant an approval issued, recorded so it can be revoked.
     pub grant: Option<GrantRow>,
+    /// A request sent to review, recorded until a verdict or the timeout.
+    pub review: Option<ReviewRow>,
+    /// A final decision after review: the request it decides. Its decision
+    /// row replaces the pending one, and the request's stored outcome
+    /// becomes this commit's outputs (the same request again gets the
+    /// final decision).
+    pub supersedes: Option<String>,
     pub created_at: String,
 }
 
@@ -404,6 +413,11 @@ struct Pending {
     grants: Vec<grants::GrantRow>,
     /// Outcomes of this batch with messages besides their audit event.
     with_messages: Vec<String>,
+    reviews: Vec<reviews::ReviewRow>,
+    /// Final decisions after review, replacing the pending rows.
+    final_decisions: Vec<DecisionRow>,
+    /// `(request key, outputs)`: stored outcomes replaced by a final decision's.
+    replaced_outcomes: Vec<(String, String)>,
     /// Of those, the ones to publish from the outbox.
     message_outbox: Vec<String>,
 }
@@ -696,10 +710,29 @@ impl Batch {
             None => None,
         };
         let encoded = serde_json::to_string(&stored).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        // What the request itself publishes again after a final decision:
+        // not the reply to the reviewer.
+        let for_request = |stream: &Stream| *stream != Stream::Replies;
+        let request_encoded = match &c.supersedes {
+            Some(_) => {
+                let kept: Vec<&StoredOutput<'_>> = stored.iter().filter(|o| for_request(&o.stream)).collect();
+                Some(serde_json::to_string(&kept).map_err(|e| StoreError::Fatal(e.to_string()))?)
+            }
+            None => None,
+        };
         drop(stored);
         outputs.push(Output { stream: Stream::Audit, key: audit.chain.clone(), payload: audit_json.clone() });
-        if let Some(d) = c.decision {
-            self.pending.decisions.push(d);
+        match (c.decision, &c.supersedes) {
+            (Some(d), Some(_)) => self.pending.final_decisions.push(d),
+            (Some(d), None) => self.pending.decisions.push(d),
+            (None, _) => {}
+        }
+        if let Some(r) = c.review {
+            self.pending.reviews.push(r);
+        }
+        let replaced = c.supersedes.map(|request_id| format!("request:{request_id}"));
+        if let (Some(key), Some(request_encoded)) = (&replaced, request_encoded) {
+            self.pending.replaced_outcomes.push((key.clone(), request_encoded));
         }
         if let (Some(u), Some(body)) = (c.usage, usage_body) {
             let key = (u.subject.clone(), u.dataset.clone(), u.period.clone());
@@ -716,6 +749,9 @@ impl Batch {
         self.pending.audit.push((audit, audit_json));
         // Kept for an input repeated later in this batch.
         self.outcomes.insert(c.idem_key, Some(outputs.clone()));
+        if let Some(key) = replaced {
+            self.outcomes.insert(key, Some(outputs.iter().filter(|o| for_request(&o.stream)).cloned().collect()));
+        }
         Ok(Committed::New(outputs))
     }
 
@@ -737,6 +773,8 @@ impl Batch {
         insert_decisions(tx, sqlite, &p.decisions).await?;
         insert_usage(tx, sqlite, &p.usage).await?;
         grants::insert_grants(tx, sqlite, &p.grants).await?;
+        reviews::insert_reviews(tx, sqlite, &p.reviews).await?;
+        replace_decisions(tx, &p.final_decisions, &p.replaced_outcomes).await?;
         add_to_counters(tx, sqlite, &p.counter_deltas).await?;
         insert_rows(
             tx,
@@ -795,6 +833,36 @@ async fn insert_audit(
 }
 
 /// Decision rows, for history queries.
+/// Final decisions after review: each replaces its request's pending
+/// decision row and stored outcome.
+async fn replace_decisions(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    decisions: &[DecisionRow],
+    outcomes: &[(String, String)],
+) -> Result<(), StoreError> {
+    for d in decisions {
+        sqlx::query(
+            "UPDATE decisions SET decision_id = $1, outcome = $2, reason_code = $3, policy_version = $4,              decided_at = $5 WHERE request_id = $6",
+        )
+        .bind(&d.decision_id)
+        .bind(&d.outcome)
+        .bind(&d.reason_code)
+        .bind(&d.policy_version)
+        .bind(&d.decided_at)
+        .bind(&d.request_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (key, outputs) in outcomes {
+        sqlx::query("UPDATE outcomes SET outputs = $1 WHERE idem_key = $2")
+            .bind(outputs)
+            .bind(key)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn insert_decisions(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     sqlite: bool,
@@ -958,6 +1026,8 @@ mod tests {
             audit: AuditEvent::draft("policy/i".into(), crate::contract::EventType::PolicyLoaded, now, "t".into()),
             usage: None,
             grant: None,
+            review: None,
+            supersedes: None,
             created_at: now.to_rfc3339(),
         };
         store.commit(commit("p1")).await.unwrap();

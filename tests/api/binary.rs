@@ -89,11 +89,7 @@ bootstrap_servers = "overridden-by-env:1"
 group_id = "{group}"
 create_topics = false
 [topics]
-requests = "{req}"
-decisions = "{dec}"
-audit = "{aud}"
-usage = "{use_}"
-dlq = "{dlq}"
+{topics}
 [database]
 url = "{db}"
 [policy]
@@ -103,11 +99,7 @@ public_keys = ["{key}"]
 issuers = ["{ISSUER}"]
 "#,
             group = infra.group,
-            req = t.requests,
-            dec = t.decisions,
-            aud = t.audit,
-            use_ = t.usage,
-            dlq = t.dlq,
+            topics = toml::to_string(t).unwrap(),
             db = infra.database_url,
             pol = repo_policies().display(),
             key = infra.idp_public.display(),
@@ -292,11 +284,7 @@ pub(crate) fn serve(infra: &Infra) -> Command {
         .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &infra.bootstrap)
         .env("TOLLGATE_KAFKA__GROUP_ID", &infra.group)
         .env("TOLLGATE_KAFKA__CREATE_TOPICS", "false")
-        .env("TOLLGATE_TOPICS__REQUESTS", &t.requests)
-        .env("TOLLGATE_TOPICS__DECISIONS", &t.decisions)
-        .env("TOLLGATE_TOPICS__AUDIT", &t.audit)
-        .env("TOLLGATE_TOPICS__USAGE", &t.usage)
-        .env("TOLLGATE_TOPICS__DLQ", &t.dlq)
+        .envs(topic_env(t))
         .env("TOLLGATE_DATABASE__URL", &infra.database_url)
         .env("TOLLGATE_POLICY__DIR", repo_policies())
         .env("TOLLGATE_AUTH__PUBLIC_KEYS", format!("[\"{}\"]", infra.idp_public.display()))
@@ -541,4 +529,21 @@ async fn logs_hold_no_tokens_or_secrets_even_at_debug_level() {
     }
     assert!(!logs.contains(secret), "the HS256 secret is in the log");
     assert!(!logs.contains(password), "the SASL password is in the log");
+}
+
+#[tokio::test]
+async fn a_cluster_without_the_topics_is_refused_at_start_naming_them() {
+    // The embedded cluster creates topics on demand; a real one does not.
+    if std::env::var("TEST_KAFKA_BOOTSTRAP").is_err() {
+        return;
+    }
+    let infra = infra().await;
+    let out = serve(&infra)
+        .env("TOLLGATE_TOPICS__GRANTS", "tollgate.grants.never-created")
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("topics missing on the cluster: tollgate.grants.never-created"), "{err}");
 }

@@ -126,6 +126,7 @@ fn decode_and_decide(payload: &[u8], header: Option<&[u8]>) {
                 used: 0,
                 now: chrono::Utc::now(),
                 grant_ttl_secs: 3600,
+                reviewed: false,
             });
             // A denial always says why.
             if eval.outcome == tollgate::contract::Outcome::Denied {

@@ -86,6 +86,7 @@ async fn every_published_message_keeps_its_bytes_for_the_same_input_and_clock() 
             roles: vec!["data_user".into()],
             qualifications: vec![],
             name: None,
+            org: None,
         })
     };
     let approved =

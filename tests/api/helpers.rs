@@ -70,6 +70,21 @@ pub fn policy_copy(infra: &Infra, with_tests: bool) -> PathBuf {
     dir
 }
 
+/// `TOLLGATE_TOPICS__*` for every topic of `topics`, for the binary.
+pub fn topic_env(topics: &Topics) -> Vec<(String, String)> {
+    let map = serde_json::to_value(topics).unwrap();
+    map.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (format!("TOLLGATE_TOPICS__{}", k.to_uppercase()), v.as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// The next reply on the replies topic.
+pub async fn reply(reader: &tollgate::kafka::Reader) -> tollgate::contract::Reply {
+    serde_json::from_slice(&read_n(reader, 1).await[0].payload).unwrap()
+}
+
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))

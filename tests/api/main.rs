@@ -13,4 +13,5 @@ mod helpers;
 mod hostile;
 mod poison;
 mod reload;
+mod review;
 mod revocation;

@@ -241,6 +241,8 @@ async fn a_policy_event_stored_before_a_crash_reaches_the_topic_at_the_next_star
         },
         usage: None,
         grant: None,
+        review: None,
+        supersedes: None,
         created_at: now.to_rfc3339(),
     };
     store.commit(crashed).await.unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tollgate::auth::Claims;
 use tollgate::auth::grant::verify_grant;
-use tollgate::contract::{AuditEvent, GrantEvent, Reply};
+use tollgate::contract::{AuditEvent, GrantEvent};
 
 use crate::grants::{approved_grant, check, jwks};
 use crate::helpers::*;
@@ -34,10 +34,6 @@ impl TestApp {
 fn jti(grant: &str) -> String {
     let v = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(grant).unwrap();
     v.claims["jti"].as_str().unwrap().to_owned()
-}
-
-async fn reply(reader: &tollgate::kafka::Reader) -> Reply {
-    serde_json::from_slice(&read_n(reader, 1).await[0].payload).unwrap()
 }
 
 async fn revocation_list(app: &TestApp) -> serde_json::Value {
