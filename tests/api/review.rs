@@ -218,3 +218,41 @@ async fn a_verdict_read_again_publishes_exactly_what_it_published_before() {
     assert!(seen.iter().all(|p| *p == first.payload), "request and verdict both publish the final decision");
     drop(app);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_list_and_show_print_the_queue_from_the_database() {
+    let app = spawn_app().await;
+    let decisions = app.reader(&app.infra.topics.decisions);
+    let pending = app.pending("r-review-7", &decisions).await;
+    let run = |args: &[&str]| {
+        let out = crate::binary::tollgate()
+            .args(args)
+            .env("TOLLGATE_DATABASE__URL", &app.infra.database_url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let list: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
+        run(&["review", "list", "--holder", XIAN_TOURISM, "--json"])
+    }))
+    .unwrap();
+    assert_eq!(list["pending"][0]["pending_decision_id"], pending.decision_id.as_str(), "{list}");
+    let other: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
+        run(&["review", "list", "--holder", TRANSPORT, "--json"])
+    }))
+    .unwrap();
+    assert_eq!(other["pending"], serde_json::json!([]), "another department's queue is empty");
+    let text = tokio::task::block_in_place(|| run(&["review", "list"]));
+    assert!(text.starts_with("1 request(s) pending review") && text.contains("r-review-7"), "{text}");
+    let shown = tokio::task::block_in_place(|| run(&["review", "show", "r-review-7"]));
+    assert!(shown.starts_with("r-review-7 PENDING"), "{shown}");
+
+    // The queue's gauges, refreshed every 10 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    while !app.health.metrics().contains("\ntollgate_reviews_pending 1\n") {
+        assert!(std::time::Instant::now() < deadline, "{}", app.health.metrics());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(app.health.metrics().contains("\ntollgate_review_oldest_pending_seconds "));
+}
