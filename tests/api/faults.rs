@@ -588,3 +588,73 @@ async fn two_instances_racing_on_one_token_id_deny_one_request_and_pause_nothing
         stop_with_sigterm(&mut instance);
     }
 }
+
+#[tokio::test]
+async fn kill_9_between_verdicts_and_their_publication_decides_each_review_once() {
+    let mut infra = infra().await;
+    let _logs = LogsOnFailure(infra.dir.path().to_owned());
+    let _cluster = own_cluster(&mut infra);
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
+    let decisions = client.reader(&[&infra.topics.decisions], "verdict-crash").unwrap();
+    let mut child = serve_fast(&infra).spawn().map(Running).unwrap();
+    const N: usize = 20;
+    for i in 0..N {
+        let token = infra.token(TRAVEL, &[], 3600);
+        let body = request(
+            &format!("kv-{i:02}"),
+            Some(&token),
+            "smart-tourism",
+            "GX-610100-TOUR-0001",
+            "model_training",
+            "industry",
+        );
+        client.produce(&infra.topics.requests, TRAVEL, body.to_string().as_bytes(), &[]).await.unwrap();
+    }
+    let pending = read_n(&decisions, N).await;
+    assert!(pending.iter().all(|m| decision(m).outcome == Outcome::PendingReview));
+    // Verdicts, with the instance killed at a random moment while it
+    // decides them, twice.
+    let holder = "11610100MB00014076";
+    let reviewer = infra.idp.sign(
+        &tollgate::auth::Claims::new(holder, ISSUER, "tollgate", 3600)
+            .with_roles(&["reviewer"])
+            .for_organisation("r", holder),
+    );
+    for i in 0..N {
+        let (verdict, comment) = if i % 2 == 0 { ("approve", "") } else { ("reject", "no") };
+        let v = serde_json::json!({"schema": "tollgate.review/v1", "request_id": format!("kv-{i:02}"), "verdict": verdict, "comment": comment, "token": reviewer});
+        client.produce(&infra.topics.reviews, "reviewer", v.to_string().as_bytes(), &[]).await.unwrap();
+    }
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1500))).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        child = serve_fast(&infra).spawn().map(Running).unwrap();
+    }
+    // Every review gets one final decision: copies republished after a
+    // crash are the same bytes.
+    let mut finals: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while finals.len() < N {
+        assert!(Instant::now() < deadline, "final decisions for {} of {N} reviews", finals.len());
+        let Ok(Some(m)) = decisions.next(Duration::from_secs(1)).await else { continue };
+        let d = decision(&m);
+        if d.supersedes.is_some() {
+            finals.entry(d.request_id).or_default().insert(m.payload);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while let Ok(Some(m)) = decisions.next(Duration::from_secs(1)).await {
+        let d = decision(&m);
+        if d.supersedes.is_some() {
+            finals.entry(d.request_id).or_default().insert(m.payload);
+        }
+    }
+    for (request_id, copies) in &finals {
+        assert_eq!(copies.len(), 1, "{request_id} was decided more than once");
+    }
+    stop_with_sigterm(&mut child);
+}
