@@ -255,10 +255,16 @@ pub async fn eval_raw(
     input: impl BufRead,
     out: &mut impl std::io::Write,
 ) -> Result<usize, EvalError> {
-    let model = casbin::DefaultModel::from_file(model).await.map_err(|e| EvalError::Casbin(e.to_string()))?;
-    let enforcer = Enforcer::new(model, casbin::FileAdapter::new(rules.to_path_buf()))
+    let model_text = std::fs::read_to_string(model)?;
+    // As the service decides: rules in priority order where the model has
+    // a priority field, through the index where the model allows it.
+    let rules_text =
+        tollgate::policy::priority::sorted_by_priority(&model_text, &std::fs::read_to_string(rules)?).into_owned();
+    let model = casbin::DefaultModel::from_str(&model_text).await.map_err(|e| EvalError::Casbin(e.to_string()))?;
+    let enforcer = Enforcer::new(model, casbin::StringAdapter::new(rules_text))
         .await
         .map_err(|e| EvalError::Casbin(e.to_string()))?;
+    let engine = tollgate::policy::engine::IndexedEngine::build(&enforcer);
     let mut n = 0;
     for (i, line) in input.lines().enumerate() {
         let line = line?;
@@ -267,7 +273,11 @@ pub async fn eval_raw(
         }
         let args: Vec<String> =
             serde_json::from_str(&line).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?;
-        let allowed = enforcer.enforce(args).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?;
+        let request: Vec<&str> = args.iter().map(String::as_str).collect();
+        let allowed = match engine.as_ref().and_then(|e| e.enforce(&request)) {
+            Some((allowed, _)) => allowed,
+            None => enforcer.enforce(args).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?,
+        };
         writeln!(out, "{allowed}")?;
         n += 1;
     }

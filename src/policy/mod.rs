@@ -4,6 +4,7 @@
 pub mod catalogue;
 pub mod engine;
 pub mod lint;
+pub mod priority;
 pub mod rule;
 pub mod synth;
 
@@ -105,10 +106,11 @@ impl Policy {
         let has_obligations = lines.iter().any(|r| matches!(r.rule, Rule::Obligation { .. }));
         drop(lines);
 
+        // Reference Casbin decides explicit priorities in priority order.
+        let mut all_rules = priority::sorted_by_priority(model, rules).into_owned();
         let model = DefaultModel::from_str(model)
             .await
             .map_err(|e| PolicyError::Invalid { file: MODEL_FILE.into(), message: e.to_string() })?;
-        let mut all_rules = rules.to_owned();
         all_rules.push('\n');
         for line in catalogue.derived_groupings() {
             all_rules.push_str(&line);

@@ -62,6 +62,11 @@ e = priority(p.eft) || deny
 m = g(r.sub, p.sub) && r.obj == p.obj && r.act == p.act
 """
 
+# Explicit priority: reference Casbin sorts rules by the priority field
+# when it loads them (lower first, ties in file order), whatever order
+# they are written in.
+PRIORITY_EXPLICIT = PRIORITY.replace("p = sub, obj, act, eft", "p = priority, sub, obj, act, eft")
+
 ACTS = ["read", "write", "delete"]
 OPS = ["query", "download", "api_call", "model_training", "privacy_compute", "verification"]
 
@@ -94,6 +99,21 @@ def flat(rng, n_rules, with_eft=False, roles=False):
             requests.append([rng.choice(members.get(rule[1], [rule[1]])), rule[2], rule[3]])
         else:
             requests.append([rng.choice(users + ["nobody"]), rng.choice(objs + ["o-x"]), rng.choice(ACTS)])
+    return "\n".join(lines) + "\n", requests
+
+
+def explicit_priority(rng, n_rules):
+    """Rules with random priorities (ties included) in random order, many
+    through roles, so a later low-priority allow must beat an earlier
+    high-priority deny of one of the user's roles."""
+    policy, requests = flat(rng, n_rules, with_eft=True, roles=True)
+    lines = []
+    for line in policy.splitlines():
+        if line.startswith("p,"):
+            lines.append(line.replace("p, ", f"p, {rng.randrange(0, 40)}, ", 1))
+        else:
+            lines.append(line)
+    rng.shuffle(lines)
     return "\n".join(lines) + "\n", requests
 
 
@@ -238,6 +258,7 @@ def main():
             ("regex", REGEX, *regex(rng, 100)),
             # Policy order is the priority: the first matching rule decides.
             ("priority", PRIORITY, *flat(rng, 200, with_eft=True, roles=True)),
+            ("priority_explicit", PRIORITY_EXPLICIT, *explicit_priority(rng, 200)),
             ("tollgate_gen", tollgate_conf, *tollgate_model(rng, 300)),
             ("tollgate_shipped", tollgate_conf, *shipped(rng)),
         ]
