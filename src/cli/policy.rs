@@ -256,14 +256,16 @@ pub async fn eval_raw(
     out: &mut impl std::io::Write,
 ) -> Result<usize, EvalError> {
     let model_text = std::fs::read_to_string(model)?;
+    tollgate::policy::functions::check_effects(&model_text).map_err(EvalError::Casbin)?;
     // As the service decides: rules in priority order where the model has
     // a priority field, through the index where the model allows it.
     let rules_text =
         tollgate::policy::priority::sorted_by_priority(&model_text, &std::fs::read_to_string(rules)?).into_owned();
     let model = casbin::DefaultModel::from_str(&model_text).await.map_err(|e| EvalError::Casbin(e.to_string()))?;
-    let enforcer = Enforcer::new(model, casbin::StringAdapter::new(rules_text))
+    let mut enforcer = Enforcer::new(model, casbin::StringAdapter::new(rules_text))
         .await
         .map_err(|e| EvalError::Casbin(e.to_string()))?;
+    tollgate::policy::functions::install(&mut enforcer);
     let engine = tollgate::policy::engine::IndexedEngine::build(&enforcer);
     let mut n = 0;
     for (i, line) in input.lines().enumerate() {

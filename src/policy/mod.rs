@@ -3,6 +3,7 @@
 
 pub mod catalogue;
 pub mod engine;
+pub mod functions;
 pub mod lint;
 pub mod priority;
 pub mod rule;
@@ -106,6 +107,7 @@ impl Policy {
         let has_obligations = lines.iter().any(|r| matches!(r.rule, Rule::Obligation { .. }));
         drop(lines);
 
+        functions::check_effects(model).map_err(|message| PolicyError::Invalid { file: MODEL_FILE.into(), message })?;
         // Reference Casbin decides explicit priorities in priority order.
         let mut all_rules = priority::sorted_by_priority(model, rules).into_owned();
         let model = DefaultModel::from_str(model)
@@ -116,9 +118,10 @@ impl Policy {
             all_rules.push_str(&line);
             all_rules.push('\n');
         }
-        let enforcer = Enforcer::new(model, StringAdapter::new(all_rules))
+        let mut enforcer = Enforcer::new(model, StringAdapter::new(all_rules))
             .await
             .map_err(|e| PolicyError::Invalid { file: POLICY_FILE.into(), message: e.to_string() })?;
+        functions::install(&mut enforcer);
         let engine = engine::IndexedEngine::build(&enforcer);
         let has_p2 = enforcer.get_model().get_model().get("p").is_some_and(|p| p.contains_key("p2"));
         let obligations = if has_p2 && has_obligations {

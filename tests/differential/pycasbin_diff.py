@@ -147,6 +147,17 @@ def keymatch(rng, n_rules):
     return "\n".join(lines) + "\n", requests
 
 
+def keymatch_unicode(rng, n_rules):
+    """Request paths with multi-byte characters where a pattern's `*` falls
+    (casbin-rs itself panics on these)."""
+    policy, _ = keymatch(rng, n_rules)
+    users = sorted({line.split(", ")[1] for line in policy.splitlines()})
+    segs = ["数据", "x数据", "rés", "re数", "res1", "ré"]
+    requests = [[rng.choice(users), f"/{rng.choice(segs)}{rng.randrange(22)}/{rng.choice(segs)}", rng.choice(ACTS)]
+                for _ in range(REQUESTS)]
+    return policy, requests
+
+
 def regex(rng, n_rules):
     users = [f"u{i}" for i in range(n_rules // 3 + 2)]
     lines = [f"p, {rng.choice(users)}, /res{rng.randrange(20)}/:id, {rng.choice(['(read)|(write)', 'read', 'delete'])}"
@@ -255,6 +266,7 @@ def main():
             ("rbac_deny", RBAC_DENY, *flat(rng, 200, with_eft=True, roles=True)),
             ("rbac_domains", DOMAINS, *domains(rng, 200)),
             ("keymatch", KEYMATCH, *keymatch(rng, 100)),
+            ("keymatch_utf8", KEYMATCH, *keymatch_unicode(rng, 100)),
             ("regex", REGEX, *regex(rng, 100)),
             # Policy order is the priority: the first matching rule decides.
             ("priority", PRIORITY, *flat(rng, 200, with_eft=True, roles=True)),
