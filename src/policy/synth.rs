@@ -26,7 +26,9 @@ pub fn generate(rules: usize, seed: u64) -> Synthetic {
     let domains: Vec<String> = (0..(n / 500).clamp(4, 200)).map(|i| format!("scenario-{i}")).collect();
     let roles_per_domain = (n / 200).clamp(3, 100);
     let subjects: Vec<String> = (0..(n / 8).max(10)).map(|i| format!("ent-{i:06}")).collect();
-    let objects: Vec<String> = (0..(n / 6).max(10)).map(|i| format!("ds-{i:06}")).collect();
+    // Unified registration codes, so the policy also loads with `catalogue()`.
+    let objects: Vec<String> =
+        (0..(n / 6).max(10)).map(|i| format!("GX-{:06}-DATA-{:04}", 610_000 + i / 10_000, i % 10_000)).collect();
     let groups: Vec<String> = (0..(n / 60).max(4)).map(|i| format!("grp-{i:04}")).collect();
     let role = |d: usize, r: usize| format!("role-{d}-{r}");
     let mut out = String::with_capacity(n * 48);
@@ -79,6 +81,27 @@ pub fn generate(rules: usize, seed: u64) -> Synthetic {
 }
 
 impl Synthetic {
+    /// A catalogue.toml registering every scenario and dataset the rules
+    /// name, so the synthetic policy loads as tollgate's own would
+    /// (`policy check` at scale).
+    pub fn catalogue(&self) -> String {
+        let mut out = String::with_capacity(self.objects.len() * 320);
+        for d in &self.domains {
+            out.push_str(&format!(
+                "[[scenarios]]\ncode = \"{d}\"\nname = \"{d}\"\npurposes = [\"industry\", \"public_welfare\"]\n\
+                 authorized_until = \"2030-06-30\"\n\n"
+            ));
+        }
+        for o in &self.objects {
+            out.push_str(&format!(
+                "[[datasets]]\ncode = \"{o}\"\nname = \"{o}\"\nholder = \"11610100MB00014076\"\n\
+                 holder_name = \"Synthetic holder\"\ngrade = \"general\"\nregistered_until = \"2030-01-01\"\n\
+                 price = {{ item = \"api\", unit = \"call\", cap_fen = 80, monthly_quota = 100000, tiers = [{{ unit_price_fen = 50 }}] }}\n\n"
+            ));
+        }
+        out
+    }
+
     /// `count` requests `[sub, dom, obj, act]`, including unknown names.
     pub fn requests(&self, count: usize) -> Vec<[String; 4]> {
         let mut rng = StdRng::seed_from_u64(self.seed ^ 0x5eed);
@@ -101,5 +124,19 @@ impl Synthetic {
                 ]
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_synthetic_policy_loads_with_its_catalogue_as_tollgates_own_would() {
+        let s = generate(2_000, 7);
+        let model = include_str!("../../policies/model.conf");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let policy = rt.block_on(crate::policy::Policy::from_texts(model, &s.policy, &s.catalogue())).unwrap();
+        assert!(policy.is_indexed() && policy.rule_count() > 1_000);
     }
 }
