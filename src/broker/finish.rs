@@ -102,10 +102,7 @@ impl DecisionService {
         let Draft { origin, request, subject, principal, eval, period, replayed, review } = d;
         let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
         let request = &request;
-        let decision_id = match &review {
-            Some(r) => r.decision_id.clone(),
-            None => self.source.id().to_string(),
-        };
+        let decision_id = review.as_ref().map_or_else(|| self.source.id().to_string(), |r| r.decision_id.clone());
         let grant = self.grant_for(policy, &eval, request, &subject, &decision_id, now);
         let grant_row = grant.as_ref().zip(principal.as_ref()).map(|(g, p)| GrantRow {
             expires_at: g.expires_at.timestamp(),
