@@ -65,6 +65,9 @@ async fn a_reviewer_of_the_holder_approves_and_the_final_decision_supersedes_the
     let queue: serde_json::Value = serde_json::from_str(&queue).unwrap();
     assert_eq!(queue["pending"][0]["request_id"], "r-review-1", "{queue}");
     assert_eq!(queue["pending"][0]["holder"], XIAN_TOURISM);
+    let (_, other) = app.get(&format!("/reviews?holder={TRANSPORT}")).await;
+    let other: serde_json::Value = serde_json::from_str(&other).unwrap();
+    assert_eq!(other["pending"], serde_json::json!([]), "another department's queue holds none of it");
 
     app.send_verdict(&verdict(
         "r-review-1",
