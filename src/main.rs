@@ -135,6 +135,14 @@ enum PolicyCommand {
         dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Plain Casbin: whether --model and --policy are decided as
+        /// reference Casbin decides them, and priority ties.
+        #[arg(long, requires_all = ["model", "policy"], conflicts_with = "dir")]
+        raw: bool,
+        #[arg(long, requires = "raw")]
+        model: Option<PathBuf>,
+        #[arg(long, requires = "raw")]
+        policy: Option<PathBuf>,
     },
     /// Run the test cases in DIR/tests/*.toml.
     Test {
@@ -368,7 +376,10 @@ async fn policy_command(config: Option<&std::path::Path>, command: PolicyCommand
     use crate::cli::policy as cli;
     let default_dir = || Settings::load(config).map(|s| s.policy.dir);
     let (report, json) = match command {
-        PolicyCommand::Check { dir, json } => (cli::check(&dir.map_or_else(default_dir, Ok)?).await, json),
+        PolicyCommand::Check { raw: true, model: Some(m), policy: Some(p), json, .. } => {
+            (cli::check_raw(&m, &p).await, json)
+        }
+        PolicyCommand::Check { dir, json, .. } => (cli::check(&dir.map_or_else(default_dir, Ok)?).await, json),
         PolicyCommand::Test { dir, json } => (cli::test(&dir.map_or_else(default_dir, Ok)?).await, json),
         PolicyCommand::Status { json } => {
             let settings = Settings::load(config)?;

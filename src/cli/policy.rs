@@ -5,7 +5,6 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use casbin::{CoreApi, Enforcer};
 use serde::Serialize;
 
 use tollgate::contract::{Outcome, Reason};
@@ -76,6 +75,50 @@ pub async fn check(dir: &Path) -> CommandOutput {
             CommandOutput { ok, human, json }
         }
     }
+}
+
+/// Raw Casbin: whether tollgate decides `model` + `rules` as reference
+/// Casbin does (else the refusal), and priority ties whose outcome depends
+/// on file order (`priority_tie`).
+pub async fn check_raw(model: &Path, rules: &Path) -> CommandOutput {
+    let texts = std::fs::read_to_string(model).and_then(|m| Ok((m, std::fs::read_to_string(rules)?)));
+    let loaded = match texts {
+        Ok((m, r)) => tollgate::policy::enforcer::Reference::build(&m, &r).await.map(|_| (m, r)),
+        Err(e) => Err(e.to_string()),
+    };
+    let (model_text, rules_text) = match loaded {
+        Ok(texts) => texts,
+        Err(error) => {
+            return CommandOutput {
+                ok: false,
+                human: format!("✗ {}: {error}\n", model.display()),
+                json: serde_json::json!({"ok": false, "error": error, "findings": []}),
+            };
+        }
+    };
+    let findings: Vec<Finding> = tollgate::policy::priority::ties(&model_text, &rules_text)
+        .into_iter()
+        .map(|tie| Finding {
+            line: tie.lines[0],
+            code: "priority_tie",
+            message: format!(
+                "lines {} share priority {} with different effects: which decides a request they all match \
+                 depends on their order in the file",
+                tie.lines.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
+                tie.priority
+            ),
+        })
+        .collect();
+    let mut human: String =
+        findings.iter().map(|f| format!("{}:{}: {}: {}\n", rules.display(), f.line, f.code, f.message)).collect();
+    let ok = findings.is_empty();
+    human.push_str(&format!(
+        "{} {}: decided as reference Casbin{}\n",
+        if ok { "✓" } else { "✗" },
+        model.display(),
+        if ok { String::new() } else { format!(", {} finding(s)", findings.len()) }
+    ));
+    CommandOutput { ok, human, json: serde_json::json!({"ok": ok, "error": null, "findings": findings}) }
 }
 
 pub async fn test(dir: &Path) -> CommandOutput {
@@ -256,17 +299,12 @@ pub async fn eval_raw(
     out: &mut impl std::io::Write,
 ) -> Result<usize, EvalError> {
     let model_text = std::fs::read_to_string(model)?;
-    tollgate::policy::functions::check_effects(&model_text).map_err(EvalError::Casbin)?;
-    // As the service decides: rules in priority order where the model has
-    // a priority field, through the index where the model allows it.
-    let rules_text =
-        tollgate::policy::priority::sorted_by_priority(&model_text, &std::fs::read_to_string(rules)?).into_owned();
-    let model = casbin::DefaultModel::from_str(&model_text).await.map_err(|e| EvalError::Casbin(e.to_string()))?;
-    let mut enforcer = Enforcer::new(model, casbin::StringAdapter::new(rules_text))
+    // As the service decides: the same reference enforcer, the index where
+    // the model allows it.
+    let reference = tollgate::policy::enforcer::Reference::build(&model_text, &std::fs::read_to_string(rules)?)
         .await
-        .map_err(|e| EvalError::Casbin(e.to_string()))?;
-    tollgate::policy::functions::install(&mut enforcer);
-    let engine = tollgate::policy::engine::IndexedEngine::build(&enforcer);
+        .map_err(EvalError::Casbin)?;
+    let engine = tollgate::policy::engine::IndexedEngine::build(reference.enforcer());
     let mut n = 0;
     for (i, line) in input.lines().enumerate() {
         let line = line?;
@@ -278,7 +316,9 @@ pub async fn eval_raw(
         let request: Vec<&str> = args.iter().map(String::as_str).collect();
         let allowed = match engine.as_ref().and_then(|e| e.enforce(&request)) {
             Some((allowed, _)) => allowed,
-            None => enforcer.enforce(args).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?,
+            None => {
+                reference.enforce_ex(request).map_err(|e| EvalError::Line { line: i + 1, message: e.to_string() })?.0
+            }
         };
         writeln!(out, "{allowed}")?;
         n += 1;

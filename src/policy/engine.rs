@@ -142,7 +142,9 @@ fn parse_term(s: &str, r: &[String], p: &[String]) -> Option<Term> {
         };
     }
     let open = s.find('(')?;
+    // Role calls are renamed so each definition has its own links.
     let name = s[..open].trim();
+    let name = name.strip_prefix(super::enforcer::ROLE_FN_PREFIX).unwrap_or(name);
     if !(name == "g" || (name.starts_with('g') && name[1..].bytes().all(|b| b.is_ascii_digit()))) || !s.ends_with(')') {
         return None;
     }
@@ -254,8 +256,14 @@ impl IndexedEngine {
         let m = model.get("m")?.get(&key("m"))?;
         let effect = if decide { Some(effect_of(&model.get("e")?.get(&key("e"))?.value)?) } else { None };
         let (r_tokens, p_tokens) = (&r.tokens, &p.tokens);
+        let matcher = strip_parens(&m.value);
+        // `a && b || c` is `(a && b) || c`: a top-level `||` is not a
+        // conjunction of clauses, whatever the `&&` around it.
+        if split_top(matcher, "||").len() > 1 {
+            return None;
+        }
         let mut clauses = Vec::new();
-        for part in split_top(strip_parens(&m.value), "&&") {
+        for part in split_top(matcher, "&&") {
             clauses.push(parse_clause(&part, r_tokens, p_tokens)?);
         }
         let mut groupings: HashMap<String, Vec<Vec<String>>> = HashMap::new();
@@ -491,6 +499,11 @@ mod tests {
         assert!(IndexedEngine::build(&e).is_none());
         let ordered = ACL.replace("r.sub == p.sub && ", "r.sub == p.sub || ");
         let e = enforcer(&ordered, "p, alice, data1, read\n").await;
+        assert!(IndexedEngine::build(&e).is_none());
+        // Read by Casbin as `(sub && obj) || p.act == "*"`, which is not a
+        // wildcard clause on act.
+        let precedence = ACL.replace("r.act == p.act", "r.act == p.act || p.act == \"*\"");
+        let e = enforcer(&precedence, "p, alice, data1, *\n").await;
         assert!(IndexedEngine::build(&e).is_none());
     }
 }

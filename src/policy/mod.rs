@@ -2,8 +2,10 @@
 //! identified by one content hash (the `policy_version` in every decision).
 
 pub mod catalogue;
+pub mod enforcer;
 pub mod engine;
 pub mod functions;
+mod glob;
 pub mod lint;
 pub mod priority;
 pub mod rule;
@@ -12,7 +14,7 @@ pub mod synth;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use casbin::{CoreApi, DefaultModel, Enforcer, StringAdapter};
+use casbin::CoreApi;
 use sha2::{Digest, Sha256};
 
 pub use catalogue::{Catalogue, CatalogueError, Dataset, Grade, PersonalInfo, Scenario};
@@ -57,7 +59,7 @@ pub struct Policy {
     version: String,
     catalogue: Catalogue,
     /// casbin-rs itself, kept only when the index cannot decide this model.
-    enforcer: Option<Enforcer>,
+    enforcer: Option<enforcer::Reference>,
     /// The indexed evaluator when the model allows it; else casbin-rs decides.
     engine: Option<engine::IndexedEngine>,
     /// The obligations section (`p2`/`m2`), when the model has one.
@@ -107,25 +109,19 @@ impl Policy {
         let has_obligations = lines.iter().any(|r| matches!(r.rule, Rule::Obligation { .. }));
         drop(lines);
 
-        functions::check_effects(model).map_err(|message| PolicyError::Invalid { file: MODEL_FILE.into(), message })?;
-        // Reference Casbin decides explicit priorities in priority order.
-        let mut all_rules = priority::sorted_by_priority(model, rules).into_owned();
-        let model = DefaultModel::from_str(model)
-            .await
-            .map_err(|e| PolicyError::Invalid { file: MODEL_FILE.into(), message: e.to_string() })?;
+        let mut all_rules = rules.to_owned();
         all_rules.push('\n');
         for line in catalogue.derived_groupings() {
             all_rules.push_str(&line);
             all_rules.push('\n');
         }
-        let mut enforcer = Enforcer::new(model, StringAdapter::new(all_rules))
+        let enforcer = enforcer::Reference::build(model, &all_rules)
             .await
-            .map_err(|e| PolicyError::Invalid { file: POLICY_FILE.into(), message: e.to_string() })?;
-        functions::install(&mut enforcer);
-        let engine = engine::IndexedEngine::build(&enforcer);
-        let has_p2 = enforcer.get_model().get_model().get("p").is_some_and(|p| p.contains_key("p2"));
+            .map_err(|message| PolicyError::Invalid { file: MODEL_FILE.into(), message })?;
+        let engine = engine::IndexedEngine::build(enforcer.enforcer());
+        let has_p2 = enforcer.enforcer().get_model().get_model().get("p").is_some_and(|p| p.contains_key("p2"));
         let obligations = if has_p2 && has_obligations {
-            Some(engine::IndexedEngine::build_section(&enforcer, "2", false).ok_or_else(|| {
+            Some(engine::IndexedEngine::build_section(enforcer.enforcer(), "2", false).ok_or_else(|| {
                 PolicyError::Invalid {
                     file: MODEL_FILE.into(),
                     message:

@@ -386,6 +386,35 @@ expect = { outcome = "approved" }
     assert_eq!(out, "true\nfalse\ntrue\n");
 }
 
+#[test]
+fn policy_check_raw_names_priority_ties_and_refuses_what_it_cannot_decide_as_casbin() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = "[request_definition]\nr = sub, obj, act\n[policy_definition]\np = priority, sub, obj, act, eft\n\
+                 [role_definition]\ng = _, _\n[policy_effect]\ne = priority(p.eft) || deny\n\
+                 [matchers]\nm = g(r.sub, p.sub) && r.obj == p.obj && r.act == p.act\n";
+    let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+    std::fs::write(path("m.conf"), model).unwrap();
+    let check = |rules: &str| {
+        std::fs::write(path("p.csv"), rules).unwrap();
+        run_ok(&["policy", "check", "--raw", "--model", &path("m.conf"), "--policy", &path("p.csv"), "--json"], None)
+    };
+    let (ok, out) = check(
+        "p, 1, bob, d1, read, allow\np, 10, admin, d1, read, deny\ng, alice, admin\np, 10, alice, d1, read, allow\n",
+    );
+    assert!(!ok, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["findings"][0]["code"], "priority_tie");
+    assert_eq!(report["findings"][0]["line"], 2);
+    assert!(report["findings"][0]["message"].as_str().unwrap().starts_with("lines 2, 4 share priority 10"));
+
+    let (ok, out) = check("p, 1, bob, d1, read, allow\np, 10, admin, d1, read, deny\np, 20, alice, d1, read, allow\n");
+    assert!(ok, "{out}");
+    let (ok, out) = check("p, 1, bob, d1, read, allow\np, high, admin, d1, read, deny\n");
+    assert!(!ok);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["error"].as_str().unwrap().contains("priority `high` is not an integer"), "{out}");
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_policy_when_file_watching_is_off() {
     let infra = infra().await;

@@ -3,7 +3,7 @@
 independent Casbin implementation.
 
 For several standard models (ACL, RBAC, RBAC with deny, RBAC with domains,
-keyMatch) and tollgate's own model with generated rules, it writes the model
+resource roles, keyMatch, regexMatch, priority) and tollgate's own model with generated rules, it writes the model
 and policy files, generates requests, and compares `tollgate policy eval
 --raw` (the indexed engine, or casbin-rs where the model is not indexable)
 with pycasbin's `enforce`, line by line.
@@ -48,6 +48,7 @@ e = some(where (p.eft == allow))
 [matchers]
 m = g(r.sub, p.sub, r.dom) && r.dom == p.dom && r.obj == p.obj && r.act == p.act
 """
+RESOURCE_ROLES = RBAC.replace("g = _, _", "g = _, _\ng2 = _, _").replace("r.obj == p.obj", "g2(r.obj, p.obj)")
 KEYMATCH = ACL.replace("r.obj == p.obj", "keyMatch(r.obj, p.obj)")
 REGEX = ACL.replace("r.obj == p.obj && r.act == p.act", "keyMatch2(r.obj, p.obj) && regexMatch(r.act, p.act)")
 PRIORITY = """[request_definition]
@@ -166,6 +167,22 @@ def regex(rng, n_rules):
     return "\n".join(lines) + "\n", requests
 
 
+def resource_roles(rng, n_rules):
+    """Subject roles (`g`) and object groups (`g2`) drawn from the same
+    names, with `g` links between objects too: a `g` link must never count
+    for `g2` (casbin-rs alone shares one role manager between them)."""
+    users = [f"u{i}" for i in range(n_rules // 4 + 2)]
+    objs = [f"o{i}" for i in range(n_rules // 4 + 2)]
+    groups = [f"grp{i}" for i in range(n_rules // 10 + 2)]
+    lines = [f"p, {rng.choice(users + groups)}, {rng.choice(objs + groups)}, {rng.choice(ACTS)}" for _ in range(n_rules)]
+    lines += [f"g, {u}, {rng.choice(groups)}" for u in users]
+    lines += [f"g, {o}, {rng.choice(groups)}" for o in rng.sample(objs, len(objs) // 2)]
+    lines += [f"g2, {o}, {rng.choice(groups)}" for o in rng.sample(objs, len(objs) // 2)]
+    rng.shuffle(lines)
+    requests = [[rng.choice(users), rng.choice(objs), rng.choice(ACTS)] for _ in range(REQUESTS)]
+    return "\n".join(lines) + "\n", requests
+
+
 def tollgate_model(rng, n_rules):
     doms = [f"scn{i}" for i in range(5)]
     roles = [f"role{i}" for i in range(8)]
@@ -265,6 +282,10 @@ def main():
             ("rbac", RBAC, *flat(rng, 200, roles=True)),
             ("rbac_deny", RBAC_DENY, *flat(rng, 200, with_eft=True, roles=True)),
             ("rbac_domains", DOMAINS, *domains(rng, 200)),
+            ("resource_roles", RESOURCE_ROLES, *resource_roles(rng, 200)),
+            # The same through casbin-rs (keyMatch is not indexable).
+            ("resource_roles_fb", RESOURCE_ROLES.replace("r.act == p.act", "keyMatch(r.act, p.act)"),
+             *resource_roles(rng, 200)),
             ("keymatch", KEYMATCH, *keymatch(rng, 100)),
             ("keymatch_utf8", KEYMATCH, *keymatch_unicode(rng, 100)),
             ("regex", REGEX, *regex(rng, 100)),
