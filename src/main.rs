@@ -159,6 +159,26 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Decide the stored decisions again under the policy in DIR and list
+    /// every one that would change, by rule and by enterprise.
+    Impact {
+        /// The proposed policy directory.
+        dir: PathBuf,
+        /// Decisions made since: 30d, 12h, 2w, 90m or an RFC 3339 time.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// tollgate's database (default: database.url from configuration).
+        #[arg(long)]
+        database: Option<String>,
+        /// Exit non-zero when more than N decisions would change.
+        #[arg(long)]
+        max_changes: Option<u64>,
+        /// Changes listed one by one (all are counted).
+        #[arg(long, default_value_t = 50)]
+        list: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The policy each instance runs and any rejected edit, from the audit trail.
     Status {
         #[arg(long)]
@@ -385,6 +405,16 @@ async fn policy_command(config: Option<&std::path::Path>, command: PolicyCommand
             let settings = Settings::load(config)?;
             let events = tollgate::store::Store::connect(&settings.database.url, 1).await?.audit_events().await?;
             (cli::status(&events), json)
+        }
+        PolicyCommand::Impact { dir, since, database, max_changes, list, json } => {
+            let url = match database {
+                Some(url) => url,
+                None => Settings::load(config)?.database.url,
+            };
+            let store = tollgate::store::Store::connect(&url, 1).await?;
+            let since = crate::cli::impact::parse_since(&since, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+            let options = crate::cli::impact::Options { since, max_changes, list, progress: !json };
+            (crate::cli::impact::impact(&dir, &store, &options).await?, json)
         }
         PolicyCommand::Explain { request, dir, json } => {
             let mut text = String::new();

@@ -28,6 +28,10 @@ pub(super) struct Draft<'m> {
     pub(super) eval: Evaluation,
     pub(super) period: String,
     pub(super) replayed: bool,
+    /// `(used, reviewed)`: the quota used and review state the policy
+    /// decided with, stored for replay; None when no policy decided (a
+    /// reviewer's rejection).
+    pub(super) replay: Option<(u64, bool)>,
     /// A final decision after review: what it supersedes and records.
     pub(super) review: Option<Box<ReviewContext>>,
 }
@@ -140,11 +144,12 @@ impl DecisionService {
             }
             _ => None,
         };
+        let used = counter.as_ref().map_or(0, |(used, _)| *used);
         let eval = decide::evaluate(&DecisionInput {
             request: &request,
             identity: identity.as_ref(),
             policy,
-            used: counter.as_ref().map_or(0, |(used, _)| *used),
+            used,
             now: origin.now,
             grant_ttl_secs: self.grant.ttl_secs,
             reviewed,
@@ -154,6 +159,7 @@ impl DecisionService {
         }
         let subject = identity.as_ref().map(|p| p.subject.clone()).unwrap_or_default();
         let principal = identity.ok();
-        Ok(Draft { origin, request, subject, principal, eval, period, replayed, review: None })
+        let replay = Some((used, reviewed));
+        Ok(Draft { origin, request, subject, principal, eval, period, replayed, replay, review: None })
     }
 }

@@ -12,6 +12,7 @@ use crate::contract::GrantClaims;
 use crate::contract::{
     AccessRequest, AuditEvent, DECISION_SCHEMA, Decision, EventType, Grant, Outcome, USAGE_SCHEMA, UsageRecord,
 };
+use crate::decide::impact::{Effects, ReplayInputs};
 use crate::decide::{ChargeDraft, Evaluation};
 use crate::policy::Policy;
 use crate::store::{Commit, DecisionRow, GrantRow, Output, ReviewRow, Stream};
@@ -60,7 +61,20 @@ pub(super) fn decision_row(policy: &Policy, request: &AccessRequest) -> Decision
         policy_version: policy.version().to_owned(),
         request_digest: String::new(),
         decided_at: String::new(),
+        inputs: None,
+        effects: None,
     }
+}
+
+/// What a policy decision was decided from (None when no policy decided
+/// or the token did not verify): `tollgate policy impact` replays it.
+fn replay_inputs(
+    principal: Option<&Principal>,
+    request: &AccessRequest,
+    replay: Option<(u64, bool)>,
+) -> Option<String> {
+    let ((used, reviewed), principal) = replay.zip(principal)?;
+    Some(serde_json::to_string(&ReplayInputs::of(principal, request, used, reviewed)).expect("inputs serialise"))
 }
 
 /// What a grant's request is decided again with when the policy changes:
@@ -99,7 +113,7 @@ impl DecisionService {
     /// builds the decision, usage record and audit event.
     fn finish_draft(&self, policy: &Policy, d: Draft<'_>) -> (Commit, Tally) {
         let reply = d.review.as_ref().map(|r| self.verdict_reply(&d, &r.decision_id));
-        let Draft { origin, request, subject, principal, eval, period, replayed, review } = d;
+        let Draft { origin, request, subject, principal, eval, period, replayed, replay, review } = d;
         let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
         let request = &request;
         let decision_id = review.as_ref().map_or_else(|| self.source.id().to_string(), |r| r.decision_id.clone());
@@ -145,6 +159,8 @@ impl DecisionService {
                 reason_code,
                 request_digest: request_digest.clone(),
                 decided_at: rfc3339(now),
+                inputs: replay_inputs(principal.as_ref(), request, replay),
+                effects: Some(serde_json::to_string(&Effects::of(&eval)).expect("effects serialise")),
                 ..decision_row(policy, request)
             }),
             messages: reply

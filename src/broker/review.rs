@@ -208,6 +208,7 @@ fn rejected_draft<'m>(origin: Origin<'m>, granted: Granted, comment: &str) -> Dr
         eval: Evaluation::deny("review.rejected", comment),
         period,
         replayed: false,
+        replay: None,
         review: None,
     }
 }

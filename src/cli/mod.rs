@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod demo;
 pub mod grant;
+pub mod impact;
 pub mod loadgen;
 pub mod policy;
 pub mod review;

@@ -4,6 +4,7 @@
 //! unit-tested without Kafka or a database.
 
 mod decode;
+pub mod impact;
 pub mod policy_tests;
 pub mod recheck;
 

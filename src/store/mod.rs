@@ -11,9 +11,11 @@ use sqlx::{AnyPool, Row};
 
 use crate::contract::{AuditEvent, UsageRecord};
 
+mod decisions;
 mod grant_keys;
 mod grants;
 mod reviews;
+pub use decisions::StoredDecision;
 pub use grant_keys::PublishedKey;
 pub use grants::{GrantRow, GrantState, Revocation, RevokedGrant};
 pub use reviews::{Closing, ReviewRow};
@@ -152,6 +154,11 @@ pub struct DecisionRow {
     pub policy_version: String,
     pub request_digest: String,
     pub decided_at: String,
+    /// What the decision was decided from, for replay (JSON; None when
+    /// the token did not verify).
+    pub inputs: Option<String>,
+    /// Its obligations and price (JSON).
+    pub effects: Option<String>,
 }
 
 /// Everything one input produces, committed in one transaction.
@@ -441,7 +448,7 @@ pub struct Prefetch {
 }
 
 /// Rows per multi-row statement: stays under SQLite's 32 766 and
-/// PostgreSQL's 65 535 bind parameters with 11 columns.
+/// PostgreSQL's 65 535 bind parameters with 13 columns.
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// `($1, $2, …), (…)` for `rows` rows of `cols` placeholders; plain `?`
@@ -842,13 +849,16 @@ async fn replace_decisions(
 ) -> Result<(), StoreError> {
     for d in decisions {
         sqlx::query(
-            "UPDATE decisions SET decision_id = $1, outcome = $2, reason_code = $3, policy_version = $4,              decided_at = $5 WHERE request_id = $6",
+            "UPDATE decisions SET decision_id = $1, outcome = $2, reason_code = $3, policy_version = $4, \
+             decided_at = $5, inputs = $6, effects = $7 WHERE request_id = $8",
         )
         .bind(&d.decision_id)
         .bind(&d.outcome)
         .bind(&d.reason_code)
         .bind(&d.policy_version)
         .bind(&d.decided_at)
+        .bind(&d.inputs)
+        .bind(&d.effects)
         .bind(&d.request_id)
         .execute(&mut **tx)
         .await?;
@@ -872,8 +882,8 @@ async fn insert_decisions(
         tx,
         sqlite,
         "INSERT INTO decisions (request_id, decision_id, subject, dataset, scenario, operation, outcome, \
-         reason_code, policy_version, request_digest, decided_at) VALUES ",
-        11,
+         reason_code, policy_version, request_digest, decided_at, inputs, effects) VALUES ",
+        13,
         decisions,
         |q, d| {
             q.bind(&d.request_id)
@@ -887,6 +897,8 @@ async fn insert_decisions(
                 .bind(&d.policy_version)
                 .bind(&d.request_digest)
                 .bind(&d.decided_at)
+                .bind(&d.inputs)
+                .bind(&d.effects)
         },
     )
     .await?;

@@ -11,6 +11,7 @@ mod golden;
 mod grants;
 mod helpers;
 mod hostile;
+mod impact;
 mod poison;
 mod reload;
 mod review;
