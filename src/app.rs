@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::auth::Verifier;
 use crate::broker::DecisionService;
+use crate::broker::checkpoint::Checkpointer;
 use crate::broker::grant_keys::GrantKeys;
 use crate::broker::outbox::Outbox;
 use crate::broker::recheck::Recheck;
@@ -44,6 +45,7 @@ pub struct App {
     reloader: Reloader,
     health: Arc<Health>,
     http: Option<HttpServer>,
+    checkpointer: Checkpointer,
 }
 
 impl App {
@@ -89,9 +91,13 @@ impl App {
             health.clone(),
             (recheck, every),
         );
+        let checkpoints = kafka::Client::new(&settings.kafka, bootstrap)?;
+        let checkpointer =
+            Checkpointer::new(&settings.audit, instance, store.clone(), checkpoints, &settings.topics.checkpoints)?;
+        checkpointer.record_key().await?;
         let grant_keys = Arc::new(GrantKeys::from_settings(&settings.grant, instance, store.clone())?);
         let service = Arc::new(DecisionService::new(&settings, policy, verifier, store, grant_keys, health.clone()));
-        Ok(App { settings, cluster, service, clients, reloader, health, http })
+        Ok(App { settings, cluster, service, clients, reloader, health, http, checkpointer })
     }
 
     pub fn bootstrap_servers(&self) -> &str {
@@ -125,7 +131,7 @@ impl App {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        let App { settings, cluster, service, clients, reloader, health, http } = self;
+        let App { settings, cluster, service, clients, reloader, health, http, checkpointer } = self;
         info!(message = "tollgate is consuming", bootstrap = %cluster.bootstrap_servers(), topics = ?settings.topics.inputs(), group = %settings.kafka.group_id,
               instance = %settings.service.instance_id);
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
@@ -134,6 +140,7 @@ impl App {
         let watch = reloader.watch_files();
         reloader.announce_start().await;
         let reloading = tokio::spawn(reloader.run(watch, reload_stop.clone()));
+        let checkpointing = tokio::spawn(checkpointer.run(reload_stop.clone()));
         let serving = http.map(|server| {
             if let Ok(addr) = server.local_addr() {
                 info!(message = "serving /healthz, /readyz and /metrics", %addr);
@@ -156,6 +163,7 @@ impl App {
         reload_stop.cancel();
         service.grant_keys().release(chrono::Utc::now().timestamp()).await;
         let _ = reloading.await;
+        let _ = checkpointing.await;
         if let Some(serving) = serving {
             let _ = serving.await;
         }
@@ -176,8 +184,9 @@ async fn connect_kafka(settings: &Settings) -> Result<Cluster, AppError> {
             bootstrap_servers = %cluster.bootstrap_servers()
         );
     }
+    let wanted = settings.topics.with_retention(&settings.kafka.retention);
     if settings.kafka.create_topics {
-        cluster.create_topics(&settings.kafka, &settings.topics.all()).await?;
+        cluster.create_topics(&settings.kafka, &wanted).await?;
     } else if !cluster.is_embedded() {
         // Subscribing to a topic that does not exist fails late and
         // obscurely (no partitions, or the whole group stalls): say so now.
@@ -187,7 +196,37 @@ async fn connect_kafka(settings: &Settings) -> Result<Cluster, AppError> {
             return Err(kafka::KafkaError::MissingTopics(missing).into());
         }
     }
+    if !cluster.is_embedded() {
+        check_retention(settings, cluster.bootstrap_servers(), &wanted).await?;
+    }
     Ok(cluster)
+}
+
+/// Topics that keep messages for less than the law requires (created by
+/// someone else, or changed since): refused with `kafka.enforce_retention`
+/// before anything starts; otherwise reported loudly by a check in the
+/// background, so a broker slow to describe configs (or without that API)
+/// does not hold up the start.
+async fn check_retention(settings: &Settings, bootstrap: &str, wanted: &[(&str, i64)]) -> Result<(), AppError> {
+    if settings.kafka.enforce_retention {
+        let short = kafka::retention_shortfalls(&settings.kafka, bootstrap, wanted).await?;
+        return if short.is_empty() { Ok(()) } else { Err(kafka::KafkaError::ShortRetention(short).into()) };
+    }
+    let kafka_settings = settings.kafka.clone();
+    let bootstrap = bootstrap.to_owned();
+    let wanted: Vec<(String, i64)> = wanted.iter().map(|(t, ms)| ((*t).to_owned(), *ms)).collect();
+    tokio::spawn(async move {
+        let wanted: Vec<(&str, i64)> = wanted.iter().map(|(t, ms)| (t.as_str(), *ms)).collect();
+        match kafka::retention_shortfalls(&kafka_settings, &bootstrap, &wanted).await {
+            Ok(short) => {
+                for s in &short {
+                    tracing::error!(message = "TOPIC RETENTION SHORTER THAN REQUIRED: records will be deleted before the law allows", shortfall = %s);
+                }
+            }
+            Err(error) => warn!(message = "could not read the topics' retention; it is not checked", %error),
+        }
+    });
+    Ok(())
 }
 
 /// The same checks as a reload, tests included: nothing unvalidated is ever

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::contract::AuditEvent;
+use crate::auth::{PublicKey, SigningKey};
+use crate::contract::{AuditEvent, CHECKPOINT_SCHEMA, Checkpoint};
 
 /// `prev_hash` of the first event of every chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -89,6 +90,141 @@ pub enum ChainError {
     Conflict { chain: String, seq: u64 },
     #[error("chain {chain} seq {seq}: the stored {column} column does not match the event (changed record)")]
     Column { chain: String, seq: u64, column: &'static str },
+    #[error("checkpoint {chain} seq {seq}: {why} (forged or altered checkpoint)")]
+    ForgedCheckpoint { chain: String, seq: u64, why: String },
+    #[error(
+        "chain {chain}: a signed checkpoint says it reached seq {checkpoint}, but it ends at seq {reached} (cut tail)"
+    )]
+    CutTail { chain: String, checkpoint: u64, reached: u64 },
+    #[error(
+        "chain {chain}: a signed checkpoint says it reached seq {checkpoint}, but the chain is missing (removed chain)"
+    )]
+    ChainRemoved { chain: String, checkpoint: u64 },
+    #[error("chain {chain} seq {seq}: the event differs from the one a signed checkpoint certified (forked chain)")]
+    Forked { chain: String, seq: u64 },
+    #[error(
+        "checkpoint {chain} seq {seq}: the chain's previous checkpoint, at seq {previous}, is missing (dropped checkpoint)"
+    )]
+    DroppedCheckpoint { chain: String, seq: u64, previous: u64 },
+    #[error("{record}: no audit event records it (dropped record)")]
+    Unaudited { record: String },
+}
+
+/// The store's records must each have their audit event: a decision's
+/// input digest must be some event's, a usage record's request must have
+/// its decision. `decisions` are `(request_id, request_digest)`.
+pub fn cross_check<'a>(
+    events: impl IntoIterator<Item = &'a AuditEvent>,
+    decisions: &[(String, String)],
+    usage_requests: &[String],
+) -> Result<(), ChainError> {
+    let digests: std::collections::HashSet<&str> = events.into_iter().map(|e| e.request_digest.as_str()).collect();
+    if let Some((id, _)) = decisions.iter().find(|(_, digest)| !digests.contains(digest.as_str())) {
+        return Err(ChainError::Unaudited { record: format!("the decision on request {id}") });
+    }
+    let decided: std::collections::HashSet<&str> = decisions.iter().map(|(id, _)| id.as_str()).collect();
+    if let Some(id) = usage_requests.iter().find(|id| !decided.contains(id.as_str())) {
+        return Err(ChainError::Unaudited {
+            record: format!("the usage record of request {id} (its decision is missing)"),
+        });
+    }
+    Ok(())
+}
+
+/// The bytes a checkpoint's signature covers: the canonical JSON of every
+/// other field.
+pub fn checkpoint_signing_bytes(c: &Checkpoint) -> String {
+    let mut value = serde_json::to_value(c).expect("checkpoints serialise");
+    if let serde_json::Value::Object(map) = &mut value {
+        map.remove("signature");
+    }
+    canonical(&value)
+}
+
+/// A checkpoint of `chain` at (`seq`, `hash`), after the chain's previous
+/// checkpoint at `previous_seq`, signed with `key`.
+pub fn sign_checkpoint(
+    key: &SigningKey,
+    instance: &str,
+    (chain, seq, hash): (&str, u64, &str),
+    previous_seq: u64,
+    created_at: chrono::DateTime<chrono::Utc>,
+) -> Checkpoint {
+    let mut c = Checkpoint {
+        schema: CHECKPOINT_SCHEMA.into(),
+        chain: chain.to_owned(),
+        seq,
+        hash: hash.to_owned(),
+        previous_seq,
+        created_at,
+        instance: instance.to_owned(),
+        kid: key.kid.clone(),
+        signature: String::new(),
+    };
+    c.signature = key.sign_raw(checkpoint_signing_bytes(&c).as_bytes());
+    c
+}
+
+/// What the checkpoints showed, per chain: the latest checkpointed seq.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointReport {
+    pub verified: usize,
+    pub latest: BTreeMap<String, u64>,
+}
+
+/// Holds verified chains to their signed checkpoints: each signature must
+/// be a known audit key's, each chain must reach its latest checkpoint with
+/// the certified event at every checkpointed position, and a chain's
+/// checkpoints must follow one another without one missing. `events` are
+/// the events `report` came from.
+pub fn verify_checkpoints<'a>(
+    events: impl IntoIterator<Item = &'a AuditEvent>,
+    report: &VerifyReport,
+    checkpoints: &[Checkpoint],
+    keys: &BTreeMap<String, PublicKey>,
+) -> Result<CheckpointReport, ChainError> {
+    let mut sorted: Vec<&Checkpoint> = checkpoints.iter().collect();
+    sorted.sort_by(|a, b| (&a.chain, a.seq).cmp(&(&b.chain, b.seq)));
+    sorted.dedup_by(|a, b| a.chain == b.chain && a.seq == b.seq && a.signature == b.signature);
+    let mut out = CheckpointReport::default();
+    for c in &sorted {
+        check_signature(c, keys)?;
+        let forged = |why: &str| ChainError::ForgedCheckpoint { chain: c.chain.clone(), seq: c.seq, why: why.into() };
+        let previous = out.latest.get(&c.chain).copied().unwrap_or(0);
+        if previous == c.seq {
+            return Err(forged("two different checkpoints of one position"));
+        }
+        if c.previous_seq != previous {
+            return Err(ChainError::DroppedCheckpoint { chain: c.chain.clone(), seq: c.seq, previous: c.previous_seq });
+        }
+        match report.chains.get(&c.chain) {
+            None => return Err(ChainError::ChainRemoved { chain: c.chain.clone(), checkpoint: c.seq }),
+            Some((reached, _)) if *reached < c.seq => {
+                return Err(ChainError::CutTail { chain: c.chain.clone(), checkpoint: c.seq, reached: *reached });
+            }
+            Some(_) => {}
+        }
+        out.latest.insert(c.chain.clone(), c.seq);
+        out.verified += 1;
+    }
+    let certified: BTreeMap<(&str, u64), &str> =
+        sorted.iter().map(|c| ((c.chain.as_str(), c.seq), c.hash.as_str())).collect();
+    for e in events {
+        if certified.get(&(e.chain.as_str(), e.seq)).is_some_and(|h| *h != e.hash) {
+            return Err(ChainError::Forked { chain: e.chain.clone(), seq: e.seq });
+        }
+    }
+    Ok(out)
+}
+
+fn check_signature(c: &Checkpoint, keys: &BTreeMap<String, PublicKey>) -> Result<(), ChainError> {
+    let forged = |why: String| ChainError::ForgedCheckpoint { chain: c.chain.clone(), seq: c.seq, why };
+    let key = keys.get(&c.kid).ok_or_else(|| forged(format!("signed with unknown audit key {}", c.kid)))?;
+    if key.verify_raw(checkpoint_signing_bytes(c).as_bytes(), &c.signature) {
+        Ok(())
+    } else {
+        Err(forged("the signature does not verify".into()))
+    }
 }
 
 /// The columns an event is stored under (its chain position and hashes,
@@ -218,6 +354,71 @@ mod tests {
         let mut events = chain(5);
         events.swap(1, 2);
         assert!(matches!(verify(&events).unwrap_err(), ChainError::Gap { expected: 2, found: 3, .. }));
+    }
+
+    fn checkpointed(events: &[AuditEvent], at: &[u64], key: &SigningKey) -> Vec<Checkpoint> {
+        let mut previous = 0;
+        at.iter()
+            .map(|&seq| {
+                let e = &events[seq as usize - 1];
+                let c = sign_checkpoint(key, "i1", (&e.chain, e.seq, &e.hash), previous, e.occurred_at);
+                previous = seq;
+                c
+            })
+            .collect()
+    }
+
+    fn check(
+        events: &[AuditEvent],
+        checkpoints: &[Checkpoint],
+        key: &SigningKey,
+    ) -> Result<CheckpointReport, ChainError> {
+        let report = verify(events)?;
+        let keys = BTreeMap::from([(key.kid.clone(), key.public())]);
+        verify_checkpoints(events, &report, checkpoints, &keys)
+    }
+
+    #[test]
+    fn checkpoints_name_a_cut_tail_a_removed_chain_a_fork_a_forgery_and_a_dropped_checkpoint() {
+        let key = SigningKey::generate("audit-1");
+        let events = chain(6);
+        let cps = checkpointed(&events, &[2, 5], &key);
+        let ok = check(&events, &cps, &key).unwrap();
+        assert_eq!((ok.verified, ok.latest["tollgate.requests/0"]), (2, 5));
+
+        // The last two events deleted: the chain alone still verifies.
+        let cut = &events[..4];
+        assert!(verify(cut).is_ok());
+        assert_eq!(
+            check(cut, &cps, &key).unwrap_err(),
+            ChainError::CutTail { chain: "tollgate.requests/0".into(), checkpoint: 5, reached: 4 }
+        );
+        assert!(matches!(check(&[], &cps, &key).unwrap_err(), ChainError::ChainRemoved { checkpoint: 2, .. }));
+
+        // The whole chain rewritten from seq 3 on, every hash recomputed.
+        let mut forked = events[..2].to_vec();
+        for n in 2..6 {
+            let prev = forked.last().map(|e| (e.seq, e.hash.clone()));
+            let mut d = draft(n + 100);
+            d.chain = "tollgate.requests/0".into();
+            forked.push(seal(d, prev.as_ref().map(|(s, h)| (*s, h.as_str()))));
+        }
+        assert_eq!(
+            check(&forked, &cps, &key).unwrap_err(),
+            ChainError::Forked { chain: "tollgate.requests/0".into(), seq: 5 }
+        );
+
+        let mut forged = cps.clone();
+        forged[1].seq = 6;
+        assert!(matches!(check(&events, &forged, &key).unwrap_err(), ChainError::ForgedCheckpoint { seq: 6, .. }));
+        let stranger = SigningKey::generate("audit-1");
+        let by_stranger = checkpointed(&events, &[2, 5], &stranger);
+        assert!(matches!(check(&events, &by_stranger, &key).unwrap_err(), ChainError::ForgedCheckpoint { .. }));
+
+        assert_eq!(
+            check(&events, &cps[1..], &key).unwrap_err(),
+            ChainError::DroppedCheckpoint { chain: "tollgate.requests/0".into(), seq: 5, previous: 2 }
+        );
     }
 
     #[test]

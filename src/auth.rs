@@ -537,7 +537,39 @@ impl SigningKey {
     }
 }
 
+impl SigningKey {
+    /// Ed25519 over `bytes`, base64url without padding (audit checkpoints).
+    pub fn sign_raw(&self, bytes: &[u8]) -> String {
+        use base64::Engine;
+        use ed25519_dalek::Signer;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.inner.sign(bytes).to_bytes())
+    }
+}
+
 impl PublicKey {
+    /// An Ed25519 key from its JWK (`kty` OKP, `crv` Ed25519, `x`, `kid`).
+    pub fn from_jwk(jwk: &serde_json::Value) -> Result<PublicKey, String> {
+        use base64::Engine;
+        let field = |name: &str| jwk.get(name).and_then(serde_json::Value::as_str);
+        if field("kty") != Some("OKP") || field("crv") != Some("Ed25519") {
+            return Err("not an Ed25519 JWK (kty OKP, crv Ed25519)".into());
+        }
+        let x = field("x").ok_or("the JWK has no x")?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(x).map_err(|e| format!("x: {e}"))?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| "x is not 32 bytes".to_owned())?;
+        let inner = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())?;
+        Ok(PublicKey { kid: field("kid").unwrap_or_default().to_owned(), inner })
+    }
+
+    /// Whether `signature` (base64url, as [`SigningKey::sign_raw`]) is this
+    /// key's over `bytes`.
+    pub fn verify_raw(&self, bytes: &[u8], signature: &str) -> bool {
+        use base64::Engine;
+        let Ok(sig) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else { return false };
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(&sig) else { return false };
+        self.inner.verify_strict(bytes, &sig).is_ok()
+    }
+
     /// An Ed25519 public key (SPKI PEM, as `keygen` writes NAME.pub.pem) or
     /// the public half of a private one (PKCS#8 PEM); the kid is the file
     /// name up to its first dot.

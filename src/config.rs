@@ -19,6 +19,26 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub grant: GrantSettings,
     pub review: ReviewSettings,
+    pub audit: AuditSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Ed25519 PKCS#8 PEM private key that signs audit checkpoints (kid =
+    /// file name up to its first dot). Unset: a key generated for this run
+    /// (recorded in the database, so its checkpoints still verify there).
+    pub signing_key: Option<PathBuf>,
+    /// A chain is checkpointed once it has grown by this many events…
+    pub checkpoint_every: u64,
+    /// …or when it has new events and its last checkpoint is this old.
+    pub checkpoint_secs: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings { signing_key: None, checkpoint_every: 1000, checkpoint_secs: 60 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +129,68 @@ pub struct KafkaSettings {
     /// Transactional mode: the producer's `transactional.id`, stable per
     /// instance and unique in the cluster. Default `tollgate-<instance_id>`.
     pub transactional_id: Option<String>,
+    /// How long each topic keeps its messages (set on the topics tollgate
+    /// creates, checked on the ones it finds).
+    pub retention: RetentionSettings,
+    /// Refuse to start when a topic keeps messages for less than required
+    /// (else a loud warning).
+    pub enforce_retention: bool,
+}
+
+/// Days each class of topic keeps its messages; 0 keeps them forever.
+/// Defaults and floors follow the law (DOMAIN.md): network logs at least
+/// 6 months (Cybersecurity Law), personal-information processing records
+/// at least 3 years (PIPL art. 56); the audit trail forever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// `topics.audit` and `topics.checkpoints`: 0 (forever) or ≥ 1095.
+    pub audit_days: u32,
+    /// Requests, decisions, usage, grants, reviews, revocations, replies —
+    /// records of processing, personal information included: ≥ 1095.
+    pub records_days: u32,
+    /// The dead-letter topic (operational logs): ≥ 183.
+    pub logs_days: u32,
+}
+
+/// The legal floors, in days.
+pub const RECORDS_MIN_DAYS: u32 = 1095;
+pub const LOGS_MIN_DAYS: u32 = 183;
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings { audit_days: 0, records_days: RECORDS_MIN_DAYS, logs_days: LOGS_MIN_DAYS }
+    }
+}
+
+impl RetentionSettings {
+    /// Refuses a retention below its legal floor.
+    pub fn check(&self) -> Result<(), String> {
+        let short = |name: &str, days: u32, min: u32, why: &str| {
+            (days != 0 && days < min).then(|| format!("kafka.retention.{name} = {days} is below the legal minimum of {min} days ({why}); 0 keeps messages forever"))
+        };
+        let problem = short(
+            "audit_days",
+            self.audit_days,
+            RECORDS_MIN_DAYS,
+            "the audit trail of personal-information processing, PIPL art. 56",
+        )
+        .or_else(|| {
+            short(
+                "records_days",
+                self.records_days,
+                RECORDS_MIN_DAYS,
+                "personal-information processing records, PIPL art. 56",
+            )
+        })
+        .or_else(|| short("logs_days", self.logs_days, LOGS_MIN_DAYS, "network logs, Cybersecurity Law"));
+        problem.map_or(Ok(()), Err)
+    }
+
+    /// `retention.ms` for `days` (-1: forever).
+    pub fn ms(days: u32) -> i64 {
+        if days == 0 { -1 } else { i64::from(days) * 86_400_000 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +248,8 @@ impl Default for KafkaSettings {
             delivery: DeliveryMode::AtLeastOnce,
             static_membership: false,
             transactional_id: None,
+            retention: RetentionSettings::default(),
+            enforce_retention: false,
         }
     }
 }
@@ -186,6 +270,8 @@ pub struct Topics {
     pub grants: String,
     /// Answers to commands (out).
     pub replies: String,
+    /// Signed checkpoints of the audit chains (out).
+    pub checkpoints: String,
 }
 
 impl Default for Topics {
@@ -200,6 +286,7 @@ impl Default for Topics {
             revocations: "tollgate.revocations".into(),
             grants: "tollgate.grants".into(),
             replies: "tollgate.replies".into(),
+            checkpoints: "tollgate.audit.checkpoints".into(),
         }
     }
 }
@@ -218,10 +305,11 @@ impl Topics {
             revocations: format!("{}.{suffix}", d.revocations),
             grants: format!("{}.{suffix}", d.grants),
             replies: format!("{}.{suffix}", d.replies),
+            checkpoints: format!("{}.{suffix}", d.checkpoints),
         }
     }
 
-    pub fn all(&self) -> [&str; 9] {
+    pub fn all(&self) -> [&str; 10] {
         [
             &self.requests,
             &self.reviews,
@@ -232,7 +320,30 @@ impl Topics {
             &self.revocations,
             &self.grants,
             &self.replies,
+            &self.checkpoints,
         ]
+    }
+
+    /// Every topic with the `retention.ms` it must keep (-1: forever).
+    pub fn with_retention(&self, r: &RetentionSettings) -> Vec<(&str, i64)> {
+        let (audit, records, logs) = (
+            RetentionSettings::ms(r.audit_days),
+            RetentionSettings::ms(r.records_days),
+            RetentionSettings::ms(r.logs_days),
+        );
+        self.all()
+            .into_iter()
+            .map(|t| {
+                let ms = if t == self.audit || t == self.checkpoints {
+                    audit
+                } else if t == self.dlq {
+                    logs
+                } else {
+                    records
+                };
+                (t, ms)
+            })
+            .collect()
     }
 
     /// The topics the decision loop consumes.
@@ -387,6 +498,7 @@ impl Settings {
         fig = fig.merge(Env::prefixed("TOLLGATE_").ignore(&["log_format", "config_file"]).split("__"));
         let mut settings: Settings = fig.extract().map_err(Box::new)?;
         settings.kafka.normalise_property_keys();
+        settings.kafka.retention.check().map_err(|m| ConfigError(Box::new(figment::Error::from(m))))?;
         Ok(settings)
     }
 }

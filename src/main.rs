@@ -257,12 +257,18 @@ enum GrantCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Re-verify every hash chain; names the first changed, dropped or
-    /// reordered record. Reads the database, or the audit topic with --kafka.
+    /// Re-verify every hash chain and its signed checkpoints; names the
+    /// first changed, dropped, reordered or cut record. Reads the database
+    /// (and holds its decisions to the trail), or the topics with --kafka.
     Verify {
-        /// Read the audit topic (kafka.bootstrap_servers, topics.audit) instead of the database.
+        /// Read the audit and checkpoint topics (kafka.bootstrap_servers,
+        /// topics.audit, topics.checkpoints) instead of the database.
         #[arg(long)]
         kafka: bool,
+        /// A JWKS file of the audit keys to trust (default: those recorded
+        /// in the database).
+        #[arg(long)]
+        keys: Option<PathBuf>,
     },
 }
 
@@ -323,8 +329,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Policy { command } => policy_command(cli.config.as_deref(), command).await,
-        Command::Audit { command: AuditCommand::Verify { kafka } } => {
-            cli::audit::verify(&Settings::load(cli.config.as_deref())?, kafka).await
+        Command::Audit { command: AuditCommand::Verify { kafka, keys } } => {
+            let from = cli::audit::VerifyFrom { kafka, keys: keys.as_deref() };
+            cli::audit::verify(&Settings::load(cli.config.as_deref())?, from).await
         }
         Command::Grant { command: GrantCommand::Jwks { out } } => {
             cli::grant::jwks(&Settings::load(cli.config.as_deref())?, out.as_deref()).await

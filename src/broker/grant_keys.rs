@@ -184,6 +184,15 @@ impl crate::ops::Published for ForDataHosts {
         Box::pin(async move { self.keys.jwks(chrono::Utc::now().timestamp()).await.map_err(|e| e.to_string()) })
     }
 
+    fn audit_keys(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let keys = self.store.audit_keys().await.map_err(|e| e.to_string())?;
+            let keys: Vec<serde_json::Value> =
+                keys.iter().filter_map(|(_, jwk)| serde_json::from_str(jwk).ok()).collect();
+            Ok(serde_json::json!({ "keys": keys }))
+        })
+    }
+
     fn revocations(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>> {
         Box::pin(async move {
             revocation_list(&self.store, chrono::Utc::now().timestamp()).await.map_err(|e| e.to_string())

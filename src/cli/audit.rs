@@ -1,49 +1,118 @@
 //! `tollgate audit verify`: every hash chain re-verified, from the
 //! database (with the columns events are stored under) or from the audit
-//! topic; names the first changed, dropped or reordered record.
+//! topic; every chain held to its signed checkpoints; the database's
+//! decisions and usage records held to the trail. Names the first changed,
+//! dropped, reordered or cut record.
+
+use std::collections::BTreeMap;
 
 use anyhow::Context;
+use tollgate::auth::PublicKey;
 use tollgate::config::Settings;
-use tollgate::contract::AuditEvent;
+use tollgate::contract::{AuditEvent, Checkpoint};
+use tollgate::store::Store;
 
-pub async fn verify(settings: &Settings, from_kafka: bool) -> anyhow::Result<()> {
-    let events = if from_kafka { from_topic(settings).await? } else { from_database(settings).await? };
+/// Where `audit verify` reads, and which keys it trusts.
+pub struct VerifyFrom<'a> {
+    /// The audit and checkpoint topics instead of the database.
+    pub kafka: bool,
+    /// A JWKS file of trusted audit keys (default: those the database
+    /// recorded).
+    pub keys: Option<&'a std::path::Path>,
+}
+
+pub async fn verify(settings: &Settings, from: VerifyFrom<'_>) -> anyhow::Result<()> {
+    let store = Store::connect(&settings.database.url, 1).await?;
+    let (events, checkpoints) = if from.kafka {
+        (from_topic(settings).await?, checkpoints_from_topic(settings).await?)
+    } else {
+        (from_database(&store).await?, store.checkpoints(false).await?)
+    };
+    let keys = match from.keys {
+        Some(path) => keys_from_file(path)?,
+        None => keys_from_store(&store).await?,
+    };
     let report = tollgate::audit::verify(&events).context("audit chain verification failed")?;
+    let signed = tollgate::audit::verify_checkpoints(&events, &report, &checkpoints, &keys)
+        .context("audit checkpoint verification failed")?;
+    if !from.kafka {
+        let decisions = store.decision_digests().await?;
+        tollgate::audit::cross_check(&events, &decisions, &store.usage_requests().await?)
+            .context("audit cross-check of the database failed")?;
+    }
     for (chain, (seq, head)) in &report.chains {
-        println!("{chain}: {seq} events, head {head}");
+        let checkpoint =
+            signed.latest.get(chain).map_or_else(|| "no checkpoint yet".into(), |s| format!("checkpoint at {s}"));
+        println!("{chain}: {seq} events, head {head}, {checkpoint}");
     }
     // Distinct events; identical re-publications (at-least-once) apart.
     let distinct = events.len() as u64 - report.duplicates;
-    match report.duplicates {
-        0 => println!("ok: {distinct} events on {} chain(s) verified", report.chains.len()),
-        n => println!(
-            "ok: {distinct} events on {} chain(s) verified; {n} identical re-published copies skipped",
-            report.chains.len()
-        ),
-    }
+    let copies = match report.duplicates {
+        0 => String::new(),
+        n => format!("; {n} identical re-published copies skipped"),
+    };
+    println!(
+        "ok: {distinct} events on {} chain(s) verified, {} signed checkpoint(s) hold{copies}",
+        report.chains.len(),
+        signed.verified
+    );
     Ok(())
 }
 
 /// The audit topic read to its end, in partition order.
 async fn from_topic(settings: &Settings) -> anyhow::Result<Vec<AuditEvent>> {
+    read_topic(settings, &settings.topics.audit, "an audit event").await
+}
+
+async fn checkpoints_from_topic(settings: &Settings) -> anyhow::Result<Vec<Checkpoint>> {
+    read_topic(settings, &settings.topics.checkpoints, "an audit checkpoint").await
+}
+
+async fn read_topic<T: serde::de::DeserializeOwned>(
+    settings: &Settings,
+    topic: &str,
+    what: &str,
+) -> anyhow::Result<Vec<T>> {
     let bootstrap = settings.kafka.bootstrap_servers.as_deref().context("--kafka needs kafka.bootstrap_servers")?;
     let client = tollgate::kafka::Client::new(&settings.kafka, bootstrap)?;
-    let messages = client.read_to_end(&settings.topics.audit).await?;
+    let messages = client.read_to_end(topic).await?;
     messages
         .iter()
         .map(|m| {
-            serde_json::from_slice::<AuditEvent>(&m.payload)
-                .with_context(|| format!("{}/{}@{} is not an audit event", m.topic, m.partition, m.offset))
+            serde_json::from_slice::<T>(&m.payload)
+                .with_context(|| format!("{}/{}@{} is not {what}", m.topic, m.partition, m.offset))
         })
         .collect()
 }
 
 /// Every stored event, its columns held to its fields first.
-async fn from_database(settings: &Settings) -> anyhow::Result<Vec<AuditEvent>> {
-    let rows = tollgate::store::Store::connect(&settings.database.url, 1).await?.audit_rows().await?;
+async fn from_database(store: &Store) -> anyhow::Result<Vec<AuditEvent>> {
+    let rows = store.audit_rows().await?;
     for r in &rows {
         tollgate::audit::check_columns(&r.event, &r.chain, r.seq, &r.hash, &r.prev_hash)
             .context("audit chain verification failed")?;
     }
     Ok(rows.into_iter().map(|r| r.event).collect())
+}
+
+async fn keys_from_store(store: &Store) -> anyhow::Result<BTreeMap<String, PublicKey>> {
+    let mut keys = BTreeMap::new();
+    for (kid, jwk) in store.audit_keys().await? {
+        let key = PublicKey::from_jwk(&serde_json::from_str(&jwk)?).map_err(anyhow::Error::msg)?;
+        keys.insert(kid, key);
+    }
+    Ok(keys)
+}
+
+/// A JWKS file (`{"keys": [...]}`), e.g. saved from
+/// `/.well-known/audit-keys.json` and kept apart from the database.
+fn keys_from_file(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, PublicKey>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let set: serde_json::Value = serde_json::from_str(&text)?;
+    let mut keys = BTreeMap::new();
+    for jwk in set["keys"].as_array().context("a JWKS has a keys array")? {
+        let key = PublicKey::from_jwk(jwk).map_err(anyhow::Error::msg)?;
+        keys.insert(key.kid.clone(), key);
+    }
+    Ok(keys)
 }

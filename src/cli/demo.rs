@@ -252,7 +252,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let temp = tempfile::Builder::new().prefix("tollgate-demo-").tempdir()?;
     let db_path = demo_settings(&mut settings, &opts, &bootstrap, temp.path())?;
-    cluster.create_topics(&settings.kafka, &settings.topics.all()).await?;
+    cluster.create_topics(&settings.kafka, &settings.topics.with_retention(&settings.kafka.retention)).await?;
     let idp = SigningKey::generate("demo-idp");
     let verifier = Verifier::for_ed25519(&idp.public(), ISSUER, "tollgate");
     println!("tollgate demo");
@@ -436,11 +436,25 @@ async fn show_revocation(
 async fn print_totals(store: &tollgate::store::Store) -> anyhow::Result<()> {
     let (records, quantity, amount) = store.usage_totals().await?;
     let events = store.audit_events().await?;
-    let report = tollgate::audit::verify(&events);
+    let checkpoints = store.checkpoints(false).await?;
+    let mut keys = std::collections::BTreeMap::new();
+    for (kid, jwk) in store.audit_keys().await? {
+        keys.insert(
+            kid,
+            tollgate::auth::PublicKey::from_jwk(&serde_json::from_str(&jwk)?).map_err(anyhow::Error::msg)?,
+        );
+    }
+    let report = tollgate::audit::verify(&events)
+        .and_then(|r| tollgate::audit::verify_checkpoints(&events, &r, &checkpoints, &keys).map(|c| (r, c)));
     println!();
     println!("usage: {records} records, {quantity} units, {} billed (public use waived)", yuan(amount));
     match report {
-        Ok(r) => println!("audit: {} events on {} chain(s), hash chain verified", events.len(), r.chains.len()),
+        Ok((r, c)) => println!(
+            "audit: {} events on {} chain(s), hash chain verified, {} signed checkpoint(s) hold",
+            events.len(),
+            r.chains.len(),
+            c.verified
+        ),
         Err(e) => println!("audit: CHAIN BROKEN: {e}"),
     }
     Ok(())

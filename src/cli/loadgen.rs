@@ -261,12 +261,14 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<LoadRe
     let base_topics = Topics::with_suffix(&format!("loadgen-base-{run_id}"));
     // A running instance is driven through its own topics, which exist.
     let gate_topics = if running { settings.topics.clone() } else { Topics::with_suffix(&format!("loadgen-{run_id}")) };
-    let mut fresh: Vec<&str> = Vec::new();
+    // Throwaway topics: kept as briefly as the law allows logs.
+    let mut fresh: Vec<(&str, i64)> = Vec::new();
+    let ms = tollgate::config::RetentionSettings::ms(tollgate::config::LOGS_MIN_DAYS);
     if opts.baseline {
-        fresh.extend(base_topics.all());
+        fresh.extend(base_topics.all().map(|t| (t, ms)));
     }
     if !running {
-        fresh.extend(gate_topics.all());
+        fresh.extend(gate_topics.all().map(|t| (t, ms)));
     }
     cluster.create_topics(&settings.kafka, &fresh).await?;
     let idp = idp_for(&opts.target, &settings)?;

@@ -4,6 +4,7 @@
 //! breaking change needs a new `schema` version.
 
 mod audit_event;
+mod checkpoint;
 mod dead_letter;
 mod decision;
 mod grant;
@@ -13,6 +14,7 @@ mod revocation;
 mod usage;
 
 pub use audit_event::*;
+pub use checkpoint::*;
 pub use dead_letter::*;
 pub use decision::*;
 pub use grant::*;
@@ -24,5 +26,6 @@ pub use usage::*;
 pub const REQUEST_SCHEMA: &str = "tollgate.access_request/v1";
 pub const DECISION_SCHEMA: &str = "tollgate.decision/v1";
 pub const AUDIT_SCHEMA: &str = "tollgate.audit/v1";
+pub const CHECKPOINT_SCHEMA: &str = "tollgate.audit_checkpoint/v1";
 pub const USAGE_SCHEMA: &str = "tollgate.usage/v1";
 pub const DEAD_LETTER_SCHEMA: &str = "tollgate.dead_letter/v1";

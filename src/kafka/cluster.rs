@@ -35,13 +35,15 @@ impl Cluster {
         matches!(self, Cluster::Embedded(_))
     }
 
-    /// Creates each of `topics` that is missing, with `settings.partitions`.
-    pub async fn create_topics(&self, settings: &KafkaSettings, topics: &[&str]) -> Result<(), KafkaError> {
+    /// Creates each of `topics` that is missing, with `settings.partitions`
+    /// and its `retention.ms` (the embedded cluster keeps nothing past its
+    /// run, so it takes none).
+    pub async fn create_topics(&self, settings: &KafkaSettings, topics: &[(&str, i64)]) -> Result<(), KafkaError> {
         match self {
             Cluster::External(bootstrap) if !topics.is_empty() => ensure_topics(settings, bootstrap, topics).await,
             Cluster::External(_) => Ok(()),
             Cluster::Embedded(k) => {
-                topics.iter().try_for_each(|t| k.create_topic(t, settings.partitions)).map_err(KafkaError::from)
+                topics.iter().try_for_each(|(t, _)| k.create_topic(t, settings.partitions)).map_err(KafkaError::from)
             }
         }
     }

@@ -113,12 +113,22 @@ pub(super) fn consumer_config(settings: &KafkaSettings, bootstrap: &str) -> Clie
     cfg
 }
 
-/// Creates each missing topic. An existing topic is left as it is.
-pub async fn ensure_topics(settings: &KafkaSettings, bootstrap: &str, topics: &[&str]) -> Result<(), KafkaError> {
+/// Creates each missing topic with its `retention.ms` (-1: forever). An
+/// existing topic is left as it is (see [`retention_shortfalls`]).
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    bootstrap: &str,
+    topics: &[(&str, i64)],
+) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = base_config(settings, bootstrap, Side::Producer).create()?;
+    let retention: Vec<String> = topics.iter().map(|(_, ms)| ms.to_string()).collect();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, settings.partitions, TopicReplication::Fixed(settings.replication_factor)))
+        .zip(&retention)
+        .map(|((t, _), ms)| {
+            NewTopic::new(t, settings.partitions, TopicReplication::Fixed(settings.replication_factor))
+                .set("retention.ms", ms)
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics(new.iter(), &opts).await? {
@@ -131,6 +141,56 @@ pub async fn ensure_topics(settings: &KafkaSettings, bootstrap: &str, topics: &[
         }
     }
     Ok(())
+}
+
+/// A topic that keeps its messages for less than required.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    pub topic: String,
+    /// `retention.ms` on the cluster (-1: forever; None: not reported).
+    pub actual_ms: Option<i64>,
+    pub required_ms: i64,
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let days = |ms: i64| if ms < 0 { "forever".to_owned() } else { format!("{} days", ms / 86_400_000) };
+        match self.actual_ms {
+            Some(ms) => {
+                write!(f, "{} keeps messages {} but must keep them {}", self.topic, days(ms), days(self.required_ms))
+            }
+            None => write!(f, "{} reports no retention.ms (must keep messages {})", self.topic, days(self.required_ms)),
+        }
+    }
+}
+
+/// Whether `actual` keeps messages at least as long as `required` (-1: forever).
+fn long_enough(actual: i64, required: i64) -> bool {
+    actual < 0 || (required >= 0 && actual >= required)
+}
+
+/// The topics of `wanted` whose `retention.ms` on the cluster is shorter
+/// than required.
+pub async fn retention_shortfalls(
+    settings: &KafkaSettings,
+    bootstrap: &str,
+    wanted: &[(&str, i64)],
+) -> Result<Vec<Shortfall>, KafkaError> {
+    use rdkafka::admin::{OwnedResourceSpecifier, ResourceSpecifier};
+    let admin: AdminClient<DefaultClientContext> = base_config(settings, bootstrap, Side::Producer).create()?;
+    let specs: Vec<ResourceSpecifier<'_>> = wanted.iter().map(|(t, _)| ResourceSpecifier::Topic(t)).collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let mut out = Vec::new();
+    for (result, (topic, required)) in admin.describe_configs(specs.iter(), &opts).await?.into_iter().zip(wanted) {
+        let resource = result
+            .map_err(|code| KafkaError::DescribeTopic { topic: (*topic).to_owned(), message: code.to_string() })?;
+        debug_assert!(matches!(&resource.specifier, OwnedResourceSpecifier::Topic(t) if t == topic));
+        let actual = resource.get("retention.ms").and_then(|e| e.value.as_deref()).and_then(|v| v.parse::<i64>().ok());
+        if !actual.is_some_and(|a| long_enough(a, *required)) {
+            out.push(Shortfall { topic: (*topic).to_owned(), actual_ms: actual, required_ms: *required });
+        }
+    }
+    Ok(out)
 }
 
 /// The topics of `topics` the cluster does not have.
@@ -154,6 +214,12 @@ pub async fn missing_topics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forever_is_long_enough_for_anything_and_nothing_finite_is_forever() {
+        assert!(long_enough(-1, -1) && long_enough(-1, 1000) && long_enough(1000, 1000));
+        assert!(!long_enough(999, 1000) && !long_enough(i64::MAX, -1));
+    }
 
     #[test]
     fn shared_properties_go_only_to_the_clients_they_apply_to() {

@@ -29,7 +29,7 @@ use std::time::Duration;
 pub use client::{Client, Reader};
 pub use clients::{LoopClients, LoopContext};
 pub use cluster::Cluster;
-pub use config::{ensure_topics, missing_topics};
+pub use config::{Shortfall, ensure_topics, missing_topics, retention_shortfalls};
 pub use consume::run;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,8 @@ pub enum KafkaError {
     Embedded(#[from] embedded::EmbeddedError),
     #[error("creating topic {topic}: {message}")]
     CreateTopic { topic: String, message: String },
+    #[error("reading the configuration of topic {topic}: {message}")]
+    DescribeTopic { topic: String, message: String },
     #[error("output for {topic}/{partition}@{offset} was not delivered: {message}")]
     Delivery { topic: String, partition: i32, offset: i64, message: String },
     #[error("processing {topic}/{partition}@{offset} failed for good: {message}")]
@@ -48,6 +50,9 @@ pub enum KafkaError {
     /// group, so a batch's offsets cannot be committed with its outputs.
     #[error("not a member of the consumer group: the batch's offsets cannot go in its transaction")]
     NotInGroup,
+    /// `kafka.enforce_retention` and topics keep messages for less than required.
+    #[error("topics keep messages for less than the law requires: {}; raise their retention.ms, or unset kafka.enforce_retention to start with a warning", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    ShortRetention(Vec<Shortfall>),
     /// `kafka.create_topics = false` and the cluster lacks topics tollgate uses.
     #[error("topics missing on the cluster: {}; create them, or set kafka.create_topics = true", .0.join(", "))]
     MissingTopics(Vec<String>),

@@ -22,6 +22,8 @@ use super::Health;
 pub trait Published: Send + Sync + 'static {
     /// The JWKS of the keys grants are signed with.
     fn jwks(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
+    /// The JWKS of every key that signed audit checkpoints.
+    fn audit_keys(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
     /// Grants revoked before they expired.
     fn revocations(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
     /// Requests pending review; only `holder`'s when given.
@@ -114,11 +116,20 @@ async fn reviews(
 /// The grant keys; data hosts cache them for five minutes, so a key
 /// announced ahead (`grant.next_keys`) should be for longer than that.
 async fn jwks(State(s): State<Shared>) -> axum::response::Response {
-    match s.published.jwks().await {
+    public_key_set(s.published.jwks().await, "jwks")
+}
+
+async fn audit_keys(State(s): State<Shared>) -> axum::response::Response {
+    public_key_set(s.published.audit_keys().await, "audit keys")
+}
+
+/// A public key set, cacheable for five minutes.
+fn public_key_set(set: Result<serde_json::Value, String>, what: &str) -> axum::response::Response {
+    match set {
         Ok(set) => ([(header::CACHE_CONTROL, "public, max-age=300")], axum::Json(set)).into_response(),
         Err(error) => {
-            tracing::warn!(message = "jwks unavailable", %error);
-            (StatusCode::SERVICE_UNAVAILABLE, "jwks unavailable\n").into_response()
+            tracing::warn!(message = "public keys unavailable", keys = what, %error);
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{what} unavailable\n")).into_response()
         }
     }
 }
@@ -164,6 +175,7 @@ impl HttpServer {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .route("/.well-known/jwks.json", get(jwks))
+            .route("/.well-known/audit-keys.json", get(audit_keys))
             .route("/revocations", get(revocations))
             .route("/reviews", get(reviews))
             .with_state(Shared { health, published, remote: Arc::new(remote) });

@@ -11,10 +11,12 @@ use sqlx::{AnyPool, Row};
 
 use crate::contract::{AuditEvent, UsageRecord};
 
+mod checkpoints;
 mod decisions;
 mod grant_keys;
 mod grants;
 mod reviews;
+pub use checkpoints::{ChainHead, LatestCheckpoint};
 pub use decisions::StoredDecision;
 pub use grant_keys::PublishedKey;
 pub use grants::{GrantRow, GrantState, Revocation, RevokedGrant};

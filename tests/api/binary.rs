@@ -184,7 +184,8 @@ async fn audit_verify_passes_on_an_intact_trail_and_names_a_tampered_record() {
         c.args(["audit", "verify"])
             .env("TOLLGATE_DATABASE__URL", &app.infra.database_url)
             .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &app.infra.bootstrap)
-            .env("TOLLGATE_TOPICS__AUDIT", &app.infra.topics.audit);
+            .env("TOLLGATE_TOPICS__AUDIT", &app.infra.topics.audit)
+            .env("TOLLGATE_TOPICS__CHECKPOINTS", &app.infra.topics.checkpoints);
         if from_kafka {
             c.arg("--kafka");
         }
@@ -230,6 +231,96 @@ async fn audit_verify_passes_on_an_intact_trail_and_names_a_tampered_record() {
     assert!(stderr.contains("seq 2") && stderr.contains("changed record"), "{stderr}");
 }
 
+#[tokio::test]
+async fn audit_verify_holds_chains_to_their_signed_checkpoints_and_the_database_to_the_trail() {
+    let mut app = spawn_app().await;
+    for i in 0..3 {
+        let token = app.infra.token(TRAVEL, &[], 600);
+        let body =
+            request(&format!("c-{i}"), Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
+        app.send(TRAVEL, body.to_string().as_bytes()).await;
+    }
+    let _ = app.request_audit(3).await;
+    // The audit keys are public, like the grant keys.
+    let (status, body) = app.get("/.well-known/audit-keys.json").await;
+    let set: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let store = tollgate::store::Store::connect(&app.infra.database_url, 1).await.unwrap();
+    let recorded = store.audit_keys().await.unwrap();
+    assert_eq!((status, set["keys"][0]["kid"].as_str()), (200, Some(recorded[0].0.as_str())), "{body}");
+    // A clean stop checkpoints every chain with new events.
+    app.stop().await;
+    let verify = |extra: &[&str]| {
+        let out = tollgate()
+            .args(["audit", "verify"])
+            .args(extra)
+            .env("TOLLGATE_DATABASE__URL", &app.infra.database_url)
+            .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &app.infra.bootstrap)
+            .env("TOLLGATE_TOPICS__AUDIT", &app.infra.topics.audit)
+            .env("TOLLGATE_TOPICS__CHECKPOINTS", &app.infra.topics.checkpoints)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, out) = verify(&[]);
+    // Checkpoints made while running (every 5 s) and at the stop.
+    assert!(ok && out.contains(" signed checkpoint(s) hold") && out.contains("3 events, head"), "{out}");
+    assert!(out.contains("checkpoint at 3"), "{out}");
+    let (ok, out) = verify(&["--kafka"]);
+    assert!(ok && out.contains("checkpoint at 3"), "from the topics: {out}");
+
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.infra.database_url).await.unwrap();
+    let exec = |sql: String| {
+        let pool = pool.clone();
+        async move { sqlx::query(&sql).execute(&pool).await.unwrap().rows_affected() }
+    };
+    let requests = "chain LIKE 'tollgate.requests%'";
+    exec(format!("CREATE TABLE saved_events AS SELECT * FROM audit_events WHERE {requests}")).await;
+    exec("CREATE TABLE saved_checkpoints AS SELECT * FROM audit_checkpoints".into()).await;
+    let restore = || async {
+        exec(format!("DELETE FROM audit_events WHERE {requests}")).await;
+        exec("INSERT INTO audit_events SELECT * FROM saved_events".into()).await;
+        exec("DELETE FROM audit_checkpoints".into()).await;
+        exec("INSERT INTO audit_checkpoints SELECT * FROM saved_checkpoints".into()).await;
+    };
+
+    // The newest event deleted: the chain alone still verifies.
+    assert_eq!(exec(format!("DELETE FROM audit_events WHERE {requests} AND seq = 3")).await, 1);
+    let (ok, out) = verify(&[]);
+    assert!(!ok && out.contains("ends at seq 2 (cut tail)"), "{out}");
+    restore().await;
+    // The whole chain removed.
+    exec(format!("DELETE FROM audit_events WHERE {requests}")).await;
+    let (ok, out) = verify(&[]);
+    assert!(!ok && out.contains("(removed chain)"), "{out}");
+    restore().await;
+    // A checkpoint altered to certify less.
+    exec(format!("UPDATE audit_checkpoints SET body = REPLACE(body, '\"seq\":3', '\"seq\":2') WHERE {requests}")).await;
+    let (ok, out) = verify(&[]);
+    assert!(!ok && out.contains("(forged or altered checkpoint)"), "{out}");
+    restore().await;
+    // The tail and its checkpoint both deleted: the decision it recorded remains.
+    exec(format!("DELETE FROM audit_events WHERE {requests} AND seq = 3")).await;
+    exec(format!("DELETE FROM audit_checkpoints WHERE {requests}")).await;
+    let (ok, out) = verify(&[]);
+    assert!(!ok && out.contains("no audit event records it (dropped record)"), "{out}");
+    restore().await;
+    // Only keys the auditor trusts: a JWKS without the key refuses its checkpoints.
+    let jwks = app.infra.dir.path().join("other-keys.json");
+    let stranger = tollgate::auth::SigningKey::generate("audit-other").public().to_jwk();
+    std::fs::write(&jwks, serde_json::json!({ "keys": [stranger] }).to_string()).unwrap();
+    let (ok, out) = verify(&["--keys", jwks.to_str().unwrap()]);
+    assert!(!ok && out.contains("signed with unknown audit key"), "{out}");
+    let (ok, out) = verify(&[]);
+    assert!(ok, "restored: {out}");
+    exec("DROP TABLE saved_events".into()).await;
+    exec("DROP TABLE saved_checkpoints".into()).await;
+    pool.close().await;
+}
+
 /// The README's stand-alone verifier, run by python3 over the audit topic:
 /// it must accept re-published copies anywhere (at-least-once) and reject
 /// a differing event at a position already seen.
@@ -272,6 +363,79 @@ async fn readme_verifier_accepts_republished_copies_and_rejects_a_differing_one(
     let out = run(&tampered);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("two different events"), "{stderr}");
+    readme_checkpoint_verifier_accepts_the_checkpoints_and_names_a_cut_tail(app, &readme, snippet, &events).await;
+}
+
+/// The README's checkpoint verifier (Python's `cryptography`), over the
+/// checkpoint topic with the audit keys the database recorded. CI installs
+/// `cryptography`; a machine without it skips this part, saying so.
+async fn readme_checkpoint_verifier_accepts_the_checkpoints_and_names_a_cut_tail(
+    app: &TestApp,
+    readme: &str,
+    chain_snippet: &str,
+    events: &[String],
+) {
+    let has_crypto = std::process::Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_crypto {
+        eprintln!("python3 has no `cryptography`: the README's checkpoint verifier is not run here (CI runs it)");
+        return;
+    }
+    let start = readme.find("```python\nimport base64, json").expect("the README's checkpoint verifier") + 10;
+    let snippet = &readme[start..start + readme[start..].find("```").unwrap()];
+    let checkpoints: Vec<serde_json::Value> = app
+        .client
+        .read_to_end(&app.infra.topics.checkpoints)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    assert!(!checkpoints.is_empty(), "a stopped instance leaves its chains checkpointed");
+    let store = tollgate::store::Store::connect(&app.infra.database_url, 1).await.unwrap();
+    let keys: Vec<serde_json::Value> =
+        store.audit_keys().await.unwrap().iter().map(|(_, jwk)| serde_json::from_str(jwk).unwrap()).collect();
+    let run = |events: &[&String]| {
+        let input = serde_json::json!({
+            "events": events.iter().map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()).collect::<Vec<_>>(),
+            "checkpoints": checkpoints,
+            "jwks": {"keys": keys},
+        });
+        let script = format!(
+            "{chain_snippet}\n{snippet}\nimport sys\nd = json.load(sys.stdin)\nheads, seen = verify(d['events'])\n\
+             print(verify_checkpoints(d['checkpoints'], d['jwks'], seen))\n"
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let all: Vec<&String> = events.iter().collect();
+    let out = run(&all);
+    assert!(out.status.success(), "README checkpoint verifier: {}", String::from_utf8_lossy(&out.stderr));
+    // The request chain's newest event left out.
+    let head = checkpoints
+        .iter()
+        .filter(|c| c["chain"].as_str().unwrap().starts_with("tollgate.requests"))
+        .map(|c| c["seq"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let cut: Vec<&String> = events
+        .iter()
+        .filter(|e| !(e.contains("\"chain\":\"tollgate.requests") && e.contains(&format!("\"seq\":{head},"))))
+        .collect();
+    let out = run(&cut);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("cut tail, removed or forked chain"), "{stderr}");
 }
 
 /// `tollgate serve` on the test's topics, group, database and keys, all
@@ -575,4 +739,57 @@ async fn a_cluster_without_the_topics_is_refused_at_start_naming_them() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("topics missing on the cluster: tollgate.grants.never-created"), "{err}");
+}
+
+#[tokio::test]
+async fn topics_keep_messages_as_long_as_the_law_requires_and_a_shorter_retention_is_reported_or_refused() {
+    // The embedded cluster keeps nothing past its run and has no admin API.
+    let Ok(bootstrap) = std::env::var("TEST_KAFKA_BOOTSTRAP") else { return };
+    let infra = infra().await;
+    let settings = infra.settings();
+    let wanted = infra.topics.with_retention(&settings.kafka.retention);
+    // Created by the suite with tollgate's own retention: nothing short.
+    let short = tollgate::kafka::retention_shortfalls(&settings.kafka, &bootstrap, &wanted).await.unwrap();
+    assert!(short.is_empty(), "{short:?}");
+    let audit = wanted.iter().find(|(t, _)| *t == infra.topics.audit).unwrap();
+    assert_eq!(audit.1, -1, "the audit trail is kept forever by default");
+
+    // An audit topic someone created with the broker's usual seven days.
+    let mut topics = tollgate::config::Topics::with_suffix(&uuid::Uuid::new_v4().simple().to_string()[..10]);
+    topics.audit = format!("{}.seven-days", topics.audit);
+    let mut created = topics.with_retention(&settings.kafka.retention);
+    for (t, ms) in &mut created {
+        if *t == topics.audit {
+            *ms = 7 * 86_400_000;
+        }
+    }
+    tollgate::kafka::ensure_topics(&settings.kafka, &bootstrap, &created).await.unwrap();
+    let serve_on = |enforce: bool| {
+        let mut c = serve(&infra);
+        c.envs(topic_env(&topics)).env("TOLLGATE_KAFKA__ENFORCE_RETENTION", enforce.to_string());
+        c
+    };
+    let out = serve_on(true).stderr(Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("{} keeps messages 7 days but must keep them forever", topics.audit)), "{err}");
+
+    // Without enforcement it starts, saying so loudly.
+    let log = infra.dir.path().join("short-retention.log");
+    let mut child = Running(serve_on(false).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("TOPIC RETENTION SHORTER THAN REQUIRED") {
+        assert!(std::time::Instant::now() < deadline, "no warning in {}", log.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop_with_sigterm(&mut child);
+
+    // A retention below the legal floor is refused as configuration.
+    let out =
+        serve(&infra).env("TOLLGATE_KAFKA__RETENTION__RECORDS_DAYS", "30").stderr(Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("records_days = 30 is below the legal minimum of 1095 days"),
+        "{err}"
+    );
 }

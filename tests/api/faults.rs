@@ -104,7 +104,7 @@ async fn assert_nothing_lost_nothing_twice(infra: &Infra, seen: &Seen, expected:
         c.args(["audit", "verify"])
             .env("TOLLGATE_DATABASE__URL", &infra.database_url)
             .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &infra.bootstrap)
-            .env("TOLLGATE_TOPICS__AUDIT", &infra.topics.audit);
+            .envs(topic_env(&infra.topics));
         if from_kafka {
             c.arg("--kafka");
         }
@@ -253,6 +253,8 @@ async fn kill_9_at_random_moments_of_start_up_leaves_no_stored_audit_event_off_t
         .args(["audit", "verify", "--kafka"])
         .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &infra.bootstrap)
         .env("TOLLGATE_TOPICS__AUDIT", &infra.topics.audit)
+        .env("TOLLGATE_TOPICS__CHECKPOINTS", &infra.topics.checkpoints)
+        .env("TOLLGATE_DATABASE__URL", &infra.database_url)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

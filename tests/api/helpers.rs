@@ -122,7 +122,8 @@ pub async fn infra() -> Infra {
     let settings = Settings::default();
     let bootstrap = match std::env::var("TEST_KAFKA_BOOTSTRAP") {
         Ok(b) => {
-            tollgate::kafka::ensure_topics(&settings.kafka, &b, &topics.all()).await.expect("create topics");
+            let wanted = topics.with_retention(&settings.kafka.retention);
+            tollgate::kafka::ensure_topics(&settings.kafka, &b, &wanted).await.expect("create topics");
             b
         }
         Err(_) => {

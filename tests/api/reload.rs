@@ -267,6 +267,8 @@ async fn a_policy_event_stored_before_a_crash_reaches_the_topic_at_the_next_star
         .args(["audit", "verify", "--kafka"])
         .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &app.infra.bootstrap)
         .env("TOLLGATE_TOPICS__AUDIT", &app.infra.topics.audit)
+        .env("TOLLGATE_TOPICS__CHECKPOINTS", &app.infra.topics.checkpoints)
+        .env("TOLLGATE_DATABASE__URL", &app.infra.database_url)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -49,7 +49,8 @@ def main(binary, bootstrap, database_url=None):
     run = uuid.uuid4().hex[:10]
     work = tempfile.mkdtemp()
     topics = {name: f"tollgate.{name}.ext{run}"
-              for name in ("requests", "decisions", "audit", "usage", "dlq", "revocations", "grants", "replies")}
+              for name in ("requests", "decisions", "audit", "usage", "dlq", "revocations", "grants", "replies",
+                           "checkpoints")}
     idp = Ed25519PrivateKey.generate()
     idp_pub = os.path.join(work, "ext-idp.pub.pem")
     with open(idp_pub, "wb") as f:
