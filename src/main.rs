@@ -270,6 +270,86 @@ enum AuditCommand {
         #[arg(long)]
         keys: Option<PathBuf>,
     },
+    /// Stored audit events matching every filter given, oldest first.
+    Query {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// At most this many events.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        /// One event per line, as stored.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A self-contained extract for a regulator: the period's events, their
+    /// checkpoints, the audit keys, a manifest and a verification script.
+    Export {
+        /// Start (RFC 3339, or 30d, 12h, … before now).
+        #[arg(long)]
+        from: String,
+        /// End, exclusive (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// The directory to write (created).
+        dir: PathBuf,
+        /// No progress on the terminal.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Follow the audit topic from its end: each new event matching every
+    /// filter given, one JSON line each, until interrupted.
+    Tail {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct AuditFilterArgs {
+    /// The subject: an enterprise's unified social credit code.
+    #[arg(long)]
+    enterprise: Option<String>,
+    /// The resource: a dataset's code.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// A decision's scenario (not with tail).
+    #[arg(long)]
+    scenario: Option<String>,
+    /// decision, quota_exceeded, input_rejected, review, policy_loaded, …
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// approved, denied, pending_review, …
+    #[arg(long)]
+    outcome: Option<String>,
+    /// The first reason's code, e.g. policy.denied_by_rule.
+    #[arg(long)]
+    reason: Option<String>,
+    /// At or after: RFC 3339, or 30d, 12h, 2w, 90m before now.
+    #[arg(long)]
+    from: Option<String>,
+    /// Before: RFC 3339, or a span before now.
+    #[arg(long)]
+    to: Option<String>,
+}
+
+impl AuditFilterArgs {
+    fn filter(self) -> anyhow::Result<tollgate::store::AuditFilter> {
+        let now = chrono::Utc::now();
+        // Stored times are UTC RFC 3339 with "+00:00": compare alike.
+        let time = |t: Option<String>| {
+            t.map(|t| cli::impact::parse_since(&t, now).map(|t| t.to_rfc3339())).transpose().map_err(anyhow::Error::msg)
+        };
+        Ok(tollgate::store::AuditFilter {
+            enterprise: self.enterprise,
+            dataset: self.dataset,
+            scenario: self.scenario,
+            event_type: self.event_type,
+            outcome: self.outcome,
+            reason: self.reason,
+            from: time(self.from)?,
+            to: time(self.to)?,
+        })
+    }
 }
 
 #[tokio::main]
@@ -329,6 +409,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Policy { command } => policy_command(cli.config.as_deref(), command).await,
+        Command::Audit { command: AuditCommand::Query { filter, limit, json } } => {
+            cli::audit::query(&Settings::load(cli.config.as_deref())?, &filter.filter()?, limit, json).await
+        }
+        Command::Audit { command: AuditCommand::Export { from, to, dir, quiet } } => {
+            let now = chrono::Utc::now();
+            let from = cli::impact::parse_since(&from, now).map_err(anyhow::Error::msg)?;
+            let to =
+                to.map(|t| cli::impact::parse_since(&t, now)).transpose().map_err(anyhow::Error::msg)?.unwrap_or(now);
+            cli::export::export(&Settings::load(cli.config.as_deref())?, from, to, &dir, quiet).await
+        }
+        Command::Audit { command: AuditCommand::Tail { filter } } => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            cli::audit::tail(&Settings::load(cli.config.as_deref())?, &filter.filter()?, stop).await
+        }
         Command::Audit { command: AuditCommand::Verify { kafka, keys } } => {
             let from = cli::audit::VerifyFrom { kafka, keys: keys.as_deref() };
             cli::audit::verify(&Settings::load(cli.config.as_deref())?, from).await

@@ -2,15 +2,21 @@
 //! database (with the columns events are stored under) or from the audit
 //! topic; every chain held to its signed checkpoints; the database's
 //! decisions and usage records held to the trail. Names the first changed,
-//! dropped, reordered or cut record.
+//! dropped, reordered or cut record. `audit query` and `audit tail`: the
+//! events auditors ask about.
 
 use std::collections::BTreeMap;
+
+use std::io::Write;
 
 use anyhow::Context;
 use tollgate::auth::PublicKey;
 use tollgate::config::Settings;
 use tollgate::contract::{AuditEvent, Checkpoint};
-use tollgate::store::Store;
+use tollgate::store::{AuditFilter, Store};
+
+/// Events read per page by `audit query`.
+const PAGE: i64 = 5_000;
 
 /// Where `audit verify` reads, and which keys it trusts.
 pub struct VerifyFrom<'a> {
@@ -115,4 +121,92 @@ fn keys_from_file(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Pub
         keys.insert(key.kid.clone(), key);
     }
     Ok(keys)
+}
+
+/// `tollgate audit query`: stored events matching `filter`, oldest first,
+/// as a table or (with `json`) one event per line as stored.
+pub async fn query(settings: &Settings, filter: &AuditFilter, limit: i64, json: bool) -> anyhow::Result<()> {
+    let store = Store::connect(&settings.database.url, 1).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if !json {
+        writeln!(
+            out,
+            "{:<30} {:<15} {:<20} {:<24} {:<16} {:<15} {:<26} chain#seq",
+            "occurred_at", "event", "subject", "resource", "action", "outcome", "reason"
+        )?;
+    }
+    let (mut after, mut shown) = (None, 0i64);
+    while shown < limit {
+        let page = store.query_audit(filter, after.as_ref(), (limit - shown).min(PAGE)).await?;
+        let Some((_, last)) = page.last() else { break };
+        after = Some(last.clone());
+        shown += page.len() as i64;
+        for (e, _) in &page {
+            if json {
+                writeln!(out, "{}", serde_json::to_string(e)?)?;
+            } else {
+                let reason = e.reasons.first().map_or("", |r| r.code.as_str());
+                writeln!(
+                    out,
+                    "{:<30} {:<15} {:<20} {:<24} {:<16} {:<15} {:<26} {}#{}",
+                    e.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    e.event_type.as_str(),
+                    e.subject,
+                    e.resource,
+                    e.action,
+                    e.outcome,
+                    reason,
+                    e.chain,
+                    e.seq
+                )?;
+            }
+        }
+    }
+    if !json && shown == 0 {
+        writeln!(out, "no audit event matches")?;
+    }
+    Ok(())
+}
+
+/// Whether `e` passes `filter` (scenario aside: the topic's events do not
+/// carry it).
+fn matches(filter: &AuditFilter, e: &AuditEvent) -> bool {
+    let is = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+    let at = |t: &Option<String>| t.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let time = e.occurred_at.fixed_offset();
+    is(&filter.enterprise, &e.subject)
+        && is(&filter.dataset, &e.resource)
+        && is(&filter.event_type, e.event_type.as_str())
+        && is(&filter.outcome, &e.outcome)
+        && is(&filter.reason, e.reasons.first().map_or("", |r| r.code.as_str()))
+        && at(&filter.from).is_none_or(|f| time >= f)
+        && at(&filter.to).is_none_or(|t| time < t)
+}
+
+/// `tollgate audit tail`: follows the audit topic from its end, printing
+/// each new event that passes `filter` (one JSON line each) until stopped.
+pub async fn tail(
+    settings: &Settings,
+    filter: &AuditFilter,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        filter.scenario.is_none(),
+        "audit tail cannot filter by scenario (audit events on the topic do not carry it); use audit query"
+    );
+    let bootstrap = settings.kafka.bootstrap_servers.as_deref().context("audit tail needs kafka.bootstrap_servers")?;
+    let client = tollgate::kafka::Client::new(&settings.kafka, bootstrap)?;
+    let group = format!("tollgate-audit-tail-{}", uuid::Uuid::new_v4().simple());
+    let reader = client.reader_from_end(&[&settings.topics.audit], &group)?;
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            next = reader.next(std::time::Duration::from_millis(500)) => next?,
+        };
+        let Some(m) = next else { continue };
+        let Ok(e) = serde_json::from_slice::<AuditEvent>(&m.payload) else { continue };
+        if matches(filter, &e) {
+            println!("{}", serde_json::to_string(&e)?);
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod demo;
+pub mod export;
 pub mod grant;
 pub mod impact;
 pub mod loadgen;

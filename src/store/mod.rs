@@ -11,11 +11,13 @@ use sqlx::{AnyPool, Row};
 
 use crate::contract::{AuditEvent, UsageRecord};
 
+mod audit_query;
 mod checkpoints;
 mod decisions;
 mod grant_keys;
 mod grants;
 mod reviews;
+pub use audit_query::{AuditFilter, AuditPosition};
 pub use checkpoints::{ChainHead, LatestCheckpoint};
 pub use decisions::StoredDecision;
 pub use grant_keys::PublishedKey;
@@ -236,6 +238,7 @@ impl Store {
             sqlx::migrate::MigrateError::Execute(e) => StoreError::from(e),
             other => StoreError::Fatal(other.to_string()),
         })?;
+        audit_query::backfill(&pool).await?;
         Ok(Store { pool, sqlite })
     }
 
@@ -412,7 +415,8 @@ pub struct Batch {
 struct Pending {
     outcomes: Vec<(String, &'static str, String, String)>,
     /// Sealed events with their stored JSON.
-    audit: Vec<(AuditEvent, String)>,
+    /// With the decision's scenario, for queries.
+    audit: Vec<(AuditEvent, String, Option<String>)>,
     decisions: Vec<DecisionRow>,
     usage: Vec<(UsageRecord, String)>,
     counter_deltas: HashMap<(String, String, String), u64>,
@@ -688,6 +692,7 @@ impl Batch {
         if let Some(outputs) = self.find_outcome(&c.idem_key).await? {
             return Ok(Committed::Existing(outputs));
         }
+        let scenario = c.decision.as_ref().map(|d| d.scenario.clone());
         let prev = self.head(&c.audit.chain).await?;
         let audit = crate::audit::seal(c.audit, prev.as_ref().map(|(s, h)| (*s, h.as_str())));
         let audit_json = serde_json::to_string(&audit).map_err(|e| StoreError::Fatal(e.to_string()))?;
@@ -755,7 +760,7 @@ impl Batch {
         }
 
         self.pending.outcomes.push((c.idem_key.clone(), c.kind, encoded, c.created_at));
-        self.pending.audit.push((audit, audit_json));
+        self.pending.audit.push((audit, audit_json, scenario));
         // Kept for an input repeated later in this batch.
         self.outcomes.insert(c.idem_key, Some(outputs.clone()));
         if let Some(key) = replaced {
@@ -768,7 +773,7 @@ impl Batch {
     /// to no input, whose redelivery would publish them): its audit events
     /// and its other messages.
     pub fn queue_in_outbox(&mut self) {
-        self.pending.outbox = self.pending.audit.iter().map(|(a, _)| (a.chain.clone(), a.seq)).collect();
+        self.pending.outbox = self.pending.audit.iter().map(|(a, _, _)| (a.chain.clone(), a.seq)).collect();
         self.pending.message_outbox = self.pending.with_messages.clone();
     }
 
@@ -819,15 +824,16 @@ impl Batch {
 async fn insert_audit(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     sqlite: bool,
-    audit: &[(AuditEvent, String)],
+    audit: &[(AuditEvent, String, Option<String>)],
 ) -> Result<(), StoreError> {
     insert_rows(
         tx,
         sqlite,
-        "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at) VALUES ",
-        7,
+        "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at, subject, resource, \
+         scenario, outcome, reason_code) VALUES ",
+        12,
         audit,
-        |q, (a, body)| {
+        |q, (a, body, scenario)| {
             q.bind(&a.chain)
                 .bind(i64::try_from(a.seq).unwrap_or(i64::MAX))
                 .bind(&a.hash)
@@ -835,6 +841,11 @@ async fn insert_audit(
                 .bind(a.event_type.as_str())
                 .bind(body)
                 .bind(a.occurred_at.to_rfc3339())
+                .bind(&a.subject)
+                .bind(&a.resource)
+                .bind(scenario)
+                .bind(&a.outcome)
+                .bind(a.reasons.first().map(|r| r.code.as_str()))
         },
     )
     .await?;

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tollgate::config::Settings;
@@ -792,4 +793,186 @@ async fn topics_keep_messages_as_long_as_the_law_requires_and_a_shorter_retentio
         !out.status.success() && err.contains("records_days = 30 is below the legal minimum of 1095 days"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn audit_query_filters_stored_events_and_audit_tail_follows_the_topic() {
+    let mut app = spawn_app().await;
+    let tour = "GX-610100-TOUR-0001";
+    let hway = "GX-610000-HWAY-0004";
+    for (id, sub, scenario, dataset, op, class) in [
+        ("q-1", TRAVEL, "smart-tourism", tour, "query", "industry"),
+        ("q-2", TRAVEL, "smart-tourism", tour, "query", "industry"),
+        ("dl-1", TRAVEL, "smart-tourism", tour, "download", "industry"),
+        ("r-1", RESCUE, "highway-rescue", hway, "query", "public_governance"),
+    ] {
+        let token = app.infra.token(sub, &[], 600);
+        app.send_json(&request(id, Some(&token), scenario, dataset, op, class)).await;
+    }
+    let _ = app.request_audit(4).await;
+
+    // tail: only what matches, from the topic's end on.
+    let mut tail = Running(
+        tollgate()
+            .args(["audit", "tail", "--enterprise", TRAVEL, "--outcome", "denied"])
+            .env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", &app.infra.bootstrap)
+            .envs(topic_env(&app.infra.topics))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (lines, stdout) = (lines.clone(), tail.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    // The tail joins at the end of the topic: send until it has seen one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    while lines.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "audit tail printed nothing");
+        n += 1;
+        let (travel, rescue) = (app.infra.token(TRAVEL, &[], 600), app.infra.token(RESCUE, &[], 600));
+        app.send_json(&request(&format!("t-dl-{n}"), Some(&travel), "smart-tourism", tour, "download", "industry"))
+            .await;
+        app.send_json(&request(
+            &format!("t-r-{n}"),
+            Some(&rescue),
+            "highway-rescue",
+            hway,
+            "query",
+            "public_governance",
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let _ = app.request_audit(4 + 2 * n).await;
+    app.stop().await;
+    let _ = tail.0.kill();
+    let _ = reader.join();
+    for line in lines.lock().unwrap().iter() {
+        let e: tollgate::contract::AuditEvent = serde_json::from_str(line).unwrap();
+        assert_eq!((e.subject.as_str(), e.outcome.as_str()), (TRAVEL, "denied"), "{line}");
+    }
+
+    let query = |args: &[&str]| {
+        let out = tollgate()
+            .args(["audit", "query"])
+            .args(args)
+            .env("TOLLGATE_DATABASE__URL", &app.infra.database_url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let events = |args: &[&str]| -> Vec<tollgate::contract::AuditEvent> {
+        let mut all = vec!["--json"];
+        all.extend(args);
+        query(&all).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let approved = events(&["--enterprise", TRAVEL, "--outcome", "approved"]);
+    assert_eq!(approved.len(), 2, "{approved:?}");
+    assert!(approved.windows(2).all(|w| w[0].occurred_at <= w[1].occurred_at), "oldest first");
+    assert_eq!(events(&["--scenario", "highway-rescue"]).len(), 1 + n);
+    assert_eq!(events(&["--dataset", tour, "--reason", "policy.no_matching_rule"]).len(), 1 + n);
+    assert_eq!(events(&["--type", "policy_loaded"]).len(), 1);
+    assert_eq!(events(&["--from", "1h", "--limit", "3"]).len(), 3);
+    assert_eq!(events(&["--from", "1h"]).len(), 5 + 2 * n, "every event of this run");
+    assert!(events(&["--to", "2000-01-01T00:00:00Z"]).is_empty());
+    let table = query(&["--enterprise", RESCUE]);
+    assert!(table.starts_with("occurred_at") && table.contains(hway), "{table}");
+    assert!(query(&["--enterprise", "nobody"]).contains("no audit event matches"));
+}
+
+#[tokio::test]
+async fn an_audit_export_verifies_without_tollgate_and_names_what_was_changed_in_it() {
+    let mut app = spawn_app().await;
+    for i in 0..3 {
+        let token = app.infra.token(TRAVEL, &[], 600);
+        let body =
+            request(&format!("x-{i}"), Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
+        app.send(TRAVEL, body.to_string().as_bytes()).await;
+    }
+    let _ = app.request_audit(3).await;
+    app.stop().await;
+    let dir = app.infra.dir.path().join("export");
+    let out = tollgate()
+        .args(["audit", "export", "--from", "1h", dir.to_str().unwrap()])
+        .env("TOLLGATE_DATABASE__URL", &app.infra.database_url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("exported 4 events on 2 chain(s)"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["events.jsonl", "checkpoints.jsonl", "audit-keys.json", "MANIFEST.json", "verify.py", "README.txt"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let again = tollgate()
+        .args(["audit", "export", "--from", "1h", dir.to_str().unwrap()])
+        .env("TOLLGATE_DATABASE__URL", &app.infra.database_url)
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "an export is never overwritten");
+
+    let has_crypto = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_crypto {
+        eprintln!("python3 has no `cryptography`: the export's verify.py is not run here (CI runs it)");
+        return;
+    }
+    let verify = || {
+        let out = Command::new("python3").arg(dir.join("verify.py")).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, out) = verify();
+    assert!(ok && out.starts_with("ok: 4 events on 2 chain(s)"), "{out}");
+
+    let events_path = dir.join("events.jsonl");
+    let original = std::fs::read_to_string(&events_path).unwrap();
+    let reseal = |events: &str, manifest_change: &dyn Fn(&mut serde_json::Value)| {
+        use sha2::Digest;
+        std::fs::write(&events_path, events).unwrap();
+        let mut manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("MANIFEST.json")).unwrap()).unwrap();
+        manifest["files"]["events.jsonl"] = hex::encode(sha2::Sha256::digest(events.as_bytes())).into();
+        manifest_change(&mut manifest);
+        std::fs::write(dir.join("MANIFEST.json"), manifest.to_string()).unwrap();
+    };
+    // Changed in place: the manifest no longer matches.
+    let changed = original.replacen("\"approved\"", "\"denied\"", 1);
+    std::fs::write(&events_path, &changed).unwrap();
+    let (ok, out) = verify();
+    assert!(!ok && out.contains("events.jsonl differs from MANIFEST.json"), "{out}");
+    // … and with the manifest redone: the event's hash does not.
+    reseal(&changed, &|_| {});
+    let (ok, out) = verify();
+    assert!(!ok && out.contains("changed event: tollgate.requests"), "{out}");
+    // The newest request event dropped and the manifest made to agree:
+    // the signed checkpoint still certifies it.
+    let kept: String = original
+        .lines()
+        .filter(|l| !(l.contains("\"seq\":3,") && l.contains("tollgate.requests")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let second: serde_json::Value = serde_json::from_str(
+        kept.lines().find(|l| l.contains("\"seq\":2,") && l.contains("tollgate.requests")).unwrap(),
+    )
+    .unwrap();
+    let chain = second["chain"].as_str().unwrap().to_owned();
+    reseal(&kept, &|m| {
+        m["chains"][&chain]["last_seq"] = 2.into();
+        m["chains"][&chain]["last_hash"] = second["hash"].clone();
+    });
+    let (ok, out) = verify();
+    assert!(!ok && out.contains("is not the one its checkpoint certified"), "{out}");
 }
