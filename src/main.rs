@@ -409,29 +409,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Policy { command } => policy_command(cli.config.as_deref(), command).await,
-        Command::Audit { command: AuditCommand::Query { filter, limit, json } } => {
-            cli::audit::query(&Settings::load(cli.config.as_deref())?, &filter.filter()?, limit, json).await
-        }
-        Command::Audit { command: AuditCommand::Export { from, to, dir, quiet } } => {
-            let now = chrono::Utc::now();
-            let from = cli::impact::parse_since(&from, now).map_err(anyhow::Error::msg)?;
-            let to =
-                to.map(|t| cli::impact::parse_since(&t, now)).transpose().map_err(anyhow::Error::msg)?.unwrap_or(now);
-            cli::export::export(&Settings::load(cli.config.as_deref())?, from, to, &dir, quiet).await
-        }
-        Command::Audit { command: AuditCommand::Tail { filter } } => {
-            let stop = tokio_util::sync::CancellationToken::new();
-            let on_signal = stop.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                on_signal.cancel();
-            });
-            cli::audit::tail(&Settings::load(cli.config.as_deref())?, &filter.filter()?, stop).await
-        }
-        Command::Audit { command: AuditCommand::Verify { kafka, keys } } => {
-            let from = cli::audit::VerifyFrom { kafka, keys: keys.as_deref() };
-            cli::audit::verify(&Settings::load(cli.config.as_deref())?, from).await
-        }
+        Command::Audit { command } => audit_command(cli.config.as_deref(), command).await,
         Command::Grant { command: GrantCommand::Jwks { out } } => {
             cli::grant::jwks(&Settings::load(cli.config.as_deref())?, out.as_deref()).await
         }
@@ -452,6 +430,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let claims = Claims::new(&sub, &iss, &aud, ttl).with_roles(&roles).with_qualifications(&qualifications);
             println!("{}", key.sign(&claims));
             Ok(())
+        }
+    }
+}
+
+async fn audit_command(config: Option<&std::path::Path>, command: AuditCommand) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    match command {
+        AuditCommand::Query { filter, limit, json } => {
+            cli::audit::query(&settings, &filter.filter()?, limit, json).await
+        }
+        AuditCommand::Export { from, to, dir, quiet } => {
+            let now = chrono::Utc::now();
+            let from = cli::impact::parse_since(&from, now).map_err(anyhow::Error::msg)?;
+            let to =
+                to.map(|t| cli::impact::parse_since(&t, now)).transpose().map_err(anyhow::Error::msg)?.unwrap_or(now);
+            cli::export::export(&settings, from, to, &dir, quiet).await
+        }
+        AuditCommand::Tail { filter } => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            cli::audit::tail(&settings, &filter.filter()?, stop).await
+        }
+        AuditCommand::Verify { kafka, keys } => {
+            cli::audit::verify(&settings, cli::audit::VerifyFrom { kafka, keys: keys.as_deref() }).await
         }
     }
 }

@@ -30,18 +30,30 @@ fn seq_of(n: i64) -> Result<u64, StoreError> {
 }
 
 impl Store {
-    /// Every chain's head.
+    /// Every chain's head. The chains are listed by a loose index scan
+    /// (one index probe per chain, not a pass over every event) and each
+    /// head read from the primary key, so a round costs the same after a
+    /// year of events as after a day.
     pub async fn chain_heads(&self) -> Result<Vec<ChainHead>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT a.chain, a.seq, a.hash FROM audit_events a \
-             JOIN (SELECT chain, MAX(seq) AS seq FROM audit_events GROUP BY chain) h \
-             ON a.chain = h.chain AND a.seq = h.seq ORDER BY a.chain",
+        let chains: Vec<Option<String>> = sqlx::query_scalar(
+            "WITH RECURSIVE chains(chain) AS ( \
+               SELECT MIN(chain) FROM audit_events \
+               UNION ALL \
+               SELECT (SELECT MIN(a.chain) FROM audit_events a WHERE a.chain > chains.chain) FROM chains \
+               WHERE chains.chain IS NOT NULL) \
+             SELECT chain FROM chains WHERE chain IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok(ChainHead { chain: r.try_get(0)?, seq: seq_of(r.try_get(1)?)?, hash: r.try_get(2)? }))
-            .collect()
+        let mut heads = Vec::with_capacity(chains.len());
+        for chain in chains.into_iter().flatten() {
+            let row = sqlx::query("SELECT seq, hash FROM audit_events WHERE chain = $1 ORDER BY seq DESC LIMIT 1")
+                .bind(&chain)
+                .fetch_one(&self.pool)
+                .await?;
+            heads.push(ChainHead { seq: seq_of(row.try_get(0)?)?, hash: row.try_get(1)?, chain });
+        }
+        Ok(heads)
     }
 
     /// Every chain's latest checkpoint, by chain.
@@ -136,6 +148,30 @@ mod tests {
     use super::*;
     use crate::audit::sign_checkpoint;
     use crate::auth::SigningKey;
+
+    #[tokio::test]
+    async fn chain_heads_are_each_chains_last_event() {
+        let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+        assert!(store.chain_heads().await.unwrap().is_empty());
+        for (chain, seq) in [("b/1", 1), ("a/0", 1), ("b/1", 2), ("a/0", 2), ("a/0", 3), ("c/2", 1)] {
+            sqlx::query(
+                "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at) \
+                 VALUES ($1, $2, $3, '', 'decision', '{}', '2026-12-01T00:00:00+00:00')",
+            )
+            .bind(chain)
+            .bind(seq)
+            .bind(format!("{chain}#{seq}"))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        }
+        let heads: Vec<(String, u64, String)> =
+            store.chain_heads().await.unwrap().into_iter().map(|h| (h.chain, h.seq, h.hash)).collect();
+        assert_eq!(
+            heads,
+            [("a/0".into(), 3, "a/0#3".into()), ("b/1".into(), 2, "b/1#2".into()), ("c/2".into(), 1, "c/2#1".into())]
+        );
+    }
 
     #[tokio::test]
     async fn a_chain_has_one_checkpoint_per_predecessor_and_a_kid_names_one_key() {
