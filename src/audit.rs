@@ -256,6 +256,17 @@ pub struct VerifyReport {
 /// seq 1 and continue without gaps; an event identical to one already seen
 /// is a harmless re-publication.
 pub fn verify<'a>(events: impl IntoIterator<Item = &'a AuditEvent>) -> Result<VerifyReport, ChainError> {
+    verify_anchored(events, &std::collections::BTreeSet::new())
+}
+
+/// [`verify`], where a chain may also start at a position in `anchors`
+/// (`(chain, seq)` of signed checkpoints): what `audit prune` leaves. The
+/// event there must then be the one its checkpoint certified, which
+/// [`verify_checkpoints`] holds it to.
+pub fn verify_anchored<'a>(
+    events: impl IntoIterator<Item = &'a AuditEvent>,
+    anchors: &std::collections::BTreeSet<(String, u64)>,
+) -> Result<VerifyReport, ChainError> {
     let mut report = VerifyReport::default();
     let mut seen: BTreeMap<(String, u64), String> = BTreeMap::new();
     for e in events {
@@ -271,6 +282,8 @@ pub fn verify<'a>(events: impl IntoIterator<Item = &'a AuditEvent>) -> Result<Ve
         }
         let (expected, prev_hash) = match report.chains.get(&e.chain) {
             Some((n, h)) => (n + 1, h.as_str()),
+            // A pruned chain: its first event is a checkpointed one.
+            None if e.seq > 1 && anchors.contains(&(e.chain.clone(), e.seq)) => (e.seq, e.prev_hash.as_str()),
             None => (1, GENESIS),
         };
         if e.seq != expected {
@@ -419,6 +432,36 @@ mod tests {
             check(&events, &cps[1..], &key).unwrap_err(),
             ChainError::DroppedCheckpoint { chain: "tollgate.requests/0".into(), seq: 5, previous: 2 }
         );
+    }
+
+    #[test]
+    fn a_chain_may_start_at_a_signed_checkpoint_and_nowhere_else() {
+        let key = SigningKey::generate("audit-1");
+        let events = chain(6);
+        let cps = checkpointed(&events, &[2, 4], &key);
+        let anchors = cps.iter().map(|c| (c.chain.clone(), c.seq)).collect();
+        let pruned = &events[3..];
+        let report = verify_anchored(pruned, &anchors).unwrap();
+        let keys = BTreeMap::from([(key.kid.clone(), key.public())]);
+        assert_eq!(verify_checkpoints(pruned, &report, &cps, &keys).unwrap().verified, 2);
+        // Cut anywhere else, the gap shows.
+        assert!(matches!(
+            verify_anchored(&events[2..], &anchors).unwrap_err(),
+            ChainError::Gap { expected: 1, found: 3, .. }
+        ));
+        // The anchor event replaced: the checkpoint names it.
+        let mut forged = pruned.to_vec();
+        forged[0].outcome = "changed".into();
+        forged[0].hash = compute_hash(&forged[0]);
+        forged[1].prev_hash = forged[0].hash.clone();
+        forged[1].hash = compute_hash(&forged[1]);
+        forged[2].prev_hash = forged[1].hash.clone();
+        forged[2].hash = compute_hash(&forged[2]);
+        let report = verify_anchored(&forged, &anchors).unwrap();
+        assert!(matches!(
+            verify_checkpoints(&forged, &report, &cps, &keys).unwrap_err(),
+            ChainError::Forked { seq: 4, .. }
+        ));
     }
 
     #[test]

@@ -296,6 +296,16 @@ enum AuditCommand {
         #[arg(long)]
         quiet: bool,
     },
+    /// Remove the trail's oldest part (never younger than 3 years): each
+    /// chain cut just below a signed checkpoint, so what remains verifies,
+    /// with the decisions, outcomes and usage its events recorded.
+    Prune {
+        /// Events before this time (RFC 3339, or e.g. 1500d before now).
+        #[arg(long)]
+        before: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Follow the audit topic from its end: each new event matching every
     /// filter given, one JSON line each, until interrupted.
     Tail {
@@ -446,6 +456,10 @@ async fn audit_command(config: Option<&std::path::Path>, command: AuditCommand) 
             let to =
                 to.map(|t| cli::impact::parse_since(&t, now)).transpose().map_err(anyhow::Error::msg)?.unwrap_or(now);
             cli::export::export(&settings, from, to, &dir, quiet).await
+        }
+        AuditCommand::Prune { before, json } => {
+            let before = cli::impact::parse_since(&before, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+            cli::audit::prune(&settings, before, json).await
         }
         AuditCommand::Tail { filter } => {
             let stop = tokio_util::sync::CancellationToken::new();

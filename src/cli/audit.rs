@@ -38,7 +38,9 @@ pub async fn verify(settings: &Settings, from: VerifyFrom<'_>) -> anyhow::Result
         Some(path) => keys_from_file(path)?,
         None => keys_from_store(&store).await?,
     };
-    let report = tollgate::audit::verify(&events).context("audit chain verification failed")?;
+    // A chain may start at a signed checkpoint (what `audit prune` leaves).
+    let anchors = checkpoints.iter().map(|c| (c.chain.clone(), c.seq)).collect();
+    let report = tollgate::audit::verify_anchored(&events, &anchors).context("audit chain verification failed")?;
     let signed = tollgate::audit::verify_checkpoints(&events, &report, &checkpoints, &keys)
         .context("audit checkpoint verification failed")?;
     if !from.kafka {
@@ -209,4 +211,29 @@ pub async fn tail(
             println!("{}", serde_json::to_string(&e)?);
         }
     }
+}
+
+/// `tollgate audit prune --before T`: never anything the law still requires
+/// (the audit trail of personal-information processing: 3 years).
+pub async fn prune(settings: &Settings, before: chrono::DateTime<chrono::Utc>, json: bool) -> anyhow::Result<()> {
+    let floor = chrono::Utc::now() - chrono::Duration::days(i64::from(tollgate::config::RECORDS_MIN_DAYS));
+    anyhow::ensure!(
+        before <= floor,
+        "--before {} would remove events younger than {} days, the legal minimum (PIPL art. 56); the latest allowed is {}",
+        before.to_rfc3339(),
+        tollgate::config::RECORDS_MIN_DAYS,
+        floor.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let store = Store::connect(&settings.database.url, 1).await?;
+    let pruned = store.prune_audit(&before.to_rfc3339()).await?;
+    if json {
+        println!("{}", serde_json::to_string(&pruned)?);
+    } else {
+        println!(
+            "pruned {} events on {} chain(s) and {} decision(s) with their outcomes, usage, grants and reviews; \
+             each chain now starts at a signed checkpoint",
+            pruned.events, pruned.chains, pruned.decisions
+        );
+    }
+    Ok(())
 }

@@ -16,12 +16,14 @@ mod checkpoints;
 mod decisions;
 mod grant_keys;
 mod grants;
+mod prune;
 mod reviews;
 pub use audit_query::{AuditFilter, AuditPosition};
 pub use checkpoints::{ChainHead, LatestCheckpoint};
 pub use decisions::StoredDecision;
 pub use grant_keys::PublishedKey;
 pub use grants::{GrantRow, GrantState, Revocation, RevokedGrant};
+pub use prune::Pruned;
 pub use reviews::{Closing, ReviewRow};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");

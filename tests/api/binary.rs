@@ -976,3 +976,56 @@ async fn an_audit_export_verifies_without_tollgate_and_names_what_was_changed_in
     let (ok, out) = verify();
     assert!(!ok && out.contains("is not the one its checkpoint certified"), "{out}");
 }
+
+#[tokio::test]
+async fn audit_prune_keeps_three_years_and_leaves_chains_that_still_verify_from_a_checkpoint() {
+    let mut app = spawn_app().await;
+    for i in 0..3 {
+        let token = app.infra.token(TRAVEL, &[], 600);
+        let body =
+            request(&format!("p-{i}"), Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
+        app.send(TRAVEL, body.to_string().as_bytes()).await;
+    }
+    let _ = app.request_audit(3).await;
+    app.stop().await;
+    let run = |args: &[&str]| {
+        let out = tollgate().args(args).env("TOLLGATE_DATABASE__URL", &app.infra.database_url).output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    // Nothing younger than three years goes.
+    let (ok, out) = run(&["audit", "prune", "--before", "30d"]);
+    assert!(!ok && out.contains("the legal minimum (PIPL art. 56)"), "{out}");
+
+    // The request chain made to look five years old (its stored time).
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.infra.database_url).await.unwrap();
+    let requests = "chain LIKE 'tollgate.requests%'";
+    sqlx::query(&format!("UPDATE audit_events SET occurred_at = '2021-06-01T00:00:00+00:00' WHERE {requests}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let head: i64 = sqlx::query_scalar(&format!("SELECT MAX(seq) FROM audit_checkpoints WHERE {requests}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(head, 3, "the stop checkpointed the chain's head");
+    let (ok, out) = run(&["audit", "prune", "--before", "1500d", "--json"]);
+    assert!(ok, "{out}");
+    let pruned: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!((pruned["events"].as_u64(), pruned["decisions"].as_u64()), (Some(2), Some(2)), "{out}");
+    let left: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM audit_events WHERE {requests}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let decisions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM decisions").fetch_one(&pool).await.unwrap();
+    let usage: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records").fetch_one(&pool).await.unwrap();
+    assert_eq!((left, decisions, usage), (1, 1, 1), "the anchor event and what it recorded stay");
+    pool.close().await;
+
+    // What remains verifies from its checkpoint, chains, checkpoints and cross-checks.
+    let (ok, out) = run(&["audit", "verify"]);
+    assert!(ok && out.contains("checkpoint at 3"), "{out}");
+}
