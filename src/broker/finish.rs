@@ -141,9 +141,7 @@ impl DecisionService {
             supersedes: review.as_ref().map(|r| r.pending_decision_id.clone()),
             review: review.as_ref().map(|r| r.note.clone()),
         };
-        let pending = (eval.outcome == Outcome::PendingReview)
-            .then_some(principal.as_ref())
-            .flatten()
+        let pending = (principal.as_ref().filter(|_| eval.outcome == Outcome::PendingReview))
             .map(|p| self.review_row(policy, request, p, &subject, &decision_id, now));
         let request_digest = audit::digest(&msg.payload);
         let reason_code = eval.reasons.first().map(|r| r.code.clone());
