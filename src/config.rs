@@ -33,11 +33,28 @@ pub struct AuditSettings {
     pub checkpoint_every: u64,
     /// …or when it has new events and its last checkpoint is this old.
     pub checkpoint_secs: u64,
+    /// The store keeps the trail this many days, pruned on a schedule as
+    /// `audit prune` would (each chain cut at a signed checkpoint, with the
+    /// records its removed events decided). 0: keep everything. At least
+    /// 1095 (the legal minimum) when set.
+    pub retention_days: u32,
 }
 
 impl Default for AuditSettings {
     fn default() -> Self {
-        AuditSettings { signing_key: None, checkpoint_every: 1000, checkpoint_secs: 60 }
+        AuditSettings { signing_key: None, checkpoint_every: 1000, checkpoint_secs: 60, retention_days: 0 }
+    }
+}
+
+impl AuditSettings {
+    /// Refuses a retention below the legal floor.
+    pub fn check(&self) -> Result<(), String> {
+        match self.retention_days {
+            d if d != 0 && d < RECORDS_MIN_DAYS => Err(format!(
+                "audit.retention_days = {d} is below the legal minimum of {RECORDS_MIN_DAYS} days (the audit trail of personal-information processing, PIPL art. 56); 0 keeps everything"
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -499,6 +516,7 @@ impl Settings {
         let mut settings: Settings = fig.extract().map_err(Box::new)?;
         settings.kafka.normalise_property_keys();
         settings.kafka.retention.check().map_err(|m| ConfigError(Box::new(figment::Error::from(m))))?;
+        settings.audit.check().map_err(|m| ConfigError(Box::new(figment::Error::from(m))))?;
         Ok(settings)
     }
 }
@@ -590,6 +608,14 @@ impl std::fmt::Debug for Properties {
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_audit_retention_below_three_years_is_refused_and_zero_keeps_everything() {
+        let with = |d| AuditSettings { retention_days: d, ..AuditSettings::default() }.check();
+        assert!(with(0).is_ok() && with(1095).is_ok() && with(4000).is_ok());
+        let err = with(365).unwrap_err();
+        assert!(err.contains("audit.retention_days = 365 is below the legal minimum of 1095 days"), "{err}");
+    }
 
     #[test]
     fn settings_print_without_their_secrets() {

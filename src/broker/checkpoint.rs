@@ -9,22 +9,32 @@
 //! them); every stored checkpoint reaches the topic (unpublished ones are
 //! published again each round); the signing key is recorded before it
 //! signs, so `audit verify` can find it years later.
+//!
+//! With `audit.retention_days` set, the same task prunes the store's trail
+//! (see `Store::prune_audit`) at start and every [`PRUNE_EVERY`]: it is the
+//! component that knows where the checkpoints are, and a prune may only cut
+//! at one.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::audit::sign_checkpoint;
 use crate::auth::{KeyError, SigningKey};
 use crate::config::AuditSettings;
 use crate::kafka::{Client, KafkaError};
-use crate::store::{ChainHead, LatestCheckpoint, Store, StoreError};
+use crate::store::{ChainHead, LatestCheckpoint, Pruned, Store, StoreError};
 
 /// How often the chains are looked at (a checkpoint is due at most this
 /// much later than its count or age says).
 const LOOK_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the trail is pruned when `audit.retention_days` is set. Every
+/// instance prunes; a prune is idempotent, concurrent ones delete the same
+/// rows once.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -42,6 +52,8 @@ pub struct Checkpointer {
     topic: String,
     every: u64,
     max_age: chrono::Duration,
+    /// `audit.retention_days`, when set.
+    retention: Option<chrono::Duration>,
 }
 
 impl Checkpointer {
@@ -69,6 +81,7 @@ impl Checkpointer {
             topic: topic.to_owned(),
             every: settings.checkpoint_every.max(1),
             max_age: chrono::Duration::seconds(settings.checkpoint_secs.min(i64::MAX as u64) as i64),
+            retention: (settings.retention_days > 0).then(|| chrono::Duration::days(settings.retention_days.into())),
         })
     }
 
@@ -112,13 +125,27 @@ impl Checkpointer {
         Ok(made)
     }
 
+    /// Prunes what is older than `audit.retention_days` (nothing when
+    /// unset). Checkpoints are made first, so the cut can be close to it.
+    pub async fn prune(&self, now: DateTime<Utc>) -> Result<Option<Pruned>, StoreError> {
+        let Some(retention) = self.retention else { return Ok(None) };
+        let before = (now - retention).to_rfc3339(); // the stored format
+        let pruned = self.store.prune_audit(&before).await?;
+        if pruned.events > 0 {
+            info!(message = "audit trail pruned", before = %before, events = pruned.events, chains = pruned.chains, decisions = pruned.decisions);
+        }
+        Ok(Some(pruned))
+    }
+
     /// Rounds until `stop`, then a last one that checkpoints every chain
-    /// with new events.
+    /// with new events; a prune after the first round and every
+    /// [`PRUNE_EVERY`].
     pub async fn run(self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(
             LOOK_EVERY.min(self.max_age.to_std().unwrap_or(LOOK_EVERY).max(Duration::from_millis(100))),
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pruned_at: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -126,6 +153,12 @@ impl Checkpointer {
             }
             if let Err(error) = self.round(Utc::now(), false).await {
                 warn!(message = "audit checkpoint round failed; the next round tries again", %error);
+            }
+            if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(std::time::Instant::now());
+                if let Err(error) = self.prune(Utc::now()).await {
+                    warn!(message = "pruning the audit trail failed; tried again in an hour", %error);
+                }
             }
         }
         if let Err(error) = self.round(Utc::now(), true).await {

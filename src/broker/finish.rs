@@ -171,7 +171,7 @@ impl DecisionService {
                 }])
                 .collect(),
             audit: AuditEvent {
-                actor: review.as_ref().map_or_else(|| or_unauthenticated(&subject), |r| r.note.organisation.clone()),
+                actor: review.as_ref().map_or_else(|| self.actor.clone(), |r| r.note.organisation.clone()),
                 subject,
                 resource: request.dataset.clone(),
                 action: request.operation.as_str().into(),

@@ -84,6 +84,9 @@ pub struct DecisionService {
     review_timeout_secs: i64,
     /// Epoch second of the last purge of expired token uses.
     last_purge: std::sync::atomic::AtomicI64,
+    /// Who acted in an automated decision's audit event:
+    /// `tollgate/<service.instance_id>` (the requester is its subject).
+    actor: String,
 }
 
 impl DecisionService {
@@ -112,6 +115,7 @@ impl DecisionService {
             token_leeway_secs: i64::try_from(settings.auth.leeway_secs).unwrap_or(i64::MAX),
             review_timeout_secs: i64::try_from(settings.review.timeout_secs).unwrap_or(i64::MAX),
             last_purge: Default::default(),
+            actor: format!("tollgate/{}", settings.service.instance_id),
         }
     }
 

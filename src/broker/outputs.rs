@@ -116,7 +116,7 @@ impl DecisionService {
                 payload: serde_json::to_string(&letter).expect("dead letters serialise"),
             }],
             audit: AuditEvent {
-                actor: "unauthenticated".into(),
+                actor: self.actor.clone(),
                 subject: String::new(),
                 resource: key,
                 action: "decode".into(),

@@ -890,15 +890,7 @@ async fn audit_query_filters_stored_events_and_audit_tail_follows_the_topic() {
 
 #[tokio::test]
 async fn an_audit_export_verifies_without_tollgate_and_names_what_was_changed_in_it() {
-    let mut app = spawn_app().await;
-    for i in 0..3 {
-        let token = app.infra.token(TRAVEL, &[], 600);
-        let body =
-            request(&format!("x-{i}"), Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
-        app.send(TRAVEL, body.to_string().as_bytes()).await;
-    }
-    let _ = app.request_audit(3).await;
-    app.stop().await;
+    let app = three_approved_then_stopped("x").await;
     let dir = app.infra.dir.path().join("export");
     let out = tollgate()
         .args(["audit", "export", "--from", "1h", dir.to_str().unwrap()])
@@ -979,15 +971,7 @@ async fn an_audit_export_verifies_without_tollgate_and_names_what_was_changed_in
 
 #[tokio::test]
 async fn audit_prune_keeps_three_years_and_leaves_chains_that_still_verify_from_a_checkpoint() {
-    let mut app = spawn_app().await;
-    for i in 0..3 {
-        let token = app.infra.token(TRAVEL, &[], 600);
-        let body =
-            request(&format!("p-{i}"), Some(&token), "smart-tourism", "GX-610100-TOUR-0001", "query", "industry");
-        app.send(TRAVEL, body.to_string().as_bytes()).await;
-    }
-    let _ = app.request_audit(3).await;
-    app.stop().await;
+    let app = three_approved_then_stopped("p").await;
     let run = |args: &[&str]| {
         let out = tollgate().args(args).env("TOLLGATE_DATABASE__URL", &app.infra.database_url).output().unwrap();
         (
@@ -1000,13 +984,7 @@ async fn audit_prune_keeps_three_years_and_leaves_chains_that_still_verify_from_
     assert!(!ok && out.contains("the legal minimum (PIPL art. 56)"), "{out}");
 
     // The request chain made to look five years old (its stored time).
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&app.infra.database_url).await.unwrap();
-    let requests = "chain LIKE 'tollgate.requests%'";
-    sqlx::query(&format!("UPDATE audit_events SET occurred_at = '2021-06-01T00:00:00+00:00' WHERE {requests}"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    let (pool, requests) = (five_years_old_request_chain(&app.infra).await, REQUEST_CHAINS);
     let head: i64 = sqlx::query_scalar(&format!("SELECT MAX(seq) FROM audit_checkpoints WHERE {requests}"))
         .fetch_one(&pool)
         .await
@@ -1028,4 +1006,62 @@ async fn audit_prune_keeps_three_years_and_leaves_chains_that_still_verify_from_
     // What remains verifies from its checkpoint, chains, checkpoints and cross-checks.
     let (ok, out) = run(&["audit", "verify"]);
     assert!(ok && out.contains("checkpoint at 3"), "{out}");
+}
+
+#[tokio::test]
+async fn with_audit_retention_days_set_an_instance_prunes_the_trail_on_its_own_and_it_still_verifies() {
+    let app = three_approved_then_stopped("s").await;
+    // The request chain made to look five years old (its stored time); the
+    // stop checkpointed its head.
+    let (pool, requests) = (five_years_old_request_chain(&app.infra).await, REQUEST_CHAINS);
+    let count = format!("SELECT COUNT(*) FROM audit_events WHERE {requests}");
+    assert_eq!(sqlx::query_scalar::<_, i64>(&count).fetch_one(&pool).await.unwrap(), 3);
+
+    let app = app.restart_with(|s| s.audit.retention_days = 1095).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sqlx::query_scalar::<_, i64>(&count).fetch_one(&pool).await.unwrap() != 1 {
+        assert!(Instant::now() < deadline, "the scheduled prune did not cut the chain at its checkpoint");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let decisions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM decisions").fetch_one(&pool).await.unwrap();
+    assert_eq!(decisions, 1, "the removed events' decisions went with them");
+    pool.close().await;
+    let out =
+        tollgate().args(["audit", "verify"]).env("TOLLGATE_DATABASE__URL", &app.infra.database_url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("checkpoint at 3"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An instance that approved three tour requests and stopped (which
+/// checkpointed its chains).
+async fn three_approved_then_stopped(prefix: &str) -> TestApp {
+    let mut app = spawn_app().await;
+    for i in 0..3 {
+        let token = app.infra.token(TRAVEL, &[], 600);
+        let body = request(
+            &format!("{prefix}-{i}"),
+            Some(&token),
+            "smart-tourism",
+            "GX-610100-TOUR-0001",
+            "query",
+            "industry",
+        );
+        app.send(TRAVEL, body.to_string().as_bytes()).await;
+    }
+    let _ = app.request_audit(3).await;
+    app.stop().await;
+    app
+}
+
+const REQUEST_CHAINS: &str = "chain LIKE 'tollgate.requests%'";
+
+/// The request chains made to look five years old (their stored time).
+async fn five_years_old_request_chain(infra: &Infra) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&infra.database_url).await.unwrap();
+    sqlx::query(&format!("UPDATE audit_events SET occurred_at = '2021-06-01T00:00:00+00:00' WHERE {REQUEST_CHAINS}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool
 }

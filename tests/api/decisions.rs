@@ -37,6 +37,9 @@ async fn approved_request_yields_signed_grant_audit_event_and_usage_record() {
     let audit = app.request_audit(1).await;
     let e = audit_event(&audit[0]);
     assert_eq!((e.event_type.as_str(), e.outcome.as_str(), e.seq), ("decision", "approved", 1));
+    // The instance decided; the requester is what it decided about.
+    let instance = format!("tollgate/{}", app.settings.service.instance_id);
+    assert_eq!((e.actor.as_str(), e.subject.as_str()), (instance.as_str(), TRAVEL));
     assert_eq!(audit[0].key.as_deref(), Some(e.chain.as_bytes()), "audit events are keyed by chain");
     tollgate::audit::verify([&e]).expect("chain verifies");
 
@@ -196,6 +199,8 @@ async fn undecodable_input_goes_to_the_dead_letter_topic_with_its_reason() {
 
     let audit: Vec<_> = app.request_audit(3).await.iter().map(audit_event).collect();
     assert!(audit.iter().all(|e| e.event_type == "input_rejected"));
+    let instance = format!("tollgate/{}", app.settings.service.instance_id);
+    assert!(audit.iter().all(|e| e.actor == instance), "the instance rejected them: {audit:?}");
     assert_no_more(&app.reader(&app.infra.topics.decisions)).await;
 }
 

@@ -277,6 +277,25 @@ async fn rebalance_between_two_instances_mid_stream_decides_each_request_once() 
     assert_nothing_lost_nothing_twice(&infra, &seen, &expected).await;
     stop_with_sigterm(&mut b);
     watcher.abort();
+    // Both instances signed checkpoints, each with a key of its own, and
+    // every chain's checkpoints still form one line that verifies.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&infra.database_url).await.unwrap();
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM audit_checkpoints").fetch_all(&pool).await.unwrap();
+    pool.close().await;
+    let signers: std::collections::BTreeSet<String> = bodies
+        .iter()
+        .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap()["instance"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(signers, ["a".to_owned(), "b".to_owned()].into(), "checkpoint signers");
+    let out = tollgate()
+        .args(["audit", "verify"])
+        .env("TOLLGATE_DATABASE__URL", &infra.database_url)
+        .envs(topic_env(&infra.topics))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.contains(" 0 signed checkpoint(s)"), "{text}");
 }
 
 /// A free loopback port for the binary's HTTP endpoint.

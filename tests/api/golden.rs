@@ -41,6 +41,7 @@ async fn service() -> (DecisionService, SigningKey) {
     let idp = SigningKey::from_pem_file(&golden("idp.pem")).unwrap();
     let policy = tollgate::policy::Policy::load(&repo_policies()).await.unwrap();
     let mut settings = tollgate::config::Settings::default();
+    settings.service.instance_id = "golden".into();
     settings.service.max_message_bytes = 64 * 1024;
     settings.service.dead_letter_max_bytes = 64 * 1024;
     settings.grant.signing_key = Some(golden("grants.pem"));
