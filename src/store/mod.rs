@@ -98,10 +98,17 @@ pub enum StoreError {
 }
 
 /// The database driver's error, kept as the cause without making the
-/// driver's type part of tollgate's API.
+/// driver's type part of tollgate's API; or a row another writer changed
+/// since this transaction read it.
 #[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct DbError(sqlx::Error);
+pub enum DbError {
+    #[error(transparent)]
+    Driver(sqlx::Error),
+    /// A usage counter moved between this batch's read and its write:
+    /// another instance counted usage against the same quota.
+    #[error("{0} usage counter(s) changed since this batch read them")]
+    CounterMoved(u64),
+}
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
@@ -116,7 +123,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if is_unique_violation(&e) {
-            return StoreError::Conflict(DbError(e));
+            return StoreError::Conflict(DbError::Driver(e));
         }
         match e {
             sqlx::Error::Io(_)
@@ -125,7 +132,7 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Database(_) => StoreError::Unavailable(DbError(e)),
+            | sqlx::Error::Database(_) => StoreError::Unavailable(DbError::Driver(e)),
             other => StoreError::Fatal(other.to_string()),
         }
     }
@@ -217,6 +224,26 @@ pub struct Store {
     sqlite: bool,
 }
 
+/// Applies the migrations not applied yet. PostgreSQL serialises
+/// concurrent migrators with a lock; SQLite has none, so two instances
+/// starting at once on a new file race, and the loser sees a migration it
+/// read as pending fail ("table … already exists"). Each migration commits
+/// on its own, so running again skips what the winner applied.
+async fn migrate(pool: &sqlx::AnyPool, sqlite: bool) -> Result<(), StoreError> {
+    let mut attempts = if sqlite { 10 } else { 1 };
+    loop {
+        attempts -= 1;
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(_)) if attempts > 0 => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(sqlx::migrate::MigrateError::Execute(e)) => return Err(StoreError::from(e)),
+            Err(other) => return Err(StoreError::Fatal(other.to_string())),
+        }
+    }
+}
+
 impl Store {
     /// Connects and migrates. A `sqlite://` file is created when missing.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
@@ -236,10 +263,7 @@ impl Store {
         if sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
-        MIGRATOR.run(&pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => StoreError::from(e),
-            other => StoreError::Fatal(other.to_string()),
-        })?;
+        migrate(&pool, sqlite).await?;
         audit_query::backfill(&pool).await?;
         Ok(Store { pool, sqlite })
     }
@@ -252,6 +276,7 @@ impl Store {
             outcomes: HashMap::new(),
             tokens: HashMap::new(),
             counters: HashMap::new(),
+            counters_read: HashMap::new(),
             heads: HashMap::new(),
             pending: Pending::default(),
             sqlite: self.sqlite,
@@ -407,6 +432,10 @@ pub struct Batch {
     tokens: HashMap<(String, String), Option<String>>,
     /// Known usage counters (stored value plus this batch's additions).
     counters: HashMap<(String, String, String), u64>,
+    /// What the database held for each counter when this batch read it
+    /// (None: no row). The batch's write is conditional on it, so two
+    /// instances can never both spend the same quota (see `add_to_counters`).
+    counters_read: HashMap<(String, String, String), Option<u64>>,
     /// Chain heads: last (seq, hash) per chain, None for an empty chain.
     heads: HashMap<String, Option<(u64, String)>>,
     pending: Pending,
@@ -529,11 +558,13 @@ impl Batch {
                 .await?;
             for k in counter_keys {
                 self.counters.insert(k.clone(), 0);
+                self.counters_read.insert(k.clone(), None);
             }
             for r in rows {
-                let quantity: i64 = r.try_get(3)?;
-                self.counters
-                    .insert((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?), u64::try_from(quantity).unwrap_or(0));
+                let quantity = u64::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0);
+                let key = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                self.counters.insert(key.clone(), quantity);
+                self.counters_read.insert(key, Some(quantity));
             }
         }
         for chain in &keys.chains {
@@ -782,6 +813,13 @@ impl Batch {
     /// Writes everything buffered and commits. On any error nothing of the
     /// batch is stored.
     pub async fn finish(mut self) -> Result<(), StoreError> {
+        // A counter this batch adds to without having read it (none today)
+        // is read now: the write below is conditional on the read.
+        let unread: Vec<_> =
+            self.pending.counter_deltas.keys().filter(|k| !self.counters_read.contains_key(*k)).cloned().collect();
+        if !unread.is_empty() {
+            self.prefetch(&Prefetch { counters: unread, ..Prefetch::default() }).await?;
+        }
         let p = std::mem::take(&mut self.pending);
         let sqlite = self.sqlite;
         let tx = &mut self.tx;
@@ -791,7 +829,7 @@ impl Batch {
         grants::insert_grants(tx, sqlite, &p.grants).await?;
         reviews::insert_reviews(tx, sqlite, &p.reviews).await?;
         replace_decisions(tx, &p.final_decisions, &p.replaced_outcomes).await?;
-        add_to_counters(tx, sqlite, &p.counter_deltas).await?;
+        add_to_counters(tx, sqlite, &p.counter_deltas, &self.counters_read).await?;
         insert_rows(
             tx,
             sqlite,
@@ -949,26 +987,56 @@ async fn insert_usage(
     Ok(())
 }
 
-/// The batch's usage added to the running totals.
+/// The batch's usage added to the running totals, on condition that no
+/// other writer moved them since the batch read them: a counter read as
+/// absent is inserted (a row another writer inserted meanwhile is a unique
+/// violation), one read as `v` is updated only where it still holds `v`.
+/// Either way a lost race is a [`StoreError::Conflict`], and the batch is
+/// decided again from the counter as it now stands. So a quota holds
+/// exactly with any number of instances, without holding a lock.
 async fn add_to_counters(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     sqlite: bool,
     counter_deltas: &HashMap<(String, String, String), u64>,
+    read: &HashMap<(String, String, String), Option<u64>>,
 ) -> Result<(), StoreError> {
-    // One row per key: PostgreSQL refuses to update a row twice in one
-    // INSERT … ON CONFLICT.
-    let deltas: Vec<(&(String, String, String), &u64)> = counter_deltas.iter().collect();
-    for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let (mut new, mut moved) = (Vec::new(), Vec::new());
+    for (key, delta) in counter_deltas {
+        match read.get(key).copied().flatten() {
+            None => new.push((key, *delta)),
+            Some(was) => moved.push((key, was, *delta)),
+        }
+    }
+    for chunk in new.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO usage_counters (subject, dataset, period, quantity) VALUES {} \
-             ON CONFLICT (subject, dataset, period) DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity",
+            "INSERT INTO usage_counters (subject, dataset, period, quantity) VALUES {}",
             placeholders(chunk.len(), 4, sqlite)
         );
         let mut q = sqlx::query(&sql);
-        for ((s, d, per), n) in chunk {
-            q = q.bind(s.as_str()).bind(d.as_str()).bind(per.as_str()).bind(i64::try_from(**n).unwrap_or(i64::MAX));
+        for ((s, d, per), delta) in chunk {
+            q = q.bind(s.as_str()).bind(d.as_str()).bind(per.as_str()).bind(n(*delta));
         }
         q.execute(&mut **tx).await?;
+    }
+    for chunk in moved.chunks(ROWS_PER_STATEMENT) {
+        // A CTE names the VALUES columns on both databases (SQLite has no
+        // column list on a FROM subquery).
+        let sql = format!(
+            "WITH v (subject, dataset, period, was, delta) AS (VALUES {}) \
+             UPDATE usage_counters SET quantity = v.was + v.delta FROM v \
+             WHERE usage_counters.subject = v.subject AND usage_counters.dataset = v.dataset \
+             AND usage_counters.period = v.period AND usage_counters.quantity = v.was",
+            placeholders(chunk.len(), 5, sqlite)
+        );
+        let mut q = sqlx::query(&sql);
+        for ((s, d, per), was, delta) in chunk {
+            q = q.bind(s.as_str()).bind(d.as_str()).bind(per.as_str()).bind(n(*was)).bind(n(*delta));
+        }
+        let updated = q.execute(&mut **tx).await?.rows_affected();
+        if updated != chunk.len() as u64 {
+            return Err(StoreError::Conflict(DbError::CounterMoved(chunk.len() as u64 - updated)));
+        }
     }
     Ok(())
 }
@@ -1039,6 +1107,34 @@ mod tests {
         // Deciding again sees the first writer's row.
         let mut again = store.begin().await.unwrap();
         assert_eq!(again.use_token("iss", "jti-1", "req-b", 0).await.unwrap(), TokenUse::UsedBy("req-a".into()));
+    }
+
+    #[tokio::test]
+    async fn a_usage_counter_another_writer_moved_since_it_was_read_is_a_conflict_not_a_lost_update() {
+        let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+        let key = ("sub".to_owned(), "ds".to_owned(), "2026-12".to_owned());
+        let spend = |read: Option<Option<u64>>, n: u64| {
+            let (store, key) = (store.clone(), key.clone());
+            async move {
+                let mut batch = store.begin().await.unwrap();
+                match read {
+                    // What another instance's batch read before this one committed.
+                    Some(stale) => drop(batch.counters_read.insert(key.clone(), stale)),
+                    None => drop(batch.usage_in_period(&key.0, &key.1, &key.2).await.unwrap()),
+                }
+                batch.pending.counter_deltas.insert(key, n);
+                batch.finish().await
+            }
+        };
+        spend(None, 5).await.unwrap();
+        let absent = spend(Some(None), 3).await.unwrap_err();
+        assert!(matches!(absent, StoreError::Conflict(_)), "{absent:?}");
+        let moved = spend(Some(Some(2)), 3).await.unwrap_err();
+        assert!(matches!(moved, StoreError::Conflict(DbError::CounterMoved(1))), "{moved:?}");
+        // Deciding again reads the counter as it stands.
+        spend(None, 3).await.unwrap();
+        let mut batch = store.begin().await.unwrap();
+        assert_eq!(batch.usage_in_period(&key.0, &key.1, &key.2).await.unwrap(), 8);
     }
 
     #[tokio::test]

@@ -679,3 +679,80 @@ async fn kill_9_between_verdicts_and_their_publication_decides_each_review_once(
     }
     stop_with_sigterm(&mut child);
 }
+
+#[tokio::test]
+async fn two_instances_deciding_interleaved_requests_never_grant_more_than_one_small_quota() {
+    let infra = infra().await;
+    let _logs = LogsOnFailure(infra.dir.path().to_owned());
+    // The dataset's monthly quota made small: 60 calls.
+    let policy = policy_copy(&infra, false);
+    let catalogue = policy.join("catalogue.toml");
+    let text = std::fs::read_to_string(&catalogue).unwrap();
+    let small = text.replacen("monthly_quota = 100000", "monthly_quota = 60", 1);
+    assert_ne!(small, text, "the tour dataset's quota is in the catalogue");
+    std::fs::write(&catalogue, small).unwrap();
+    let start = |id: &str| {
+        serve(&infra).env("TOLLGATE_POLICY__DIR", &policy).env("TOLLGATE_SERVICE__INSTANCE_ID", id).spawn().map(Running)
+    };
+    let (mut a, mut b) = (start("a").unwrap(), start("b").unwrap());
+    let (seen, watcher) = Seen::watch(&infra);
+    sqlx::any::install_default_drivers();
+    // The instances may not have created a SQLite file yet.
+    let url = &infra.database_url;
+    let url = if url.starts_with("sqlite:") { format!("{url}?mode=rwc") } else { url.clone() };
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let client = Client::new(&Settings::default().kafka, &infra.bootstrap).unwrap();
+    let send = |id: String, class: &'static str, key: String| {
+        let body =
+            request(&id, Some(&infra.token(TRAVEL, &[], 3600)), "smart-tourism", "GX-610100-TOUR-0001", "query", class);
+        let (client, topic) = (&client, &infra.topics.requests);
+        async move { client.produce(topic, &key, body.to_string().as_bytes(), &[]).await.unwrap() }
+    };
+    // Warm-up (denied, so no usage) until both instances decide: each
+    // audit event names the instance that decided it.
+    let deadline = Instant::now() + SETTLE;
+    for round in 0.. {
+        for i in 0..14 {
+            send(format!("w-{round}-{i}"), "public_welfare", format!("k{i}")).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if actors(&pool).await.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both instances never decided: {:?}", actors(&pool).await);
+    }
+    // One enterprise, 400 requests for that dataset in one burst over every
+    // partition: each instance takes large batches, so both read the
+    // counter before either has stored what it spent.
+    let warm = seen.count();
+    futures_util::future::join_all((0..400).map(|i| send(format!("q-{i:03}"), "industry", format!("k{}", i % 7))))
+        .await;
+    seen.wait_for(warm + 400, SETTLE).await;
+    stop_with_sigterm(&mut a);
+    stop_with_sigterm(&mut b);
+    watcher.abort();
+
+    let decided = seen.0.lock().unwrap().clone();
+    let burst: Vec<_> = decided.iter().filter(|(id, _)| id.starts_with("q-")).map(|(_, d)| d).collect();
+    assert_eq!(burst.len(), 400);
+    assert!(burst.iter().all(|d| d.len() == 1), "one decision per request");
+    let approved = burst.iter().filter(|d| d.iter().any(|(_, o)| *o == Outcome::Approved)).count();
+    assert_eq!(approved, 60, "approvals against a quota of 60");
+    let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
+    let (records, quantity, _) = store.usage_totals().await.unwrap();
+    assert_eq!((records, quantity), (60, 60), "usage records and units");
+    println!("decided by {:?}", actors(&pool).await);
+    pool.close().await;
+}
+
+/// The instances that decided requests so far (audit events' actors).
+async fn actors(pool: &sqlx::AnyPool) -> BTreeSet<String> {
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM audit_events WHERE chain LIKE 'tollgate.requests%'")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    bodies
+        .iter()
+        .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap()["actor"].as_str().unwrap().to_owned())
+        .collect()
+}
