@@ -117,10 +117,14 @@ pub fn cross_check<'a>(
     events: impl IntoIterator<Item = &'a AuditEvent>,
     decisions: &[(String, String)],
     usage_requests: &[String],
+    reports: &[(String, String)],
 ) -> Result<(), ChainError> {
     let digests: std::collections::HashSet<&str> = events.into_iter().map(|e| e.request_digest.as_str()).collect();
     if let Some((id, _)) = decisions.iter().find(|(_, digest)| !digests.contains(digest.as_str())) {
         return Err(ChainError::Unaudited { record: format!("the decision on request {id}") });
+    }
+    if let Some((id, _)) = reports.iter().find(|(_, digest)| !digests.contains(digest.as_str())) {
+        return Err(ChainError::Unaudited { record: format!("the usage report {id}") });
     }
     let decided: std::collections::HashSet<&str> = decisions.iter().map(|(id, _)| id.as_str()).collect();
     if let Some(id) = usage_requests.iter().find(|id| !decided.contains(id.as_str())) {
@@ -332,6 +336,23 @@ mod tests {
             out.push(sealed);
         }
         out
+    }
+
+    #[test]
+    fn a_decision_usage_record_or_usage_report_without_its_audit_event_is_named() {
+        let events = chain(3);
+        let digest = |n: u32| format!("{n:064}");
+        let decisions = vec![("r-1".to_owned(), digest(1)), ("r-2".to_owned(), digest(2))];
+        let reports = vec![("rep-1".to_owned(), digest(0))];
+        cross_check(&events, &decisions, &["r-1".into()], &reports).expect("all audited");
+        let lost = vec![("rep-9".to_owned(), digest(9))];
+        let err = cross_check(&events, &decisions, &[], &lost).unwrap_err().to_string();
+        assert!(err.contains("the usage report rep-9"), "{err}");
+        let err = cross_check(&events, &decisions, &["r-7".into()], &[]).unwrap_err().to_string();
+        assert!(err.contains("the usage record of request r-7"), "{err}");
+        let unaudited = vec![("r-8".to_owned(), digest(8))];
+        let err = cross_check(&events, &unaudited, &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("the decision on request r-8"), "{err}");
     }
 
     #[test]

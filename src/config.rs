@@ -289,6 +289,8 @@ pub struct Topics {
     pub replies: String,
     /// Signed checkpoints of the audit chains (out).
     pub checkpoints: String,
+    /// Data hosts' usage reports (in).
+    pub usage_reports: String,
 }
 
 impl Default for Topics {
@@ -304,6 +306,7 @@ impl Default for Topics {
             grants: "tollgate.grants".into(),
             replies: "tollgate.replies".into(),
             checkpoints: "tollgate.audit.checkpoints".into(),
+            usage_reports: "tollgate.usage_reports".into(),
         }
     }
 }
@@ -323,10 +326,11 @@ impl Topics {
             grants: format!("{}.{suffix}", d.grants),
             replies: format!("{}.{suffix}", d.replies),
             checkpoints: format!("{}.{suffix}", d.checkpoints),
+            usage_reports: format!("{}.{suffix}", d.usage_reports),
         }
     }
 
-    pub fn all(&self) -> [&str; 10] {
+    pub fn all(&self) -> [&str; 11] {
         [
             &self.requests,
             &self.reviews,
@@ -338,6 +342,7 @@ impl Topics {
             &self.grants,
             &self.replies,
             &self.checkpoints,
+            &self.usage_reports,
         ]
     }
 
@@ -364,14 +369,14 @@ impl Topics {
     }
 
     /// The topics the decision loop consumes.
-    pub fn inputs(&self) -> [&str; 3] {
-        [&self.requests, &self.reviews, &self.revocations]
+    pub fn inputs(&self) -> [&str; 4] {
+        [&self.requests, &self.reviews, &self.revocations, &self.usage_reports]
     }
 
-    /// Whether inputs of `topic` are commands (verdicts, revocations),
-    /// which act on what earlier inputs stored.
+    /// Whether inputs of `topic` are commands (verdicts, revocations,
+    /// usage reports), which act on what earlier inputs stored.
     pub fn is_command(&self, topic: &str) -> bool {
-        topic == self.reviews || topic == self.revocations
+        topic == self.reviews || topic == self.revocations || topic == self.usage_reports
     }
 }
 

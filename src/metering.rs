@@ -27,6 +27,24 @@ pub struct PriceItem {
     pub cap_fen: i64,
     /// Units a subject may use per dataset per calendar month (UTC).
     pub monthly_quota: u64,
+    /// When the item is charged: at approval (the requested quantity) or
+    /// on report (what the data host says it served).
+    #[serde(default)]
+    pub charge_at: ChargeAt,
+}
+
+/// When a price item is charged. Every usage record carries its amount,
+/// so finance sums `amount_fen` over all of them: an approval of an
+/// on-report item and a report on an at-approval item carry 0 fen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeAt {
+    /// Per call, as requested: the approval's usage record is the charge.
+    #[default]
+    Approval,
+    /// Per record or volume served: each accepted usage report is priced
+    /// at the tier the enterprise has reached in the period.
+    Report,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,6 +150,7 @@ mod tests {
             ],
             cap_fen: 80,
             monthly_quota: 10_000,
+            charge_at: ChargeAt::Approval,
         }
     }
 

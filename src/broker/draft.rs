@@ -101,6 +101,11 @@ impl DecisionService {
                         let commit = self.revoke(batch, policy, &origin, command, identity).await?;
                         Ok(Step::Commit(Box::new(commit), Tally::Command, traceparent))
                     }
+                    Input::Report(report, identity) => {
+                        let traceparent = origin.traceparent.clone();
+                        let commit = self.report(batch, policy, &origin, report, identity).await?;
+                        Ok(Step::Commit(Box::new(commit), Tally::Command, traceparent))
+                    }
                 }
             }
         }

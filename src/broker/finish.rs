@@ -10,7 +10,7 @@ use crate::audit;
 use crate::auth::Principal;
 use crate::contract::GrantClaims;
 use crate::contract::{
-    AccessRequest, AuditEvent, DECISION_SCHEMA, Decision, EventType, Grant, Outcome, USAGE_SCHEMA, UsageRecord,
+    AccessRequest, AuditEvent, Basis, DECISION_SCHEMA, Decision, EventType, Grant, Outcome, USAGE_SCHEMA, UsageRecord,
 };
 use crate::decide::impact::{Effects, ReplayInputs};
 use crate::decide::{ChargeDraft, Evaluation};
@@ -250,6 +250,9 @@ impl DecisionService {
             period: period.to_owned(),
             quota: c.quota,
             recorded_at: now,
+            basis: Basis::Approval,
+            report: None,
+            flags: Vec::new(),
         }
     }
 

@@ -20,6 +20,7 @@ mod finish;
 mod outputs;
 mod prepare;
 mod purge;
+mod report;
 mod review;
 mod revoke;
 

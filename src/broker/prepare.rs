@@ -9,7 +9,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 use super::{DecisionService, on_two_threads};
 use crate::auth::{AuthError, Principal};
-use crate::contract::{AccessRequest, ReviewVerdict, RevokeCommand};
+use crate::contract::{AccessRequest, ReviewVerdict, RevokeCommand, UsageReport};
 use crate::decide::{self, Rejection};
 use crate::domain::ChainId;
 use crate::kafka::ConsumedMessage;
@@ -49,6 +49,8 @@ pub(super) enum Input {
     Revoke(RevokeCommand, Result<Principal, AuthError>),
     /// A reviewer's verdict (`tollgate.reviews`).
     Verdict(ReviewVerdict, Result<Principal, AuthError>),
+    /// A data host's usage report (`tollgate.usage_reports`).
+    Report(UsageReport, Result<Principal, AuthError>),
 }
 
 /// An input decoded and its token verified: everything about it that needs
@@ -89,6 +91,7 @@ impl<'m> Prepared<'m> {
         let idem_key = match &input {
             Ok(Input::Access(request, _)) => format!("request:{}", request.request_id),
             Ok(Input::Revoke(command, _)) => format!("command:{}", command.command_id),
+            Ok(Input::Report(report, _)) => format!("report:{}", report.report_id),
             // A verdict is answered once per message: the same verdict sent
             // again finds the request decided (`review.already_decided`).
             Ok(Input::Verdict(..)) => format!("verdict:{}", position(msg)),
@@ -110,6 +113,8 @@ impl DecisionService {
         let (payload, authorization, max) = (&msg.payload, msg.header("authorization"), self.max_message_bytes);
         let input = if msg.topic == self.topics.revocations {
             decide::decode_revoke(payload, authorization, max).map(|(c, t)| Input::Revoke(c, verify(t.as_deref())))
+        } else if msg.topic == self.topics.usage_reports {
+            decide::decode_report(payload, authorization, max).map(|(r, t)| Input::Report(r, verify(t.as_deref())))
         } else if msg.topic == self.topics.reviews {
             decide::decode_verdict(payload, authorization, max).map(|(v, t)| Input::Verdict(v, verify(t.as_deref())))
         } else {

@@ -45,8 +45,13 @@ pub async fn verify(settings: &Settings, from: VerifyFrom<'_>) -> anyhow::Result
         .context("audit checkpoint verification failed")?;
     if !from.kafka {
         let decisions = store.decision_digests().await?;
-        tollgate::audit::cross_check(&events, &decisions, &store.usage_requests().await?)
-            .context("audit cross-check of the database failed")?;
+        tollgate::audit::cross_check(
+            &events,
+            &decisions,
+            &store.usage_requests().await?,
+            &store.report_digests().await?,
+        )
+        .context("audit cross-check of the database failed")?;
     }
     for (chain, (seq, head)) in &report.chains {
         let checkpoint =

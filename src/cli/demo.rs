@@ -288,6 +288,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     }
     summarise(&reader, &traffic.sent, traffic.expected, opts.verbose, started).await?;
     resolve_reviews(&client, &settings, &store, &idp).await?;
+    show_usage_reports(&client, &settings, &store, &idp).await?;
     show_revocation(&client, &settings, &store, &idp).await?;
 
     shutdown.cancel();
@@ -382,6 +383,58 @@ async fn resolve_reviews(
     Ok(())
 }
 
+/// Data hosts report what they served under three live grants (not the
+/// one the operator revokes next): two as approved, the third beyond its
+/// grant (accepted and flagged); the replies are shown.
+async fn show_usage_reports(
+    client: &Client,
+    settings: &Settings,
+    store: &tollgate::store::Store,
+    idp: &SigningKey,
+) -> anyhow::Result<()> {
+    let policy = tollgate::policy::Policy::load(&settings.policy.dir).await?;
+    let now = chrono::Utc::now();
+    let grants: Vec<_> = store.live_grants(now.timestamp()).await?.into_iter().skip(1).take(3).collect();
+    let topics = &settings.topics;
+    let reader = client.reader(&[&topics.replies], "tollgate-demo-reports")?;
+    let mut open = std::collections::HashMap::new();
+    for (i, g) in grants.iter().enumerate() {
+        let Some(dataset) = policy.catalogue().datasets.get(&g.dataset) else { continue };
+        let token = idp.sign(&Claims::new(&g.holder, ISSUER, "tollgate", 600).with_roles(&["data_host"]));
+        // The demo's requests ask for one unit; the third host served five.
+        let units = if i == 2 { 5 } else { 1 };
+        let id = format!("demo-report-{i}");
+        let report = serde_json::json!({
+            "schema": "tollgate.usage_report/v1", "report_id": id, "decision_id": g.decision_id,
+            "dataset": g.dataset, "operation": g.operation, "units": units, "unit": dataset.price.unit,
+            "served_from": now, "served_to": now, "token": token,
+        });
+        client.produce(&topics.usage_reports, &g.decision_id, report.to_string().as_bytes(), &[]).await?;
+        open.insert(id, (g, units));
+    }
+    if !open.is_empty() {
+        println!();
+        println!("usage reports: data hosts report what they served under {} grant(s)", open.len());
+    }
+    while !open.is_empty() {
+        let Some(m) = reader.next(Duration::from_secs(30)).await? else {
+            anyhow::bail!("{} usage report(s) got no answer within 30 s", open.len());
+        };
+        let reply: tollgate::contract::Reply = serde_json::from_slice(&m.payload)?;
+        let Some((g, units)) = open.remove(&reply.command_id) else { continue };
+        let flags: Vec<&str> = reply.reasons.iter().map(|r| r.code.as_str()).collect();
+        println!(
+            "  {} {units} unit(s) of {} by {} → {} {}",
+            g.holder,
+            g.dataset,
+            g.subject,
+            reply.outcome,
+            flags.join(" ")
+        );
+    }
+    Ok(())
+}
+
 /// An operator at the provincial data bureau.
 const OPERATOR: &str = "11610000MB0001111E";
 
@@ -448,6 +501,14 @@ async fn print_totals(store: &tollgate::store::Store) -> anyhow::Result<()> {
         .and_then(|r| tollgate::audit::verify_checkpoints(&events, &r, &checkpoints, &keys).map(|c| (r, c)));
     println!();
     println!("usage: {records} records, {quantity} units, {} billed (public use waived)", yuan(amount));
+    let r = store.report_totals().await?;
+    println!(
+        "reported by data hosts: {} report(s), {} units, {} billed on report, {} flagged usage.exceeds_grant",
+        r.reports,
+        r.units,
+        yuan(r.amount_fen),
+        r.flagged
+    );
     match report {
         Ok((r, c)) => println!(
             "audit: {} events on {} chain(s), hash chain verified, {} signed checkpoint(s) hold",

@@ -79,6 +79,9 @@ pub enum EventType {
     Revocation,
     /// A grant withdrawn because the policy in force no longer allows it.
     PolicyRevocation,
+    /// A data host's usage report: accepted (flagged when beyond its
+    /// grant) or refused.
+    UsageReport,
 }
 
 impl EventType {
@@ -93,6 +96,7 @@ impl EventType {
             EventType::Review => "review",
             EventType::Revocation => "revocation",
             EventType::PolicyRevocation => "policy_revocation",
+            EventType::UsageReport => "usage_report",
         }
     }
 }

@@ -12,6 +12,7 @@ mod request;
 mod review;
 mod revocation;
 mod usage;
+mod usage_report;
 
 pub use audit_event::*;
 pub use checkpoint::*;
@@ -22,6 +23,7 @@ pub use request::*;
 pub use review::*;
 pub use revocation::*;
 pub use usage::*;
+pub use usage_report::*;
 
 pub const REQUEST_SCHEMA: &str = "tollgate.access_request/v1";
 pub const DECISION_SCHEMA: &str = "tollgate.decision/v1";

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Operation, PurposeClass, Quota};
+use super::{Basis, Operation, PurposeClass, Quota, Reason, Reported};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,4 +38,16 @@ pub struct UsageRecord {
     pub period: String,
     pub quota: Quota,
     pub recorded_at: chrono::DateTime<chrono::Utc>,
+    /// `approval` (written when the request was approved) or `report` (a
+    /// data host's report of what it served); absent in records written
+    /// before reports existed: approval.
+    #[serde(default)]
+    pub basis: Basis,
+    /// A reported record's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Reported>,
+    /// What a report exceeded (`usage.exceeds_grant`): recorded and
+    /// charged all the same, flagged for operators.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<Reason>,
 }

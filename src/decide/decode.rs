@@ -2,7 +2,10 @@
 //! a [`Rejection`] with a stable code (its input goes to the dead-letter
 //! topic); identity is taken from the token only, never from the body.
 
-use crate::contract::{AccessRequest, REQUEST_SCHEMA, REVIEW_SCHEMA, REVOKE_SCHEMA, ReviewVerdict, RevokeCommand};
+use crate::contract::{
+    AccessRequest, REQUEST_SCHEMA, REVIEW_SCHEMA, REVOKE_SCHEMA, ReviewVerdict, RevokeCommand, USAGE_REPORT_SCHEMA,
+    UsageReport,
+};
 
 /// Why an input could not be read as a request at all: it goes to the
 /// dead-letter topic with this code.
@@ -71,6 +74,23 @@ pub fn decode_verdict(
     check_text("comment", &verdict.comment)?;
     let token = verdict.token.clone().or_else(|| bearer(authorization));
     Ok((verdict, token))
+}
+
+/// Reads a data host's usage report (`tollgate.usage_report/v1`) and its
+/// token (body, else `authorization: Bearer` header).
+pub fn decode_report(
+    payload: &[u8],
+    authorization: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<(UsageReport, Option<String>), Rejection> {
+    let report: UsageReport = parse(payload, max_bytes, USAGE_REPORT_SCHEMA)?;
+    check_id("report_id", &report.report_id)?;
+    check_id("decision_id", &report.decision_id)?;
+    if report.units == 0 {
+        return Err(Rejection::new("input.invalid_request", "units must be at least 1"));
+    }
+    let token = report.token.clone().or_else(|| bearer(authorization));
+    Ok((report, token))
 }
 
 /// A message of `schema`, parsed from its text (serde_json rejects

@@ -7,15 +7,17 @@ mod decode;
 pub mod impact;
 pub mod policy_tests;
 pub mod recheck;
+pub mod report;
 
 use decode::truncate;
-pub use decode::{DecodedRequest, Rejection, decode, decode_revoke, decode_verdict};
+pub use decode::{DecodedRequest, Rejection, decode, decode_report, decode_revoke, decode_verdict};
 
 use chrono::{DateTime, Utc};
 
 use crate::auth::{AuthError, Principal};
 use crate::contract::Unit;
 use crate::contract::{AccessRequest, Outcome, Quota, Reason};
+use crate::metering::ChargeAt;
 use crate::policy::{Dataset, Grade, Policy, Scenario};
 
 /// What the policy says about a request, before ids, signatures and chain
@@ -291,7 +293,8 @@ fn approve(input: &DecisionInput<'_>, scenario: &Scenario, dataset: &Dataset, qu
         quantity,
         price_item: price.item.clone(),
         unit_price_fen: charge.unit_price_fen,
-        amount_fen: if fee_waived { 0 } else { charge.amount_fen },
+        // An on-report item is charged by the host's reports instead.
+        amount_fen: if fee_waived || price.charge_at == ChargeAt::Report { 0 } else { charge.amount_fen },
         fee_waived,
         waiver_reason: fee_waived
             .then(|| format!("{} use is free of charge (NDRC 2025 pricing notice)", r.purpose.class.as_str())),
@@ -547,7 +550,8 @@ mod tests {
         r.volume = Some(Volume { records: Some(1200), bytes: None });
         let e = eval(&policy, &principal(TRAVEL, &[]), &r, 0);
         let c = e.charge.expect("approved");
-        assert_eq!((c.quantity, c.amount_fen), (1200, 1200));
+        // Counted against the quota; charged by the host's reports (on report).
+        assert_eq!((c.quantity, c.amount_fen, c.quota.used), (1200, 0, 1200));
     }
 
     #[test]

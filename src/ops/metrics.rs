@@ -119,6 +119,11 @@ pub struct Counters {
     /// longer allows them.
     pub revoked_by_command: AtomicU64,
     pub revoked_by_policy: AtomicU64,
+    /// Data hosts' usage reports accepted / refused, and accepted ones
+    /// beyond their grant's volume or the quota (`usage.exceeds_grant`).
+    pub reports_accepted: AtomicU64,
+    pub reports_refused: AtomicU64,
+    pub reports_exceeding: AtomicU64,
     /// Gauges, refreshed every 10 s: requests pending review and the age
     /// of the oldest (seconds).
     pub reviews_pending: AtomicU64,
@@ -158,6 +163,18 @@ impl Health {
             "counter",
             "Grants withdrawn before they expired.",
             &[("{by=\"command\"}", get(&c.revoked_by_command)), ("{by=\"policy\"}", get(&c.revoked_by_policy))],
+        );
+        family(
+            "usage_reports_total",
+            "counter",
+            "Data hosts' usage reports answered.",
+            &[("{outcome=\"accepted\"}", get(&c.reports_accepted)), ("{outcome=\"refused\"}", get(&c.reports_refused))],
+        );
+        family(
+            "usage_exceeds_grant_total",
+            "counter",
+            "Usage reports beyond their grant's volume or the monthly quota (alert on it).",
+            &[("", get(&c.reports_exceeding))],
         );
     }
 

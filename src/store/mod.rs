@@ -17,6 +17,7 @@ mod decisions;
 mod grant_keys;
 mod grants;
 mod prune;
+mod reports;
 mod reviews;
 pub use audit_query::{AuditFilter, AuditPosition};
 pub use checkpoints::{ChainHead, LatestCheckpoint};
@@ -24,6 +25,7 @@ pub use decisions::StoredDecision;
 pub use grant_keys::PublishedKey;
 pub use grants::{GrantRow, GrantState, Revocation, RevokedGrant};
 pub use prune::Pruned;
+pub use reports::{ReportTotals, ReportedGrant, reported_period};
 pub use reviews::{Closing, ReviewRow};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
@@ -78,6 +80,17 @@ impl<'a> StoredOutput<'a> {
             payload: Some(Cow::Borrowed(&o.payload)),
             seq: None,
             usage_id: None,
+        }
+    }
+
+    /// An approval's usage record, by reference to its row.
+    fn usage(u: &'a UsageRecord) -> Self {
+        StoredOutput {
+            stream: Stream::Usage,
+            key: Cow::Borrowed(&u.subject),
+            payload: None,
+            seq: None,
+            usage_id: Some(Cow::Borrowed(&u.usage_id)),
         }
     }
 }
@@ -450,6 +463,8 @@ struct Pending {
     audit: Vec<(AuditEvent, String, Option<String>)>,
     decisions: Vec<DecisionRow>,
     usage: Vec<(UsageRecord, String)>,
+    /// Accepted usage reports: record, stored JSON, the report's digest.
+    reports: Vec<(UsageRecord, String, String)>,
     counter_deltas: HashMap<(String, String, String), u64>,
     tokens: Vec<(String, String, String, i64)>,
     /// Chain positions to publish from the outbox.
@@ -735,6 +750,9 @@ impl Batch {
             self.pending.with_messages.push(c.idem_key.clone());
         }
         let mut outputs = c.messages;
+        // A reported usage record is stored inline with the outcome (an
+        // approval's, by reference to its row).
+        let (usage, reported) = reports::split(c.usage, &mut outputs)?;
         let mut stored: Vec<StoredOutput<'_>> = outputs.iter().map(StoredOutput::inline).collect();
         stored.push(StoredOutput {
             stream: Stream::Audit,
@@ -743,19 +761,9 @@ impl Batch {
             seq: Some(audit.seq),
             usage_id: None,
         });
-        let usage_body = match &c.usage {
-            Some(u) => {
-                stored.push(StoredOutput {
-                    stream: Stream::Usage,
-                    key: Cow::Borrowed(&u.subject),
-                    payload: None,
-                    seq: None,
-                    usage_id: Some(Cow::Borrowed(&u.usage_id)),
-                });
-                Some(serde_json::to_string(u).map_err(|e| StoreError::Fatal(e.to_string()))?)
-            }
-            None => None,
-        };
+        stored.extend(usage.as_ref().map(StoredOutput::usage));
+        let usage_body =
+            usage.as_ref().map(serde_json::to_string).transpose().map_err(|e| StoreError::Fatal(e.to_string()))?;
         let encoded = serde_json::to_string(&stored).map_err(|e| StoreError::Fatal(e.to_string()))?;
         // What the request itself publishes again after a final decision:
         // not the reply to the reviewer.
@@ -781,7 +789,10 @@ impl Batch {
         if let (Some(key), Some(request_encoded)) = (&replaced, request_encoded) {
             self.pending.replaced_outcomes.push((key.clone(), request_encoded));
         }
-        if let (Some(u), Some(body)) = (c.usage, usage_body) {
+        if let Some(r) = reported {
+            self.add_report(r, &audit.request_digest);
+        }
+        if let (Some(u), Some(body)) = (usage, usage_body) {
             let key = (u.subject.clone(), u.dataset.clone(), u.period.clone());
             *self.counters.entry(key.clone()).or_default() += u.quantity;
             *self.pending.counter_deltas.entry(key).or_default() += u.quantity;
@@ -826,6 +837,7 @@ impl Batch {
         insert_audit(tx, sqlite, &p.audit).await?;
         insert_decisions(tx, sqlite, &p.decisions).await?;
         insert_usage(tx, sqlite, &p.usage).await?;
+        reports::insert_reports(tx, sqlite, &p.reports).await?;
         grants::insert_grants(tx, sqlite, &p.grants).await?;
         reviews::insert_reviews(tx, sqlite, &p.reviews).await?;
         replace_decisions(tx, &p.final_decisions, &p.replaced_outcomes).await?;

@@ -1,8 +1,8 @@
 //! `audit prune`: the trail's oldest part removed so that what remains
 //! still verifies — each chain cut just below a signed checkpoint, whose
 //! event stays as the chain's first — with the records that point at the
-//! removed events (decisions, their outcomes, usage, grants, reviews) in
-//! the same transaction, never after them.
+//! removed events (decisions, their outcomes, usage, accepted usage
+//! reports, grants, reviews) in the same transaction, never after them.
 
 use sqlx::Row;
 
@@ -54,6 +54,14 @@ impl Store {
         let mut decisions = 0;
         for body in &bodies {
             let digest = decode_audit(body)?.request_digest;
+            // An accepted usage report goes with its own event.
+            for sql in [
+                "DELETE FROM outcomes WHERE idem_key IN \
+                 (SELECT 'report:' || report_id FROM usage_reports WHERE request_digest = $1)",
+                "DELETE FROM usage_reports WHERE request_digest = $1",
+            ] {
+                sqlx::query(sql).bind(&digest).execute(&mut *tx).await?;
+            }
             let ids: Vec<String> = sqlx::query_scalar("SELECT request_id FROM decisions WHERE request_digest = $1")
                 .bind(&digest)
                 .fetch_all(&mut *tx)

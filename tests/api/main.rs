@@ -12,6 +12,7 @@ mod grants;
 mod helpers;
 mod hostile;
 mod impact;
+mod metering;
 mod poison;
 mod reload;
 mod review;

@@ -1,0 +1,156 @@
+//! Metering from evidence: data hosts report what they served under a
+//! grant on the usage-reports topic; tollgate checks each report against
+//! the grant, prices it when the item charges on report, flags one beyond
+//! the grant and refuses the rest with stable codes.
+
+use tollgate::auth::Claims;
+use tollgate::contract::{AuditEvent, Basis, Reply, UsageRecord};
+
+use crate::helpers::*;
+
+/// The Xi'an Municipal Transport Bureau: holds and hosts the ridership data.
+const TRANSIT_HOLDER: &str = "11610100MB00014441";
+const RIDERSHIP: &str = "GX-610100-TRAN-0002";
+
+fn host_token(app: &TestApp, org: &str, roles: &[&str]) -> String {
+    app.infra.idp.sign(&Claims::new(org, ISSUER, "tollgate", 600).with_roles(roles))
+}
+
+impl TestApp {
+    async fn report(&self, payload: &serde_json::Value) {
+        let key = payload["decision_id"].as_str().unwrap();
+        self.client.produce(&self.infra.topics.usage_reports, key, payload.to_string().as_bytes(), &[]).await.unwrap();
+    }
+
+    /// An approved request for `records` ridership records: its approval's
+    /// usage record.
+    async fn ridership_grant(&self, id: &str, records: u64) -> UsageRecord {
+        let mut body =
+            request(id, Some(&self.infra.token(TRAVEL, &[], 600)), "smart-tourism", RIDERSHIP, "query", "industry");
+        body["volume"] = serde_json::json!({"records": records});
+        self.send(TRAVEL, body.to_string().as_bytes()).await;
+        let usage = self.reader(&self.infra.topics.usage);
+        loop {
+            let u: UsageRecord = serde_json::from_slice(&read_n(&usage, 1).await[0].payload).unwrap();
+            if u.request_id == id {
+                return u;
+            }
+        }
+    }
+}
+
+fn report(id: &str, grant: &UsageRecord, units: u64, token: &str) -> serde_json::Value {
+    serde_json::json!({
+        "schema": "tollgate.usage_report/v1", "report_id": id, "decision_id": grant.decision_id,
+        "dataset": grant.dataset, "operation": "query", "units": units, "unit": "record",
+        "served_from": grant.recorded_at, "served_to": chrono::Utc::now(), "token": token,
+    })
+}
+
+/// The next usage record written for a report.
+async fn reported(usage: &tollgate::kafka::Reader) -> UsageRecord {
+    loop {
+        let u: UsageRecord = serde_json::from_slice(&read_n(usage, 1).await[0].payload).unwrap();
+        if u.basis == Basis::Report {
+            return u;
+        }
+    }
+}
+
+async fn answer(replies: &tollgate::kafka::Reader, id: &str) -> Reply {
+    loop {
+        let r: Reply = serde_json::from_slice(&read_n(replies, 1).await[0].payload).unwrap();
+        if r.command_id == id {
+            return r;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_host_report_is_charged_per_record_served_once_and_flagged_beyond_its_grant() {
+    let app = spawn_app().await;
+    let approval = app.ridership_grant("m-1", 1500).await;
+    // Charged on report: the approval reserves the quota, costs nothing.
+    assert_eq!((approval.basis, approval.quantity, approval.amount_fen), (Basis::Approval, 1500, 0));
+    let (replies, usage) = (app.reader(&app.infra.topics.replies), app.reader(&app.infra.topics.usage));
+    let host = host_token(&app, TRANSIT_HOLDER, &["data_host"]);
+
+    let first = report("rep-1", &approval, 1000, &host);
+    app.report(&first).await;
+    let accepted = answer(&replies, "rep-1").await;
+    assert_eq!((accepted.command.as_str(), accepted.outcome.as_str()), ("usage_report", "accepted"), "{accepted:?}");
+    let u = reported(&usage).await;
+    assert_eq!((u.basis, u.quantity, u.unit_price_fen, u.amount_fen), (Basis::Report, 1000, 1, 1000));
+    assert_eq!((u.decision_id.as_str(), u.request_id.as_str()), (approval.decision_id.as_str(), "m-1"));
+    assert_eq!(u.report.as_ref().map(|r| r.host.as_str()), Some(TRANSIT_HOLDER));
+    assert!(u.flags.is_empty());
+
+    // Redelivered: the same answer and the same record again (same
+    // usage_id: consumers keep one), nothing counted twice.
+    app.report(&first).await;
+    assert_eq!(answer(&replies, "rep-1").await, accepted);
+    assert_eq!(reported(&usage).await, u);
+
+    // 1000 + 700 > the 1500 the grant allowed: accepted, charged, flagged.
+    app.report(&report("rep-2", &approval, 700, &host)).await;
+    let flagged = answer(&replies, "rep-2").await;
+    assert_eq!(flagged.outcome, "accepted");
+    assert_eq!(flagged.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>(), ["usage.exceeds_grant"]);
+    let second = reported(&usage).await;
+    assert_eq!(second.report.as_ref().map(|r| r.report_id.as_str()), Some("rep-2"));
+    assert_eq!((second.amount_fen, second.flags[0].code.as_str()), (700, "usage.exceeds_grant"));
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(metrics.contains("tollgate_usage_exceeds_grant_total 1"), "{metrics}");
+    assert!(metrics.contains("tollgate_usage_reports_total{outcome=\"accepted\"} 2"), "{metrics}");
+
+    let store = tollgate::store::Store::connect(&app.infra.database_url, 1).await.unwrap();
+    assert_eq!(store.reported_units(&approval.decision_id).await.unwrap(), 1700, "rep-1 counted once");
+    let audit: Vec<AuditEvent> = app.request_audit(4).await.iter().map(audit_event).collect();
+    let reports: Vec<_> = audit.iter().filter(|e| e.event_type == "usage_report").collect();
+    assert!(reports.iter().all(|e| e.actor == TRANSIT_HOLDER && e.subject == TRAVEL), "{reports:?}");
+}
+
+#[tokio::test]
+async fn reports_on_unknown_or_revoked_grants_or_from_other_departments_are_refused_and_audited() {
+    let app = spawn_app().await;
+    let approval = app.ridership_grant("m-2", 100).await;
+    let replies = app.reader(&app.infra.topics.replies);
+    let host = host_token(&app, TRANSIT_HOLDER, &["data_host"]);
+    let code = |r: Reply| (r.outcome, r.reasons.first().map(|x| x.code.clone()).unwrap_or_default());
+    let refused = |c: &str| ("refused".to_owned(), c.to_owned());
+
+    let mut r = report("bad-1", &approval, 10, &host);
+    r["decision_id"] = "no-such-grant".into();
+    app.report(&r).await;
+    assert_eq!(code(answer(&replies, "bad-1").await), refused("report.unknown_grant"));
+
+    let tourism_bureau = host_token(&app, "11610100MB00014076", &["data_host"]);
+    app.report(&report("bad-2", &approval, 10, &tourism_bureau)).await;
+    assert_eq!(code(answer(&replies, "bad-2").await), refused("report.not_holder"));
+
+    let not_a_host = host_token(&app, TRANSIT_HOLDER, &["reviewer"]);
+    app.report(&report("bad-3", &approval, 10, &not_a_host)).await;
+    assert_eq!(code(answer(&replies, "bad-3").await), refused("report.not_data_host"));
+
+    let mut wrong_unit = report("bad-4", &approval, 10, &host);
+    wrong_unit["unit"] = "megabyte".into();
+    app.report(&wrong_unit).await;
+    assert_eq!(code(answer(&replies, "bad-4").await), refused("report.unit_mismatch"));
+
+    // Revoked by an operator: usage served after that is refused.
+    let operator =
+        app.infra.idp.sign(&Claims::new("11610000MB0001111E", ISSUER, "tollgate", 600).with_roles(&["operator"]));
+    let command = serde_json::json!({"schema": "tollgate.revoke/v1", "command_id": "c-m2", "token": operator,
+        "target": {"grant": approval.decision_id}, "reason": "contract ended"});
+    app.client.produce(&app.infra.topics.revocations, "ops", command.to_string().as_bytes(), &[]).await.unwrap();
+    assert_eq!(answer(&replies, "c-m2").await.outcome, "accepted");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.report(&report("bad-5", &approval, 10, &host)).await;
+    assert_eq!(code(answer(&replies, "bad-5").await), refused("report.grant_revoked"));
+
+    let store = tollgate::store::Store::connect(&app.infra.database_url, 1).await.unwrap();
+    assert_eq!(store.reported_units(&approval.decision_id).await.unwrap(), 0, "a refused report counts nothing");
+    let audit: Vec<AuditEvent> = app.request_audit(7).await.iter().map(audit_event).collect();
+    let refusals = audit.iter().filter(|e| e.event_type == "usage_report" && e.outcome == "refused").count();
+    assert_eq!(refusals, 5);
+}
