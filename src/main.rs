@@ -98,6 +98,11 @@ enum Command {
         #[command(subcommand)]
         command: GrantCommand,
     },
+    /// Metering: what was approved beside what data hosts reported.
+    Usage {
+        #[command(subcommand)]
+        command: UsageCommand,
+    },
     /// Generate an Ed25519 key pair: NAME.pem (private, PKCS#8) and NAME.pub.pem.
     Keygen {
         #[arg(long, default_value = ".")]
@@ -250,6 +255,19 @@ enum GrantCommand {
         /// The issuer grants must carry (default with no --jwks: grant.issuer).
         #[arg(long)]
         issuer: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsageCommand {
+    /// Per grant approved in a period: approved, reported and charged, and
+    /// the differences (grants with no report, reports beyond the grant).
+    Reconcile {
+        /// The billing period, YYYY-MM (UTC).
+        #[arg(long)]
+        period: String,
         #[arg(long)]
         json: bool,
     },
@@ -424,6 +442,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli::grant::jwks(&Settings::load(cli.config.as_deref())?, out.as_deref()).await
         }
         Command::Review { command } => review_command(cli.config.as_deref(), command).await,
+        Command::Usage { command: UsageCommand::Reconcile { period, json } } => {
+            cli::usage::reconcile(&Settings::load(cli.config.as_deref())?, &period, json).await
+        }
         Command::Grant { command } => grant_command(cli.config.as_deref(), command).await,
         Command::Keygen { out, name } => {
             let key = SigningKey::generate(&name);

@@ -130,6 +130,52 @@ impl PriceItem {
     }
 }
 
+/// One grant's approval beside what its data host reported: the line
+/// `usage reconcile` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantUsage {
+    pub decision_id: String,
+    pub subject: String,
+    pub dataset: String,
+    pub unit: Unit,
+    /// The approval: quantity and its charge.
+    pub approved: u64,
+    pub approved_fen: i64,
+    /// Accepted reports under the grant, whenever received.
+    pub reports: u64,
+    pub reported: u64,
+    pub reported_fen: i64,
+    /// Reports flagged `usage.exceeds_grant`.
+    pub flagged: u64,
+}
+
+/// How a grant's reports compare with its approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reconciled {
+    /// No report yet: nothing known to be served.
+    NoReport,
+    /// Reported up to what was approved.
+    Within,
+    /// Reported beyond it (or beyond the quota): flagged.
+    Over,
+}
+
+impl GrantUsage {
+    pub fn status(&self) -> Reconciled {
+        match self.reports {
+            0 => Reconciled::NoReport,
+            _ if self.reported > self.approved || self.flagged > 0 => Reconciled::Over,
+            _ => Reconciled::Within,
+        }
+    }
+
+    /// What the grant cost in all: its approval's charge and its reports'.
+    pub fn charged_fen(&self) -> i64 {
+        self.approved_fen.saturating_add(self.reported_fen)
+    }
+}
+
 /// `YYYY-MM` billing period of `at`.
 pub fn period_of(at: chrono::DateTime<chrono::Utc>) -> String {
     at.format("%Y-%m").to_string()

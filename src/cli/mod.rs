@@ -10,3 +10,4 @@ pub mod impact;
 pub mod loadgen;
 pub mod policy;
 pub mod review;
+pub mod usage;

@@ -12,6 +12,7 @@ use sqlx::Row;
 use super::{Batch, Output, StoreError, Stream};
 use crate::contract::{Basis, UsageRecord};
 use crate::decide::report::GrantFacts;
+use crate::metering::GrantUsage;
 
 /// The period key of the reported-units counter: kept beside the quota's
 /// counter (`YYYY-MM`) in `usage_counters`, apart from it.
@@ -117,6 +118,41 @@ pub struct ReportTotals {
 }
 
 impl super::Store {
+    /// Every grant approved in `period` (`YYYY-MM`) with the reports
+    /// accepted under it, by decision id.
+    pub async fn reconcile(&self, period: &str) -> Result<Vec<GrantUsage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT g.decision_id, g.subject, g.dataset, u.body, u.quantity, u.amount_fen, \
+             COALESCE(r.n, 0), COALESCE(r.units, 0), COALESCE(r.amount, 0), COALESCE(r.flagged, 0) \
+             FROM usage_records u JOIN grants g ON g.request_id = u.request_id \
+             LEFT JOIN (SELECT decision_id, CAST(COUNT(*) AS BIGINT) AS n, CAST(SUM(quantity) AS BIGINT) AS units, \
+               CAST(SUM(amount_fen) AS BIGINT) AS amount, CAST(SUM(flagged) AS BIGINT) AS flagged \
+               FROM usage_reports GROUP BY decision_id) r ON r.decision_id = g.decision_id \
+             WHERE u.period = $1 ORDER BY g.decision_id",
+        )
+        .bind(period)
+        .fetch_all(&self.pool)
+        .await?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        let line = |r: &sqlx::any::AnyRow| -> Result<GrantUsage, StoreError> {
+            let approval: UsageRecord = serde_json::from_str(&r.try_get::<String, _>(3)?)
+                .map_err(|e| StoreError::Fatal(format!("usage row: {e}")))?;
+            Ok(GrantUsage {
+                decision_id: r.try_get(0)?,
+                subject: r.try_get(1)?,
+                dataset: r.try_get(2)?,
+                unit: approval.unit,
+                approved: n(r.try_get(4)?),
+                approved_fen: r.try_get(5)?,
+                reports: n(r.try_get(6)?),
+                reported: n(r.try_get(7)?),
+                reported_fen: r.try_get(8)?,
+                flagged: n(r.try_get(9)?),
+            })
+        };
+        rows.iter().map(line).collect()
+    }
+
     /// Every accepted usage report, summed.
     pub async fn report_totals(&self) -> Result<ReportTotals, StoreError> {
         let r = sqlx::query(

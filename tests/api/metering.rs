@@ -108,6 +108,40 @@ async fn a_host_report_is_charged_per_record_served_once_and_flagged_beyond_its_
     let audit: Vec<AuditEvent> = app.request_audit(4).await.iter().map(audit_event).collect();
     let reports: Vec<_> = audit.iter().filter(|e| e.event_type == "usage_report").collect();
     assert!(reports.iter().all(|e| e.actor == TRANSIT_HOLDER && e.subject == TRAVEL), "{reports:?}");
+
+    // Reconciliation: one grant over, one within, one with no report.
+    let within = app.ridership_grant("m-1b", 500).await;
+    let silent = app.ridership_grant("m-1c", 300).await;
+    app.report(&report("rep-3", &within, 200, &host)).await;
+    assert_eq!(answer(&replies, "rep-3").await.outcome, "accepted");
+    let out = crate::binary::tollgate()
+        .args(["usage", "reconcile", "--period", &approval.period, "--json"])
+        .env("TOLLGATE_DATABASE__URL", &app.infra.database_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = |d: &UsageRecord| {
+        r["grants"].as_array().unwrap().iter().find(|g| g["decision_id"] == d.decision_id.as_str()).unwrap().clone()
+    };
+    let figures = |g: serde_json::Value| {
+        (
+            g["approved"].as_u64(),
+            g["reported"].as_u64(),
+            g["reports"].as_u64(),
+            g["charged_fen"].as_i64(),
+            g["status"].as_str().map(str::to_owned),
+        )
+    };
+    assert_eq!(figures(line(&approval)), (Some(1500), Some(1700), Some(2), Some(1700), Some("over".into())));
+    assert_eq!(figures(line(&within)), (Some(500), Some(200), Some(1), Some(200), Some("within".into())));
+    assert_eq!(figures(line(&silent)), (Some(300), Some(0), Some(0), Some(0), Some("no_report".into())));
+    let t = &r["totals"];
+    assert_eq!(
+        (t["grants"].as_u64(), t["over"].as_u64(), t["within"].as_u64(), t["no_report"].as_u64()),
+        (Some(3), Some(1), Some(1), Some(1))
+    );
+    assert_eq!((t["approved_fen"].as_i64(), t["reported_fen"].as_i64()), (Some(0), Some(1900)));
 }
 
 #[tokio::test]
