@@ -15,7 +15,7 @@
 //!   Casbin model, rules and catalogue; [`auth`] — token verification and
 //!   grant signing.
 //! * [`decide`] — the decision as pure functions (no I/O); [`audit`] — the
-//!   hash chain.
+//!   hash chain; [`disclosure`] — the yearly disclosure from usage records.
 //! * [`store`] — all SQL (sqlx); [`kafka`] — all Kafka I/O (rdkafka), the
 //!   consume loop and delivery; [`ops`] — readiness, metrics, HTTP, logs.
 //! * [`broker`] — what happens to a batch of inputs, phase by phase; policy
@@ -32,6 +32,7 @@ pub mod broker;
 pub mod config;
 pub mod contract;
 pub mod decide;
+pub mod disclosure;
 pub mod domain;
 pub mod kafka;
 pub mod metering;

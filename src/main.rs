@@ -98,6 +98,18 @@ enum Command {
         #[command(subcommand)]
         command: GrantCommand,
     },
+    /// The yearly disclosure (grants per scenario and enterprise, price
+    /// ceilings, products and actual prices, revenue against the cap), as
+    /// Markdown (default) or JSON; both files with --out.
+    Disclosure {
+        #[arg(long)]
+        year: i32,
+        /// Write disclosure-YEAR.md and disclosure-YEAR.json here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Metering: what was approved beside what data hosts reported.
     Usage {
         #[command(subcommand)]
@@ -260,8 +272,30 @@ enum GrantCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Csv,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum UsageCommand {
+    /// A period's usage per enterprise, dataset, scenario and price item
+    /// (free use apart), and the operator's revenue this year against its cap.
+    Report {
+        /// The billing period, YYYY-MM (UTC).
+        #[arg(long)]
+        period: String,
+        /// Only this enterprise (its unified social credit code).
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// Also draw usage per scenario per day as an SVG line chart here.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+    },
     /// Per grant approved in a period: approved, reported and charged, and
     /// the differences (grants with no report, reports beyond the grant).
     Reconcile {
@@ -442,8 +476,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli::grant::jwks(&Settings::load(cli.config.as_deref())?, out.as_deref()).await
         }
         Command::Review { command } => review_command(cli.config.as_deref(), command).await,
+        Command::Disclosure { year, out, json } => {
+            cli::usage::disclosure(&Settings::load(cli.config.as_deref())?, year, out.as_deref(), json).await
+        }
         Command::Usage { command: UsageCommand::Reconcile { period, json } } => {
             cli::usage::reconcile(&Settings::load(cli.config.as_deref())?, &period, json).await
+        }
+        Command::Usage { command: UsageCommand::Report { period, subject, format, chart } } => {
+            let format = match format {
+                ReportFormat::Table => cli::usage::Format::Table,
+                ReportFormat::Csv => cli::usage::Format::Csv,
+                ReportFormat::Json => cli::usage::Format::Json,
+            };
+            let settings = Settings::load(cli.config.as_deref())?;
+            cli::usage::report(&settings, &period, subject.as_deref(), format, chart.as_deref()).await
         }
         Command::Grant { command } => grant_command(cli.config.as_deref(), command).await,
         Command::Keygen { out, name } => {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{Unit, Volume};
+use crate::contract::{Basis, Unit, UsageRecord, Volume};
 
 /// One step of a progressive price: units up to `up_to` (cumulative within
 /// the billing period) cost `unit_price_fen` each; the last tier has no bound.
@@ -176,6 +176,77 @@ impl GrantUsage {
     }
 }
 
+/// One line of `usage report`: an enterprise's use of a dataset in a
+/// scenario under a price item, in a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UsageLine {
+    pub subject: String,
+    pub dataset: String,
+    pub scenario: String,
+    pub price_item: String,
+    /// Approvals' records, and the units they requested.
+    pub approvals: u64,
+    pub approved_units: u64,
+    /// Accepted reports' records, and the units hosts served.
+    pub reports: u64,
+    pub reported_units: u64,
+    /// Fen charged (approvals' and reports' alike).
+    pub charged_fen: i64,
+    /// Of the records above, those free of charge (public use), apart.
+    pub waived_records: u64,
+    pub waived_units: u64,
+}
+
+/// Usage records summed into lines by (subject, dataset, scenario, price
+/// item), in that order.
+#[derive(Debug, Default)]
+pub struct UsageSummary(std::collections::BTreeMap<(String, String, String, String), UsageLine>);
+
+impl UsageSummary {
+    pub fn add(&mut self, u: &UsageRecord) {
+        let key = (u.subject.clone(), u.dataset.clone(), u.scenario.clone(), u.price_item.clone());
+        let line = self.0.entry(key).or_insert_with(|| UsageLine {
+            subject: u.subject.clone(),
+            dataset: u.dataset.clone(),
+            scenario: u.scenario.clone(),
+            price_item: u.price_item.clone(),
+            ..UsageLine::default()
+        });
+        match u.basis {
+            Basis::Approval => (line.approvals += 1, line.approved_units += u.quantity),
+            Basis::Report => (line.reports += 1, line.reported_units += u.quantity),
+        };
+        line.charged_fen = line.charged_fen.saturating_add(u.amount_fen);
+        if u.fee_waived {
+            line.waived_records += 1;
+            line.waived_units += u.quantity;
+        }
+    }
+
+    pub fn lines(self) -> Vec<UsageLine> {
+        self.0.into_values().collect()
+    }
+}
+
+/// The operator's revenue in a year against its permitted cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RevenueAgainstCap {
+    pub revenue_fen: i64,
+    pub cap_fen: i64,
+    /// Beyond the cap: to be deducted in the next period.
+    pub excess_fen: i64,
+}
+
+impl RevenueAgainstCap {
+    pub fn new(revenue_fen: i64, cap_fen: i64) -> Self {
+        RevenueAgainstCap { revenue_fen, cap_fen, excess_fen: revenue_fen.saturating_sub(cap_fen).max(0) }
+    }
+
+    pub fn exceeded(&self) -> bool {
+        self.excess_fen > 0
+    }
+}
+
 /// `YYYY-MM` billing period of `at`.
 pub fn period_of(at: chrono::DateTime<chrono::Utc>) -> String {
     at.format("%Y-%m").to_string()
@@ -237,5 +308,55 @@ mod tests {
     fn huge_quantities_saturate_instead_of_wrapping() {
         let p = tiered();
         assert!(p.charge(0, u64::MAX).amount_fen > 0);
+    }
+
+    #[test]
+    fn a_usage_summary_sums_approvals_and_reports_per_line_with_free_use_apart() {
+        let record = |subject: &str, basis: Basis, quantity: u64, amount_fen: i64, fee_waived: bool| UsageRecord {
+            schema: "tollgate.usage/v1".into(),
+            usage_id: format!("{subject}-{quantity}-{amount_fen}"),
+            request_id: "r".into(),
+            decision_id: "d".into(),
+            subject: subject.into(),
+            dataset: "GX-610100-TRAN-0002".into(),
+            scenario: "smart-tourism".into(),
+            operation: crate::contract::Operation::Query,
+            purpose_class: crate::contract::PurposeClass::Industry,
+            unit: Unit::Record,
+            quantity,
+            price_item: "transit-records".into(),
+            unit_price_fen: 1,
+            amount_fen,
+            fee_waived,
+            waiver_reason: None,
+            period: "2026-12".into(),
+            quota: crate::contract::Quota { limit: 10, used: 0, remaining: 10 },
+            recorded_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            basis,
+            report: None,
+            flags: Vec::new(),
+        };
+        let mut s = UsageSummary::default();
+        for r in [
+            record("B", Basis::Approval, 1500, 0, false),
+            record("B", Basis::Report, 1000, 1000, false),
+            record("B", Basis::Report, 700, 700, false),
+            record("A", Basis::Approval, 300, 0, true),
+            record("A", Basis::Report, 300, 0, true),
+        ] {
+            s.add(&r);
+        }
+        let lines = s.lines();
+        assert_eq!(lines.iter().map(|l| l.subject.as_str()).collect::<Vec<_>>(), ["A", "B"], "in key order");
+        let b = &lines[1];
+        assert_eq!(
+            (b.approvals, b.approved_units, b.reports, b.reported_units, b.charged_fen, b.waived_records),
+            (1, 1500, 2, 1700, 1700, 0)
+        );
+        let a = &lines[0];
+        assert_eq!((a.charged_fen, a.waived_records, a.waived_units), (0, 2, 600));
+        let r = RevenueAgainstCap::new(1700, 1500);
+        assert_eq!((r.excess_fen, r.exceeded()), (200, true));
+        assert!(!RevenueAgainstCap::new(1500, 1500).exceeded());
     }
 }

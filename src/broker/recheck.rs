@@ -5,7 +5,11 @@
 //! with the denial's reason, announced to data hosts (`grant_revoked`) and
 //! audited on the instance's policy chain. Run after a reload that changed
 //! the policy, at start-up and every `grant.recheck_secs` (a scenario's
-//! authorization or a registration can lapse with no edit).
+//! authorization or a registration can lapse with no edit). The revenue
+//! cap: with each sweep, the operator's revenue this year is summed; the
+//! first time it passes the catalogue's `yearly_revenue_cap_fen`, that is
+//! audited once (whichever instance sees it first) and
+//! `tollgate_revenue_year_fen` shows it; charges go on.
 //!
 //! What must stay true: each revocation is stored with its messages in one
 //! transaction and published through the outbox (it has no input whose
@@ -23,6 +27,9 @@ use crate::audit;
 use crate::contract::{AccessRequest, AuditEvent, DECISION_SCHEMA, Decision, EventType, Outcome, Reason};
 use crate::decide::recheck::{Granted, denial};
 use crate::domain::ChainId;
+use std::sync::atomic::Ordering;
+
+use crate::metering::RevenueAgainstCap;
 use crate::ops::Health;
 use crate::policy::Policy;
 use crate::store::{Closing, Commit, DecisionRow, GrantRow, Output, ReviewRow, Revocation, Store, StoreError, Stream};
@@ -242,10 +249,65 @@ impl Recheck {
         }
     }
 
-    /// [`Recheck::sweep`] with the failure logged: the next sweep tries again.
+    /// [`Recheck::sweep`] and [`Recheck::revenue`] with failures logged:
+    /// the next sweep tries again.
     pub async fn sweep_logged(&self, policy: &Policy) {
         if let Err(error) = self.sweep(policy, Utc::now()).await {
             warn!(message = "live grants could not be re-checked against the policy; will retry", %error);
         }
+        if let Err(error) = self.revenue(policy, Utc::now()).await {
+            warn!(message = "the operator's revenue could not be checked against its cap; will retry", %error);
+        }
+    }
+
+    /// The operator's revenue this year against its cap; audits the first
+    /// crossing (stored once under `revenue_cap:<year>`). True when this
+    /// call audited it.
+    pub async fn revenue(&self, policy: &Policy, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let Some(operator) = &policy.catalogue().operator else { return Ok(false) };
+        let year = now.format("%Y").to_string();
+        let revenue = self.store.revenue(&format!("{year}-01"), &format!("{year}-12")).await?;
+        let against = RevenueAgainstCap::new(revenue, operator.yearly_revenue_cap_fen);
+        let gauge =
+            |a: &std::sync::atomic::AtomicU64, v: i64| a.store(u64::try_from(v).unwrap_or(0), Ordering::Relaxed);
+        gauge(&self.health.counters.revenue_year_fen, revenue);
+        gauge(&self.health.counters.revenue_cap_fen, operator.yearly_revenue_cap_fen);
+        if !against.exceeded() {
+            return Ok(false);
+        }
+        let message = format!(
+            "{} earned {revenue} fen in {year}, past its permitted {} fen: the excess of {} fen (as of now) is to be deducted next period",
+            operator.name, operator.yearly_revenue_cap_fen, against.excess_fen
+        );
+        let trace_id = opentelemetry::trace::TraceId::from_bytes(rand::random()).to_string();
+        let chain = ChainId::Policy { instance: self.instance_id.clone() }.to_string();
+        let commit = Commit {
+            idem_key: format!("revenue_cap:{year}"),
+            kind: "revenue_cap",
+            decision: None,
+            messages: Vec::new(),
+            audit: AuditEvent {
+                actor: format!("tollgate/{}", self.instance_id),
+                subject: operator.uscc.clone(),
+                resource: format!("revenue:{year}"),
+                action: "charge".into(),
+                outcome: "exceeded".into(),
+                reasons: vec![Reason::new("usage.revenue_cap_exceeded", message.clone())],
+                policy_version: policy.version().to_owned(),
+                request_digest: audit::digest(message.as_bytes()),
+                ..AuditEvent::draft(chain, EventType::RevenueCapExceeded, now, trace_id)
+            },
+            usage: None,
+            grant: None,
+            review: None,
+            supersedes: None,
+            created_at: super::rfc3339(now),
+        };
+        let first = matches!(self.store.commit(commit).await?, crate::store::Committed::New(_));
+        if first {
+            warn!(message = "REVENUE CAP EXCEEDED", detail = %message);
+            self.outbox.drain_logged().await;
+        }
+        Ok(first)
     }
 }

@@ -3,6 +3,7 @@
 //! commands). The library never formats for a terminal.
 
 pub mod audit;
+mod chart;
 pub mod demo;
 pub mod export;
 pub mod grant;

@@ -82,6 +82,9 @@ pub enum EventType {
     /// A data host's usage report: accepted (flagged when beyond its
     /// grant) or refused.
     UsageReport,
+    /// The operator's revenue this year passed its permitted cap (once a
+    /// year): charges go on, the excess is to be deducted next period.
+    RevenueCapExceeded,
 }
 
 impl EventType {
@@ -97,6 +100,7 @@ impl EventType {
             EventType::Revocation => "revocation",
             EventType::PolicyRevocation => "policy_revocation",
             EventType::UsageReport => "usage_report",
+            EventType::RevenueCapExceeded => "revenue_cap_exceeded",
         }
     }
 }

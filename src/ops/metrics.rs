@@ -124,6 +124,10 @@ pub struct Counters {
     pub reports_accepted: AtomicU64,
     pub reports_refused: AtomicU64,
     pub reports_exceeding: AtomicU64,
+    /// Gauges, refreshed with each grant re-check: the operator's revenue
+    /// this year and its permitted cap (fen; 0 when the catalogue names none).
+    pub revenue_year_fen: AtomicU64,
+    pub revenue_cap_fen: AtomicU64,
     /// Gauges, refreshed every 10 s: requests pending review and the age
     /// of the oldest (seconds).
     pub reviews_pending: AtomicU64,
@@ -169,6 +173,18 @@ impl Health {
             "counter",
             "Data hosts' usage reports answered.",
             &[("{outcome=\"accepted\"}", get(&c.reports_accepted)), ("{outcome=\"refused\"}", get(&c.reports_refused))],
+        );
+        family(
+            "revenue_year_fen",
+            "gauge",
+            "The operator's revenue this calendar year (fen), against tollgate_revenue_cap_fen.",
+            &[("", get(&c.revenue_year_fen))],
+        );
+        family(
+            "revenue_cap_fen",
+            "gauge",
+            "The operator's permitted yearly revenue (fen).",
+            &[("", get(&c.revenue_cap_fen))],
         );
         family(
             "usage_exceeds_grant_total",

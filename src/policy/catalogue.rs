@@ -82,13 +82,29 @@ pub struct Dataset {
 #[serde(deny_unknown_fields)]
 struct CatalogueFile {
     #[serde(default)]
+    operator: Option<Operator>,
+    #[serde(default)]
     scenarios: Vec<Scenario>,
     #[serde(default)]
     datasets: Vec<Dataset>,
 }
 
+/// The authorized operator whose products these prices are for, and the
+/// revenue it may earn from them in a calendar year (its permitted
+/// revenue: beyond it charges go on, the excess is deducted in the next
+/// period).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    pub name: String,
+    /// Its unified social credit code.
+    pub uscc: String,
+    pub yearly_revenue_cap_fen: i64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Catalogue {
+    pub operator: Option<Operator>,
     pub scenarios: BTreeMap<String, Scenario>,
     pub datasets: BTreeMap<String, Dataset>,
 }
@@ -124,7 +140,15 @@ pub fn is_unified_code(code: &str) -> bool {
 impl Catalogue {
     pub fn parse(text: &str) -> Result<Self, CatalogueError> {
         let file: CatalogueFile = toml::from_str(text).map_err(|e| CatalogueError::Parse(e.to_string()))?;
-        let mut cat = Catalogue::default();
+        let mut cat = Catalogue { operator: file.operator, ..Catalogue::default() };
+        if let Some(o) = &cat.operator
+            && (!crate::domain::is_uscc(&o.uscc) || o.yearly_revenue_cap_fen <= 0)
+        {
+            return Err(CatalogueError::Parse(format!(
+                "operator {}: needs a unified social credit code and a positive yearly_revenue_cap_fen",
+                o.name
+            )));
+        }
         for s in file.scenarios {
             if s.purposes.is_empty() {
                 return Err(CatalogueError::NoPurpose(s.code));

@@ -17,7 +17,7 @@ use std::path::Path;
 use casbin::CoreApi;
 use sha2::{Digest, Sha256};
 
-pub use catalogue::{Catalogue, CatalogueError, Dataset, Grade, PersonalInfo, Scenario};
+pub use catalogue::{Catalogue, CatalogueError, Dataset, Grade, Operator, PersonalInfo, Scenario};
 pub use rule::{Effect, Rule, RuleLine, Target};
 
 use crate::contract::Operation;

@@ -243,7 +243,8 @@ pub struct Store {
 /// read as pending fail ("table … already exists"). Each migration commits
 /// on its own, so running again skips what the winner applied.
 async fn migrate(pool: &sqlx::AnyPool, sqlite: bool) -> Result<(), StoreError> {
-    let mut attempts = if sqlite { 10 } else { 1 };
+    // The winner may take seconds to apply everything on a busy machine.
+    let mut attempts = if sqlite { 300 } else { 1 };
     loop {
         attempts -= 1;
         match MIGRATOR.run(pool).await {

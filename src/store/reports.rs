@@ -118,6 +118,41 @@ pub struct ReportTotals {
 }
 
 impl super::Store {
+    /// Fen charged in the periods `from..=to` (`YYYY-MM`): approvals' and
+    /// reports' records alike (each carries its whole charge).
+    pub async fn revenue(&self, from: &str, to: &str) -> Result<i64, StoreError> {
+        let mut total = 0i64;
+        for table in ["usage_records", "usage_reports"] {
+            let sql = format!(
+                "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM {table} WHERE period >= $1 AND period <= $2"
+            );
+            let part: i64 = sqlx::query_scalar(&sql).bind(from).bind(to).fetch_one(&self.pool).await?;
+            total = total.saturating_add(part);
+        }
+        Ok(total)
+    }
+
+    /// Every usage record of `period` (approvals' and reports'), one subject's
+    /// with `subject`, handed to `each` as it is read (a month of records
+    /// is never held at once).
+    pub async fn each_usage(
+        &self,
+        period: &str,
+        subject: Option<&str>,
+        mut each: impl FnMut(UsageRecord),
+    ) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
+        for table in ["usage_records", "usage_reports"] {
+            let sql = format!("SELECT body FROM {table} WHERE period = $1 AND ($2 = '' OR subject = $2)");
+            let mut rows =
+                sqlx::query_scalar::<_, String>(&sql).bind(period).bind(subject.unwrap_or("")).fetch(&self.pool);
+            while let Some(body) = rows.try_next().await? {
+                each(serde_json::from_str(&body).map_err(|e| StoreError::Fatal(format!("usage row: {e}")))?);
+            }
+        }
+        Ok(())
+    }
+
     /// Every grant approved in `period` (`YYYY-MM`) with the reports
     /// accepted under it, by decision id.
     pub async fn reconcile(&self, period: &str) -> Result<Vec<GrantUsage>, StoreError> {

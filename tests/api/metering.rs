@@ -188,3 +188,144 @@ async fn reports_on_unknown_or_revoked_grants_or_from_other_departments_are_refu
     let refusals = audit.iter().filter(|e| e.event_type == "usage_report" && e.outcome == "refused").count();
     assert_eq!(refusals, 5);
 }
+
+#[tokio::test]
+async fn usage_report_sums_the_period_and_the_first_revenue_past_the_cap_is_audited_once() {
+    let infra = infra().await;
+    // A cap of 100 fen a year: three tour calls at 50 fen pass it.
+    let policy = policy_copy(&infra, false);
+    let catalogue = policy.join("catalogue.toml");
+    let text = std::fs::read_to_string(&catalogue).unwrap();
+    std::fs::write(&catalogue, text.replacen("yearly_revenue_cap_fen = 50000000", "yearly_revenue_cap_fen = 100", 1))
+        .unwrap();
+    let mut settings = infra.settings();
+    settings.policy.dir = policy.clone();
+    settings.grant.recheck_secs = 1;
+    let app = start(infra, settings).await;
+    for i in 0..3 {
+        let token = app.infra.token(TRAVEL, &[], 600);
+        app.send_json(&request(
+            &format!("t-{i}"),
+            Some(&token),
+            "smart-tourism",
+            "GX-610100-TOUR-0001",
+            "query",
+            "industry",
+        ))
+        .await;
+    }
+    let approval = app.ridership_grant("t-r", 400).await;
+    let host = host_token(&app, TRANSIT_HOLDER, &["data_host"]);
+    let replies = app.reader(&app.infra.topics.replies);
+    app.report(&report("t-rep", &approval, 250, &host)).await;
+    assert_eq!(answer(&replies, "t-rep").await.outcome, "accepted");
+
+    // A command on this database and policy: its standard output.
+    let cli = |args: &[&str]| {
+        let out = crate::binary::tollgate()
+            .args(args)
+            .env("TOLLGATE_DATABASE__URL", &app.infra.database_url)
+            .env("TOLLGATE_POLICY__DIR", &policy)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let run = |format: &str| cli(&["usage", "report", "--period", &approval.period, "--format", format]);
+    let doc: serde_json::Value = serde_json::from_str(&run("json")).unwrap();
+    let lines = doc["lines"].as_array().unwrap();
+    let line = |item: &str| lines.iter().find(|l| l["price_item"] == item).unwrap().clone();
+    let tour = line("tour-flow-api");
+    assert_eq!(
+        (tour["approvals"].as_u64(), tour["approved_units"].as_u64(), tour["charged_fen"].as_i64()),
+        (Some(3), Some(3), Some(150))
+    );
+    let transit = line("transit-records");
+    assert_eq!(
+        (
+            transit["approvals"].as_u64(),
+            transit["approved_units"].as_u64(),
+            transit["reports"].as_u64(),
+            transit["reported_units"].as_u64(),
+            transit["charged_fen"].as_i64()
+        ),
+        (Some(1), Some(400), Some(1), Some(250), Some(250))
+    );
+    assert_eq!(doc["charged_fen"].as_i64(), Some(400));
+    let revenue = &doc["revenue"];
+    assert_eq!(
+        (revenue["revenue_fen"].as_i64(), revenue["cap_fen"].as_i64(), revenue["excess_fen"].as_i64()),
+        (Some(400), Some(100), Some(300))
+    );
+    let csv = run("csv");
+    assert!(csv.starts_with("subject,dataset,scenario,price_item,approvals,approved_units,reports,reported_units,charged_fen,waived_records,waived_units\n"), "{csv}");
+    assert!(
+        csv.contains(&format!("{TRAVEL},GX-610100-TOUR-0001,smart-tourism,tour-flow-api,3,3,0,0,150,0,0")),
+        "{csv}"
+    );
+    let chart = app.infra.dir.path().join("usage.svg");
+    cli(&["usage", "report", "--period", &approval.period, "--chart", chart.to_str().unwrap()]);
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    // One line for the one scenario, its five records in the legend, the
+    // y axis topped at a round 5 (all on one day).
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 1, "{svg}");
+    assert!(svg.contains(">smart-tourism (5)</text>") && svg.contains("text-anchor=\"end\">5</text>"), "{svg}");
+    let table = run("table");
+    assert!(table.contains("EXCEEDED by 300 fen, to be deducted next period"), "{table}");
+
+    // The yearly disclosure: grants per scenario and enterprise, ceilings
+    // and actual prices, revenue against the cap.
+    let year = &approval.period[..4];
+    let disclose = |more: &[&str]| cli(&[&["disclosure", "--year", year][..], more].concat());
+    let d: serde_json::Value = serde_json::from_str(&disclose(&["--json"])).unwrap();
+    let grants = d["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!((grants[0]["subject"].as_str(), grants[0]["grants"].as_u64()), (Some(TRAVEL), Some(4)));
+    let product = |code: &str| d["products"].as_array().unwrap().iter().find(|p| p["dataset"] == code).unwrap().clone();
+    let tour = product("GX-610100-TOUR-0001");
+    assert_eq!(
+        (tour["ceiling_fen"].as_i64(), tour["charged_units"].as_u64(), tour["actual_price_fen"].as_str()),
+        (Some(80), Some(3), Some("50.00"))
+    );
+    let transit = product(RIDERSHIP);
+    assert_eq!(
+        (transit["charged_units"].as_u64(), transit["charged_fen"].as_i64(), transit["actual_price_fen"].as_str()),
+        (Some(250), Some(250), Some("1.00"))
+    );
+    assert_eq!((d["revenue_fen"].as_i64(), d["revenue"]["excess_fen"].as_i64()), (Some(400), Some(300)));
+    let dir = app.infra.dir.path().join("disclosure");
+    let wrote = disclose(&["--out", dir.to_str().unwrap()]);
+    assert!(wrote.starts_with("wrote "), "{wrote}");
+    let md = std::fs::read_to_string(dir.join(format!("disclosure-{year}.md"))).unwrap();
+    assert!(md.contains("Revenue in") && md.contains("¥4.00 of a permitted ¥1.00; ¥3.00 beyond it"), "{md}");
+    assert!(dir.join(format!("disclosure-{year}.json")).exists());
+
+    // The re-check notices the crossing and audits it once.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.infra.database_url).await.unwrap();
+    let count = "SELECT COUNT(*) FROM audit_events WHERE event_type = 'revenue_cap_exceeded'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sqlx::query_scalar::<_, i64>(count).fetch_one(&pool).await.unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the crossing was never audited");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&pool).await.unwrap(), 1, "audited once");
+    let body: String = sqlx::query_scalar("SELECT body FROM audit_events WHERE event_type = 'revenue_cap_exceeded'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let event: AuditEvent = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (event.reasons[0].code.as_str(), event.subject.as_str()),
+        ("usage.revenue_cap_exceeded", "91610000MA6TGP0D8K")
+    );
+    assert!(event.reasons[0].message.contains("the excess of 300 fen"), "{}", event.reasons[0].message);
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics.contains("tollgate_revenue_year_fen 400") && metrics.contains("tollgate_revenue_cap_fen 100"),
+        "{metrics}"
+    );
+    pool.close().await;
+}
