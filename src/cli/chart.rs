@@ -38,7 +38,7 @@ pub fn svg(title: &str, series: &BTreeMap<String, Vec<u64>>, days: usize) -> Str
         escape(title)
     );
     // Gridlines at whole values: 5, 4, 2 or 1 steps, whichever divides.
-    let steps = [5, 4, 2, 1].into_iter().find(|n| max % n == 0).unwrap_or(1);
+    let steps = [5, 4, 2, 1].into_iter().find(|n| max.is_multiple_of(*n)).unwrap_or(1);
     for i in 0..=steps {
         let v = max * i / steps;
         let _ = writeln!(
