@@ -16,6 +16,9 @@ holder department's code); a tampered or expired grant must fail, and
 Then an operator revokes one grant with a command produced by
 confluent-kafka: the reply, the grant event and /revocations must say so,
 and `grant verify --revocations URL` must refuse it as grant.revoked.
+The data host then reports what it served under another grant with a
+confluent-kafka producer and a PyJWT-signed `data_host` token: accepted,
+and a second report beyond the grant accepted and flagged usage.exceeds_grant.
 
     python3 tests/external/nothing_lost.py TOLLGATE_BINARY BOOTSTRAP [DATABASE_URL]
 
@@ -50,7 +53,7 @@ def main(binary, bootstrap, database_url=None):
     work = tempfile.mkdtemp()
     topics = {name: f"tollgate.{name}.ext{run}"
               for name in ("requests", "decisions", "audit", "usage", "dlq", "revocations", "grants", "replies",
-                           "checkpoints")}
+                           "checkpoints", "usage_reports")}
     idp = Ed25519PrivateKey.generate()
     idp_pub = os.path.join(work, "ext-idp.pub.pem")
     with open(idp_pub, "wb") as f:
@@ -78,6 +81,7 @@ def main(binary, bootstrap, database_url=None):
         base = f"http://127.0.0.1:{http_port}"
         check_grants(binary, env, f"{base}/.well-known/jwks.json", grants)
         check_revocation(binary, env, bootstrap, topics, idp, base, grants[1], run)
+        check_usage_report(bootstrap, topics, idp, grants[0], run)
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0, f"exit status {serve.returncode} after SIGTERM"
         assert_committed(bootstrap, topics, run, partition, last + 1)
@@ -209,6 +213,29 @@ def check_revocation(binary, env, bootstrap, topics, idp, base, grant, run):
                           "--revocations", f"{base}/revocations", "--json"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and json.loads(out.stdout)["code"] == "grant.revoked", out.stdout
     print("revocation: command accepted, grant event and revocation list agree, grant verify refuses it")
+
+
+def check_usage_report(bootstrap, topics, idp, grant, run):
+    claims = jwt.decode(grant, options={"verify_signature": False})
+    host = token(idp, {"sub": claims["aud"], "roles": ["data_host"]})
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i, units in enumerate([1, 2]):
+        report = {"schema": "tollgate.usage_report/v1", "report_id": f"ext-{run}-report-{i}",
+                  "decision_id": claims["jti"], "dataset": claims["dataset"], "operation": "query", "units": units,
+                  "unit": "call", "served_from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims["iat"])),
+                  "served_to": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": host}
+        producer.produce(topics["usage_reports"], key=claims["jti"].encode(), value=json.dumps(report).encode())
+    assert producer.flush(30) == 0, "reports not acknowledged"
+    replies = sorted((r for r in consume(bootstrap, topics["replies"], 3) if r["command"] == "usage_report"),
+                     key=lambda r: r["command_id"])
+    assert [(r["outcome"], [x["code"] for x in r["reasons"]]) for r in replies] == \
+        [("accepted", []), ("accepted", ["usage.exceeds_grant"])], replies
+    reported = sorted((u for u in consume(bootstrap, topics["usage"], 42) if u.get("basis") == "report"),
+                      key=lambda u: u["quantity"])
+    # Charged per call at approval: the reports carry 0 fen.
+    assert [(u["quantity"], u["amount_fen"], u["decision_id"]) for u in reported] == \
+        [(1, 0, claims["jti"]), (2, 0, claims["jti"])], reported
+    print("usage reports: accepted, the one beyond the grant flagged, recorded with basis report")
 
 
 def consume(bootstrap, topic, n, within=120):
