@@ -243,22 +243,28 @@ pub struct Store {
 /// read as pending fail ("table … already exists"). Each migration commits
 /// on its own, so running again skips what the winner applied.
 async fn migrate(pool: &sqlx::AnyPool, sqlite: bool) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateError;
     // The winner may take seconds to apply everything on a busy machine.
     let mut attempts = if sqlite { 300 } else { 1 };
     loop {
         attempts -= 1;
         match MIGRATOR.run(pool).await {
             Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(_)) if attempts > 0 => {
+            Err(MigrateError::Execute(_) | MigrateError::ExecuteMigration(..)) if attempts > 0 => {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
-            Err(sqlx::migrate::MigrateError::Execute(e)) => return Err(StoreError::from(e)),
+            Err(MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _)) => return Err(StoreError::from(e)),
             Err(other) => return Err(StoreError::Fatal(other.to_string())),
         }
     }
 }
 
 impl Store {
+    #[cfg(test)]
+    async fn connect_owned(url: String) -> Result<Store, StoreError> {
+        Store::connect(&url, 1).await
+    }
+
     /// Connects and migrates. A `sqlite://` file is created when missing.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
@@ -1120,6 +1126,18 @@ mod tests {
         // Deciding again sees the first writer's row.
         let mut again = store.begin().await.unwrap();
         assert_eq!(again.use_token("iss", "jti-1", "req-b", 0).await.unwrap(), TokenUse::UsedBy("req-a".into()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn instances_starting_at_once_on_a_new_sqlite_file_all_migrate_it() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}/race.db", dir.path().display());
+            let starts: Vec<_> = (0..4).map(|_| tokio::spawn(Store::connect_owned(url.clone()))).collect();
+            for s in starts {
+                s.await.unwrap().expect("every instance starts");
+            }
+        }
     }
 
     #[tokio::test]
