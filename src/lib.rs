@@ -22,8 +22,8 @@
 //!   reload and the audit outbox.
 //! * [`app`] — assembly ([`app::App::build`]) and `run_until_stopped`.
 //!
-//! The command line (serve, demo, loadgen, policy and audit commands) is the
-//! binary's, in `src/cli/`.
+//! The command line (serve, demo, loadgen, policy, audit, grant, review,
+//! usage and disclosure commands) is the binary's, in `src/cli/`.
 
 pub mod app;
 pub mod audit;

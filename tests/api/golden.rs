@@ -114,3 +114,29 @@ async fn every_published_message_keeps_its_bytes_for_the_same_input_and_clock() 
     }
     assert_eq!(lines.lines().count(), want.lines().count());
 }
+
+/// The contract as a file: the golden outputs and every JSON example of the
+/// README validate against `asyncapi.yaml` with Python's `jsonschema` (CI
+/// also validates every message of a demo run). A machine without
+/// `pyyaml` and `jsonschema` skips this, saying so.
+#[test]
+fn the_golden_outputs_and_the_readme_examples_match_the_asyncapi_document() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let has_modules = std::process::Command::new("python3")
+        .args(["-c", "import yaml, jsonschema"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_modules {
+        eprintln!("python3 lacks pyyaml or jsonschema: asyncapi.yaml is not checked here (CI checks it)");
+        return;
+    }
+    let out = std::process::Command::new("python3")
+        .current_dir(root)
+        .args(["tests/contract/validate.py", "asyncapi.yaml", "--readme", "README.md"])
+        .args(["--jsonl", "tests/golden/outputs.jsonl"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(" 0 failure(s)"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}
