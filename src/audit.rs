@@ -4,7 +4,7 @@
 //! event: JSON with object keys sorted by byte order at every level, no
 //! insignificant white space, strings escaped as serde_json escapes them.
 //! Anyone holding the events (from the topic or the database) can re-verify a
-//! chain without tollgate; the README shows how in a few lines of Python.
+//! chain without tollgate; docs/contract.md shows how in a few lines of Python.
 
 use std::collections::BTreeMap;
 

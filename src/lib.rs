@@ -4,7 +4,7 @@
 //! Casbin policy and the catalogue, and publishes a decision (an approval
 //! carries a signed grant), a hash-chained audit event and a priced usage
 //! record — stored first, so a redelivered request gets its original
-//! decision back, byte for byte. See README.md for what it promises and
+//! decision back, byte for byte. See README.md and docs/ for what it promises and
 //! ARCHITECTURE.md for how the modules below keep those promises.
 //!
 //! Modules, bottom up (each depends only on those above it):

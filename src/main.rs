@@ -14,7 +14,7 @@ use tracing::{error, info};
 
 /// glibc's allocator was a fifth of the CPU under load (malloc, free and
 /// their lock traffic across the runtime's threads); mimalloc's per-thread
-/// heaps take most of that away. See README, Performance.
+/// heaps take most of that away. See docs/performance.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -322,12 +322,12 @@ async fn audit_verify_holds_chains_to_their_signed_checkpoints_and_the_database_
     pool.close().await;
 }
 
-/// The README's stand-alone verifier, run by python3 over the audit topic:
+/// The contract's stand-alone verifier (docs/contract.md), run by python3 over the audit topic:
 /// it must accept re-published copies anywhere (at-least-once) and reject
 /// a differing event at a position already seen.
 async fn readme_verifier_accepts_republished_copies_and_rejects_a_differing_one(app: &TestApp) {
-    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme.find("```python\nimport hashlib, json").expect("the README's verifier") + "```python\n".len();
+    let readme = doc("docs/contract.md");
+    let start = readme.find("```python\nimport hashlib, json").expect("the contract's verifier") + "```python\n".len();
     let snippet = &readme[start..start + readme[start..].find("```").unwrap()];
     let events: Vec<String> = app
         .client

@@ -116,11 +116,11 @@ async fn every_published_message_keeps_its_bytes_for_the_same_input_and_clock() 
 }
 
 /// The contract as a file: the golden outputs and every JSON example of the
-/// README validate against `asyncapi.yaml` with Python's `jsonschema` (CI
+/// README and docs/ validate against `asyncapi.yaml` with Python's `jsonschema` (CI
 /// also validates every message of a demo run). A machine without
 /// `pyyaml` and `jsonschema` skips this, saying so.
 #[test]
-fn the_golden_outputs_and_the_readme_examples_match_the_asyncapi_document() {
+fn the_golden_outputs_and_the_documented_examples_match_the_asyncapi_document() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let has_modules = std::process::Command::new("python3")
         .args(["-c", "import yaml, jsonschema"])
@@ -133,8 +133,8 @@ fn the_golden_outputs_and_the_readme_examples_match_the_asyncapi_document() {
     }
     let out = std::process::Command::new("python3")
         .current_dir(root)
-        .args(["tests/contract/validate.py", "asyncapi.yaml", "--readme", "README.md"])
-        .args(["--jsonl", "tests/golden/outputs.jsonl"])
+        .args(["tests/contract/validate.py", "asyncapi.yaml", "--jsonl", "tests/golden/outputs.jsonl"])
+        .args(doc_files().iter().flat_map(|f| [std::ffi::OsString::from("--readme"), f.clone().into_os_string()]))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

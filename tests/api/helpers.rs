@@ -54,6 +54,22 @@ pub struct TestApp {
     _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
+/// A documentation file of the repository (`README.md`, `docs/contract.md`).
+pub fn doc(path: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// The Markdown files users read: the README and `docs/`.
+pub fn doc_files() -> Vec<PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("docs")).unwrap().flatten().map(|e| e.path()).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "md"));
+    files.sort();
+    files.insert(0, root.join("README.md"));
+    files.push(root.join("ARCHITECTURE.md"));
+    files
+}
+
 pub fn repo_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }

@@ -5,6 +5,7 @@
 mod binary;
 mod decisions;
 mod delivery;
+mod docs;
 mod faults;
 mod fuzz;
 mod golden;

@@ -3,9 +3,9 @@
 tollgate's: every message is validated against the JSON Schemas of
 asyncapi.yaml by Python's `jsonschema` (Draft 2020-12).
 
-    validate.py asyncapi.yaml [--readme README.md] [--jsonl FILE]... [--sqlite DB]
+    validate.py asyncapi.yaml [--readme FILE.md]... [--jsonl FILE]... [--sqlite DB]
 
---readme     every ```json block of the README that names a tollgate schema
+--readme     every ```json block of a Markdown file that names a tollgate schema
 --jsonl      lines {"key", "payload"} (tests/golden/outputs.jsonl)
 --sqlite     what a run stored: audit events, checkpoints, usage records and
              reports, every output stored with its input's outcome
@@ -90,13 +90,13 @@ def stored(checker, path):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("asyncapi")
-    p.add_argument("--readme")
+    p.add_argument("--readme", action="append", default=[])
     p.add_argument("--jsonl", action="append", default=[])
     p.add_argument("--sqlite")
     a = p.parse_args()
     checker = Checker(load(a.asyncapi))
-    if a.readme:
-        readme(checker, a.readme)
+    for path in a.readme:
+        readme(checker, path)
     for path in a.jsonl:
         jsonl(checker, path)
     if a.sqlite:
