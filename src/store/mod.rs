@@ -260,11 +260,6 @@ async fn migrate(pool: &sqlx::AnyPool, sqlite: bool) -> Result<(), StoreError> {
 }
 
 impl Store {
-    #[cfg(test)]
-    async fn connect_owned(url: String) -> Result<Store, StoreError> {
-        Store::connect(&url, 1).await
-    }
-
     /// Connects and migrates. A `sqlite://` file is created when missing.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
@@ -1133,7 +1128,8 @@ mod tests {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let url = format!("sqlite://{}/race.db", dir.path().display());
-            let starts: Vec<_> = (0..4).map(|_| tokio::spawn(Store::connect_owned(url.clone()))).collect();
+            let start = |url: String| async move { Store::connect(&url, 1).await };
+            let starts: Vec<_> = (0..4).map(|_| tokio::spawn(start(url.clone()))).collect();
             for s in starts {
                 s.await.unwrap().expect("every instance starts");
             }
