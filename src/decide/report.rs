@@ -252,10 +252,21 @@ mod tests {
         p: &PriceItem,
         before: (u64, u64),
     ) -> Result<ReportCharge, Reason> {
+        judge_as(r, Ok(h), Some(g), p, before)
+    }
+
+    /// As [`judge`], for a token that failed or a grant that is unknown.
+    fn judge_as(
+        r: &UsageReport,
+        host: Result<&Principal, &AuthError>,
+        grant: Option<&GrantFacts>,
+        p: &PriceItem,
+        before: (u64, u64),
+    ) -> Result<ReportCharge, Reason> {
         evaluate_report(&ReportInput {
             report: r,
-            host: Ok(h),
-            grant: Some(g),
+            host,
+            grant,
             price: Some(p),
             reported_for_grant: before.0,
             reported_in_period: before.1,
@@ -319,27 +330,9 @@ mod tests {
         assert_eq!(code(report(1), &ok, revoked), "report.grant_revoked");
         let expired = GrantFacts { expires_at: t(9), ..grant() };
         assert_eq!(code(report(1), &ok, expired), "report.grant_expired");
-        let unknown = evaluate_report(&ReportInput {
-            report: &report(1),
-            host: Ok(&ok),
-            grant: None,
-            price: Some(&price()),
-            reported_for_grant: 0,
-            reported_in_period: 0,
-            now: t(11),
-            leeway_secs: 60,
-        });
+        let unknown = judge_as(&report(1), Ok(&ok), None, &price(), (0, 0));
         assert_eq!(unknown.unwrap_err().code, "report.unknown_grant");
-        let failed = evaluate_report(&ReportInput {
-            report: &report(1),
-            host: Err(&AuthError::Missing),
-            grant: Some(&grant()),
-            price: Some(&price()),
-            reported_for_grant: 0,
-            reported_in_period: 0,
-            now: t(11),
-            leeway_secs: 60,
-        });
+        let failed = judge_as(&report(1), Err(&AuthError::Missing), Some(&grant()), &price(), (0, 0));
         assert_eq!(failed.unwrap_err().code, AuthError::Missing.code());
     }
 }
