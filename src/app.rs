@@ -19,7 +19,7 @@ use crate::broker::recheck::Recheck;
 use crate::broker::reload::Reloader;
 use crate::config::{DeliveryMode, Settings};
 use crate::kafka::{self, Cluster, Limits, LoopClients};
-use crate::ops::{Health, HttpServer};
+use crate::ops::{Health, HttpServer, Telemetry};
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,8 @@ pub enum AppError {
     Policy { dir: String, source: crate::broker::reload::BuildError },
     #[error(transparent)]
     Keys(#[from] crate::auth::KeyError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::ops::TelemetryError),
     #[error("http endpoint {addr}: {source}")]
     Http { addr: String, source: std::io::Error },
 }
@@ -46,6 +48,8 @@ pub struct App {
     health: Arc<Health>,
     http: Option<HttpServer>,
     checkpointer: Checkpointer,
+    /// OTLP exporters, when configured; flushed at a clean stop.
+    telemetry: Option<Telemetry>,
 }
 
 impl App {
@@ -70,6 +74,7 @@ impl App {
             );
         }
         let health = Health::new();
+        let telemetry = Telemetry::start(&settings.telemetry, &settings.service.instance_id, &health)?;
         let http = match settings.service.http_listen.as_str() {
             "" => None,
             addr => {
@@ -97,7 +102,7 @@ impl App {
         checkpointer.record_key().await?;
         let grant_keys = Arc::new(GrantKeys::from_settings(&settings.grant, instance, store.clone())?);
         let service = Arc::new(DecisionService::new(&settings, policy, verifier, store, grant_keys, health.clone()));
-        Ok(App { settings, cluster, service, clients, reloader, health, http, checkpointer })
+        Ok(App { settings, cluster, service, clients, reloader, health, http, checkpointer, telemetry })
     }
 
     pub fn bootstrap_servers(&self) -> &str {
@@ -131,7 +136,7 @@ impl App {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        let App { settings, cluster, service, clients, reloader, health, http, checkpointer } = self;
+        let App { settings, cluster, service, clients, reloader, health, http, checkpointer, telemetry } = self;
         info!(message = "tollgate is consuming", bootstrap = %cluster.bootstrap_servers(), topics = ?settings.topics.inputs(), group = %settings.kafka.group_id,
               instance = %settings.service.instance_id);
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
@@ -143,13 +148,14 @@ impl App {
         let checkpointing = tokio::spawn(checkpointer.run(reload_stop.clone()));
         let serving = http.map(|server| {
             if let Ok(addr) = server.local_addr() {
-                info!(message = "serving /healthz, /readyz and /metrics", %addr);
+                info!(message = "serving /healthz, /readyz, /metrics and /console", %addr);
             }
             let health = health.clone();
             let stop = reload_stop.clone();
             let published: Arc<dyn crate::ops::Published> = Arc::new(crate::broker::grant_keys::ForDataHosts {
                 keys: service.grant_keys().clone(),
                 store: service.store().clone(),
+                policy: service.policy_handle(),
             });
             let remote = remote_access(&settings);
             tokio::spawn(async move {
@@ -166,6 +172,10 @@ impl App {
         let _ = checkpointing.await;
         if let Some(serving) = serving {
             let _ = serving.await;
+        }
+        if let Some(telemetry) = telemetry {
+            // Waits for the exporters' last requests (their own threads).
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         }
         // The pool closes with its last handle; a caller may still hold one.
         drop(cluster);
@@ -242,15 +252,15 @@ async fn load_policy(dir: &std::path::Path) -> Result<crate::policy::Policy, App
 
 /// Who may read the listener's private pages from another host; loopback
 /// only when no role is allowed or the keys do not load.
+/// Private pages from other hosts: `http_remote_roles` for the JSON pages;
+/// the console's own roles (auditor, operator, reviewer) for `/console`.
+/// Both need the token keys.
 fn remote_access(settings: &Settings) -> crate::ops::RemoteAccess {
     let roles = settings.service.http_remote_roles.clone();
-    if roles.is_empty() {
-        return crate::ops::RemoteAccess::loopback_only();
-    }
     match Verifier::from_settings(&settings.auth) {
         Ok(verifier) => crate::ops::RemoteAccess { verifier: Some(verifier), roles },
         Err(error) => {
-            warn!(message = "private pages answer loopback only: the token keys do not load", %error);
+            warn!(message = "private pages and the console answer loopback only: the token keys do not load", %error);
             crate::ops::RemoteAccess::loopback_only()
         }
     }

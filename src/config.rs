@@ -20,6 +20,25 @@ pub struct Settings {
     pub grant: GrantSettings,
     pub review: ReviewSettings,
     pub audit: AuditSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// OpenTelemetry export (OTLP over HTTP). The standard `OTEL_*` variables
+/// configure it as they configure any SDK (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`
+/// and `OTEL_TRACES_SAMPLER_ARG`, `OTEL_RESOURCE_ATTRIBUTES`, …); a key
+/// set here wins over its variable. Nothing is exported, and nothing is
+/// built, unless an endpoint is set one way or the other.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Base URL of an OTLP/HTTP receiver (`http://collector:4318`); spans go
+    /// to `/v1/traces`, metrics to `/v1/metrics`.
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` (the default) or `http/json`.
+    pub otlp_protocol: Option<String>,
+    /// `service.name` of what is exported; default `tollgate`.
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -526,6 +545,42 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The settings as JSON with every secret replaced by `***`: the HS256
+    /// key, secret librdkafka properties and a password in the database URL.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("settings serialize");
+        if let Some(s) = v.pointer_mut("/auth/hs256_secret").filter(|s| !s.is_null()) {
+            *s = "***".into();
+        }
+        for map in ["/kafka/properties", "/kafka/consumer", "/kafka/producer"] {
+            for (k, value) in v.pointer_mut(map).and_then(|m| m.as_object_mut()).into_iter().flatten() {
+                if is_secret_property(k) {
+                    *value = "***".into();
+                }
+            }
+        }
+        if let Some(url) = v.pointer_mut("/database/url") {
+            *url = redact_url_password(url.as_str().unwrap_or_default()).into();
+        }
+        v
+    }
+}
+
+/// `scheme://user:password@host/…` → `scheme://user:***@host/…`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_owned() };
+    let Some((user, _)) = userinfo.split_once(':') else { return url.to_owned() };
+    let path = path.map(|p| format!("/{p}")).unwrap_or_default();
+    format!("{scheme}://{user}:***@{host}{path}")
+}
+
+fn is_secret_property(k: &str) -> bool {
+    ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem"].iter().any(|s| k.contains(s))
+}
+
 impl KafkaSettings {
     /// Environment keys cannot hold dots; librdkafka keys never hold
     /// underscores, so `_` is read as `.`.
@@ -603,9 +658,9 @@ impl IntoIterator for Properties {
 
 impl std::fmt::Debug for Properties {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secret =
-            |k: &str| ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem"].iter().any(|s| k.contains(s));
-        f.debug_map().entries(self.0.iter().map(|(k, v)| (k, if secret(k) { "***" } else { v.as_str() }))).finish()
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, if is_secret_property(k) { "***" } else { v.as_str() })))
+            .finish()
     }
 }
 
@@ -620,6 +675,20 @@ mod tests {
         assert!(with(0).is_ok() && with(1095).is_ok() && with(4000).is_ok());
         let err = with(365).unwrap_err();
         assert!(err.contains("audit.retention_days = 365 is below the legal minimum of 1095 days"), "{err}");
+    }
+
+    #[test]
+    fn the_printed_configuration_redacts_secrets_and_database_passwords() {
+        let mut s = Settings::default();
+        s.auth.hs256_secret = Some(Secret::new("hs256-shared-secret"));
+        s.kafka.properties.insert("sasl.password".into(), "kafka-pw".into());
+        s.database.url = "postgres://tollgate:db-pw@postgres:5432/tollgate".into();
+        let text = s.redacted().to_string();
+        for secret in ["hs256-shared-secret", "kafka-pw", "db-pw"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("postgres://tollgate:***@postgres:5432/tollgate"), "{text}");
+        assert_eq!(redact_url_password("sqlite://tollgate.db"), "sqlite://tollgate.db");
     }
 
     #[test]

@@ -33,6 +33,10 @@ struct Cli {
 enum Command {
     /// Run the decision broker until SIGINT/SIGTERM.
     Serve,
+    /// Print the configuration `serve` would run with (defaults < file <
+    /// environment) as JSON, secrets redacted; fails on an unknown key or
+    /// an invalid value, so a deployment's settings can be checked first.
+    Config,
     /// Run the whole flow on an embedded Kafka and a temporary SQLite file.
     Demo {
         #[arg(long, default_value_t = 300)]
@@ -436,6 +440,11 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Config => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&settings.redacted())?);
+            Ok(())
+        }
         Command::Serve => {
             let settings = Settings::load(cli.config.as_deref())?;
             let shutdown = CancellationToken::new();

@@ -197,6 +197,30 @@ pub struct UsageLine {
     pub waived_units: u64,
 }
 
+/// Usage records per scenario per day of a billing period (`YYYY-MM`),
+/// for the charts of `usage report --chart` and the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyUsage {
+    pub days: usize,
+    /// Per scenario, records per day (index 0 = the 1st).
+    pub series: std::collections::BTreeMap<String, Vec<u64>>,
+}
+
+impl DailyUsage {
+    pub fn new(period: &str) -> Self {
+        let first = chrono::NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").unwrap_or_default();
+        let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
+        let days = usize::try_from((next - first).num_days()).unwrap_or(31).max(1);
+        DailyUsage { days, series: Default::default() }
+    }
+
+    pub fn add(&mut self, u: &UsageRecord) {
+        let day = chrono::Datelike::day(&u.recorded_at) as usize;
+        let days = self.days;
+        self.series.entry(u.scenario.clone()).or_insert_with(|| vec![0; days])[day.clamp(1, days) - 1] += 1;
+    }
+}
+
 /// Usage records summed into lines by (subject, dataset, scenario, price
 /// item), in that order.
 #[derive(Debug, Default)]

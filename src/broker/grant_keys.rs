@@ -177,6 +177,8 @@ pub async fn review_queue(store: &Store, holder: Option<&str>, now: i64) -> Resu
 pub struct ForDataHosts {
     pub keys: std::sync::Arc<GrantKeys>,
     pub store: Store,
+    /// The policy in force, for the console.
+    pub policy: std::sync::Arc<arc_swap::ArcSwap<crate::policy::Policy>>,
 }
 
 impl crate::ops::Published for ForDataHosts {
@@ -208,5 +210,12 @@ impl crate::ops::Published for ForDataHosts {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+
+    fn console(
+        &self,
+        filter: crate::ops::console::ConsoleFilter,
+    ) -> futures_util::future::BoxFuture<'_, Result<crate::ops::console::ConsoleData, String>> {
+        Box::pin(async move { self.console_data(filter).await.map_err(|e| e.to_string()) })
     }
 }

@@ -15,6 +15,7 @@ pub mod recheck;
 pub mod reload;
 
 mod commit;
+mod console;
 mod draft;
 mod finish;
 mod outputs;
@@ -23,6 +24,7 @@ mod purge;
 mod report;
 mod review;
 mod revoke;
+mod spans;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -133,6 +135,11 @@ impl DecisionService {
     /// The version of the policy in force.
     pub fn policy_version(&self) -> String {
         self.policy.load().version().to_owned()
+    }
+
+    /// The policy in force, as it is swapped on reload.
+    pub fn policy_handle(&self) -> Arc<ArcSwap<Policy>> {
+        self.policy.clone()
     }
 
     /// The keys grants are signed with.
@@ -267,7 +274,8 @@ impl DecisionService {
         msgs: &[ConsumedMessage],
         ready: Vec<Ready>,
     ) -> Result<Vec<Vec<OutgoingMessage>>, ProcessError> {
-        let start = std::time::Instant::now();
+        let (start, started) = (std::time::Instant::now(), std::time::SystemTime::now());
+        let mut spans = spans::RunSpans::new(&self.health.tracing, msgs, &ready);
         // Before the batch's transaction (SQLite has one connection): every
         // input was read before this `now`, so its grant expires by now + ttl.
         self.grant_keys.cover(self.source.now().timestamp()).await?;
@@ -284,16 +292,26 @@ impl DecisionService {
         let steps = self.finish_drafts(&policy, steps);
         let timings = &self.health.timings;
         timings.decide.observe_since(start);
-        let start = std::time::Instant::now();
+        if let Some(s) = spans.as_mut() {
+            s.stage("decide", started);
+        }
+        let (start, started) = (std::time::Instant::now(), std::time::SystemTime::now());
         let mut out = Vec::with_capacity(msgs.len());
         let mut tallies = Vec::with_capacity(msgs.len());
-        for step in steps {
+        for (i, step) in steps.into_iter().enumerate() {
+            if let Some(s) = spans.as_mut() {
+                s.facts(i, &step);
+            }
             let (messages, tally) = self.commit_step(&mut batch, step).await?;
             out.push(messages);
             tallies.push(tally);
         }
         batch.finish().await?;
         timings.store.observe_since(start);
+        if let Some(mut spans) = spans {
+            spans.stage("store", started);
+            spans.end();
+        }
         tallies.into_iter().for_each(|t| self.count(t));
         self.purge_expired_token_uses().await;
         Ok(out)

@@ -60,6 +60,10 @@ pub struct Ready {
     pub(super) trace_id: String,
     pub(super) traceparent: String,
     pub(super) input: Result<Input, Rejection>,
+    /// When it was taken up (wall clock, for its span) and the span of the
+    /// batch stage that prepared it (when export is on).
+    pub(super) taken_at: std::time::SystemTime,
+    pub(super) prepared_in: Option<SpanContext>,
 }
 
 /// An input with what was prepared of it.
@@ -87,7 +91,7 @@ pub(super) fn position(msg: &ConsumedMessage) -> String {
 
 impl<'m> Prepared<'m> {
     pub(super) fn new(msg: &'m ConsumedMessage, ready: Ready) -> Self {
-        let Ready { now, trace_id, traceparent, input } = ready;
+        let Ready { now, trace_id, traceparent, input, .. } = ready;
         let idem_key = match &input {
             Ok(Input::Access(request, _)) => format!("request:{}", request.request_id),
             Ok(Input::Revoke(command, _)) => format!("command:{}", command.command_id),
@@ -120,7 +124,7 @@ impl DecisionService {
         } else {
             decide::decode(payload, authorization, max).map(|d| Input::Access(d.request, verify(d.token.as_deref())))
         };
-        Ready { now, trace_id, traceparent, input }
+        Ready { now, trace_id, traceparent, input, taken_at: std::time::SystemTime::now(), prepared_in: None }
     }
 
     /// Decodes and verifies a batch; a large one on two threads, since
@@ -128,9 +132,12 @@ impl DecisionService {
     /// is milliseconds of it). Runs on a blocking thread (see
     /// [`Processor::prepare`]), usually while the batch before is decided.
     pub(super) fn prepare_all(&self, msgs: &[ConsumedMessage]) -> Vec<Ready> {
-        let start = std::time::Instant::now();
-        let ready = on_two_threads(msgs.iter().collect(), |m| self.ready(m));
+        let (start, started) = (std::time::Instant::now(), std::time::SystemTime::now());
+        let mut ready = on_two_threads(msgs.iter().collect(), |m| self.ready(m));
         self.health.timings.prepare.observe_since(start);
+        if let Some(span) = self.health.tracing.stage("prepare", started, msgs.len()) {
+            ready.iter_mut().for_each(|r| r.prepared_in = Some(span.clone()));
+        }
         ready
     }
 

@@ -29,14 +29,32 @@ pub struct VerifyFrom<'a> {
 
 pub async fn verify(settings: &Settings, from: VerifyFrom<'_>) -> anyhow::Result<()> {
     let store = Store::connect(&settings.database.url, 1).await?;
+    let outcome = verify_with(&store, settings, &from).await;
+    // Recorded either way, so the console shows when the trail was last
+    // verified and whether it held.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let source = if from.kafka { "kafka" } else { "database" };
+    let summary = match &outcome {
+        Ok(line) => line.clone(),
+        Err(e) => format!("{e:#}"),
+    };
+    if let Err(error) = store.record_verification(&now, source, outcome.is_ok(), &summary).await {
+        eprintln!("note: this verification could not be recorded in the database: {error}");
+    }
+    println!("{}", outcome?);
+    Ok(())
+}
+
+/// The verification itself; its summary line when the trail holds.
+async fn verify_with(store: &Store, settings: &Settings, from: &VerifyFrom<'_>) -> anyhow::Result<String> {
     let (events, checkpoints) = if from.kafka {
         (from_topic(settings).await?, checkpoints_from_topic(settings).await?)
     } else {
-        (from_database(&store).await?, store.checkpoints(false).await?)
+        (from_database(store).await?, store.checkpoints(false).await?)
     };
     let keys = match from.keys {
         Some(path) => keys_from_file(path)?,
-        None => keys_from_store(&store).await?,
+        None => keys_from_store(store).await?,
     };
     // A chain may start at a signed checkpoint (what `audit prune` leaves).
     let anchors = checkpoints.iter().map(|c| (c.chain.clone(), c.seq)).collect();
@@ -64,12 +82,11 @@ pub async fn verify(settings: &Settings, from: VerifyFrom<'_>) -> anyhow::Result
         0 => String::new(),
         n => format!("; {n} identical re-published copies skipped"),
     };
-    println!(
+    Ok(format!(
         "ok: {distinct} events on {} chain(s) verified, {} signed checkpoint(s) hold{copies}",
         report.chains.len(),
         signed.verified
-    );
-    Ok(())
+    ))
 }
 
 /// The audit topic read to its end, in partition order.

@@ -3,7 +3,6 @@
 //! commands). The library never formats for a terminal.
 
 pub mod audit;
-mod chart;
 pub mod demo;
 pub mod export;
 pub mod grant;

@@ -2,7 +2,7 @@
 //! data host reported and what was charged.
 
 use tollgate::config::Settings;
-use tollgate::metering::{GrantUsage, Reconciled, RevenueAgainstCap, UsageLine, UsageSummary};
+use tollgate::metering::{DailyUsage, GrantUsage, Reconciled, RevenueAgainstCap, UsageLine, UsageSummary};
 use tollgate::store::Store;
 
 /// A `YYYY-MM` period, or why not.
@@ -15,12 +15,6 @@ fn check_period(period: &str) -> anyhow::Result<()> {
 }
 
 /// Days in a `YYYY-MM` period (checked).
-fn days_in(period: &str) -> usize {
-    let first = chrono::NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").unwrap_or_default();
-    let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
-    usize::try_from((next - first).num_days()).unwrap_or(31).max(1)
-}
-
 /// Grants by status, and fen charged in all.
 fn totals(lines: &[GrantUsage]) -> serde_json::Value {
     let count = |s: Reconciled| lines.iter().filter(|l| l.status() == s).count();
@@ -139,18 +133,16 @@ pub async fn report(
     check_period(period)?;
     let store = Store::connect(&settings.database.url, 1).await?;
     let mut summary = UsageSummary::default();
-    let days = days_in(period);
-    let mut daily: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let mut daily = DailyUsage::new(period);
     store
         .each_usage(period, subject, |u| {
-            let day = chrono::Datelike::day(&u.recorded_at) as usize;
-            daily.entry(u.scenario.clone()).or_insert_with(|| vec![0; days])[day.min(days) - 1] += 1;
+            daily.add(&u);
             summary.add(&u);
         })
         .await?;
     if let Some(file) = chart {
         let title = format!("Usage records per scenario per day, {period} (UTC)");
-        std::fs::write(file, super::chart::svg(&title, &daily, days))?;
+        std::fs::write(file, tollgate::ops::chart::svg(&title, &daily.series, daily.days))?;
     }
     let lines = summary.lines();
     let year = &period[..4];

@@ -347,8 +347,13 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
             }
             return Ok(());
         }
+        let started = std::time::SystemTime::now();
+        let traced = if self.health.tracing.enabled() { outputs.clone() } else { Vec::new() };
         match publish_in_transaction(&self.producer, &self.consumer, &*self.processor, &batch, outputs).await {
-            Ok(()) => self.health.set_blocked(None),
+            Ok(()) => {
+                self.health.set_blocked(None);
+                traced.iter().for_each(|out| super::delivery::trace_delivery(self.health, out, started));
+            }
             Err(TxnFailure::Fatal(e)) => {
                 error!(message = "transactional producer failed for good (fenced by a newer instance with the same transactional.id?)", error = %e);
                 return Err(e);

@@ -67,7 +67,7 @@ pub(super) async fn deliver<P: Processor>(
     outputs: Vec<OutgoingMessage>,
     health: &Health,
 ) -> Result<Position, KafkaError> {
-    let start = Instant::now();
+    let (start, started) = (Instant::now(), std::time::SystemTime::now());
     let mut acks = Vec::with_capacity(outputs.len());
     for m in &outputs {
         // `send` waits for queue space, then for the acknowledgement; with
@@ -81,7 +81,20 @@ pub(super) async fn deliver<P: Processor>(
         }
     }
     health.timings.deliver.observe_since(start);
+    trace_delivery(health, &outputs, started);
     Ok((input.topic, input.partition, input.offset))
+}
+
+/// A span for the delivery of one input's outputs, a child of the input's
+/// span (the `traceparent` its outputs carry), when export is on.
+pub(super) fn trace_delivery(health: &Health, outputs: &[OutgoingMessage], started: std::time::SystemTime) {
+    if !health.tracing.enabled() {
+        return;
+    }
+    let traceparent = outputs.first().and_then(|m| m.headers.iter().find(|(k, _)| k == "traceparent"));
+    if let Some((_, tp)) = traceparent {
+        health.tracing.deliver(tp, started, outputs.len());
+    }
 }
 
 /// An output the broker did not take. A transient failure is retried with

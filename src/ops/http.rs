@@ -17,6 +17,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use super::Health;
+use super::console::{self, CONSOLE_ROLES, ConsoleData, ConsoleFilter, Lang, REVIEWER_ROLE, Viewer};
 
 /// What the listener serves that lives below it (in the store).
 pub trait Published: Send + Sync + 'static {
@@ -29,6 +30,8 @@ pub trait Published: Send + Sync + 'static {
     /// Requests pending review; only `holder`'s when given.
     fn reviews(&self, holder: Option<String>)
     -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
+    /// What the console shows (see `console.rs`).
+    fn console(&self, filter: ConsoleFilter) -> futures_util::future::BoxFuture<'_, Result<ConsoleData, String>>;
 }
 
 /// Who may read the private pages from another host.
@@ -48,16 +51,87 @@ impl RemoteAccess {
         if peer.ip().is_loopback() {
             return None;
         }
-        let Some(verifier) = &self.verifier else { return Some(StatusCode::FORBIDDEN) };
+        if self.roles.is_empty() {
+            return Some(StatusCode::FORBIDDEN);
+        }
+        match self.principal(headers) {
+            Ok(p) if self.roles.iter().any(|r| p.roles.contains(r)) => None,
+            Ok(_) => Some(StatusCode::FORBIDDEN),
+            Err(status) => Some(status),
+        }
+    }
+
+    /// Who is looking at the console: loopback sees everything; from
+    /// elsewhere a verified token with an auditor's or operator's role
+    /// does, a reviewer's sees their department's queue; else the status.
+    fn viewer(&self, peer: SocketAddr, headers: &axum::http::HeaderMap) -> Result<Viewer, StatusCode> {
+        if peer.ip().is_loopback() {
+            return Ok(Viewer::Everything);
+        }
+        let p = self.principal(headers)?;
+        if CONSOLE_ROLES.iter().any(|r| p.roles.contains(*r)) {
+            Ok(Viewer::Everything)
+        } else if p.roles.contains(REVIEWER_ROLE) && !p.organisation.is_empty() {
+            Ok(Viewer::Department(p.organisation))
+        } else {
+            Err(StatusCode::FORBIDDEN)
+        }
+    }
+
+    /// The bearer token's verified principal.
+    fn principal(&self, headers: &axum::http::HeaderMap) -> Result<crate::auth::Principal, StatusCode> {
+        let Some(verifier) = &self.verifier else { return Err(StatusCode::FORBIDDEN) };
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-        let Some(token) = bearer else { return Some(StatusCode::UNAUTHORIZED) };
-        match verifier.verify(token.trim()) {
-            Ok(p) if self.roles.iter().any(|r| p.roles.contains(r)) => None,
-            Ok(_) => Some(StatusCode::FORBIDDEN),
-            Err(_) => Some(StatusCode::UNAUTHORIZED),
+        let token = bearer.ok_or(StatusCode::UNAUTHORIZED)?;
+        verifier.verify(token.trim()).map_err(|_| StatusCode::UNAUTHORIZED)
+    }
+}
+
+/// The console (private): everything for loopback, auditors and
+/// operators; a reviewer's department's queue for a reviewer.
+async fn console_page(
+    State(s): State<Shared>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    axum::extract::Query(filter): axum::extract::Query<ConsoleFilter>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let viewer = match s.remote.viewer(peer, &headers) {
+        Ok(v) => v,
+        Err(status) => {
+            let why = "the console answers loopback peers, and others with a verified token of an auditor, operator or reviewer\n";
+            return (status, why).into_response();
+        }
+    };
+    let accept = headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok());
+    let lang = Lang::choose(filter.lang.as_deref(), accept);
+    let html = match viewer {
+        Viewer::Everything => {
+            let filter = filter.normalised();
+            s.published.console(filter.clone()).await.map(|data| console::render(lang, &s.health, &data, &filter))
+        }
+        Viewer::Department(org) => {
+            let queue = s.published.reviews(Some(org.clone())).await;
+            queue.map(|q| console::render_for_department(lang, &s.health, &org, &q))
+        }
+    };
+    match html {
+        Ok(html) => (
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+                ),
+            ],
+            axum::response::Html(html),
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::warn!(message = "console unavailable", %error);
+            (StatusCode::SERVICE_UNAVAILABLE, "console unavailable\n").into_response()
         }
     }
 }
@@ -104,7 +178,12 @@ async fn reviews(
     if let Some(status) = s.remote.refusal(peer, &headers) {
         return (status, "the review queue answers loopback peers and tokens with an allowed role\n").into_response();
     }
-    match s.published.reviews(query.get("holder").cloned()).await {
+    // A reviewer (not an auditor or operator) sees their department's only.
+    let holder = match s.remote.viewer(peer, &headers) {
+        Ok(Viewer::Department(org)) => Some(org),
+        _ => query.get("holder").cloned(),
+    };
+    match s.published.reviews(holder).await {
         Ok(queue) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(queue)).into_response(),
         Err(error) => {
             tracing::warn!(message = "review queue unavailable", %error);
@@ -178,6 +257,7 @@ impl HttpServer {
             .route("/.well-known/audit-keys.json", get(audit_keys))
             .route("/revocations", get(revocations))
             .route("/reviews", get(reviews))
+            .route("/console", get(console_page))
             .with_state(Shared { health, published, remote: Arc::new(remote) });
         axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -49,6 +49,8 @@ pub struct Histogram {
     /// The sum in units of 1/`scale`, so it can be an integer.
     sum: AtomicU64,
     scale: f64,
+    /// The same observations recorded as an OTLP histogram, once export is on.
+    export: std::sync::OnceLock<(opentelemetry::metrics::Histogram<f64>, Vec<opentelemetry::KeyValue>)>,
 }
 
 impl Histogram {
@@ -58,6 +60,7 @@ impl Histogram {
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
             scale,
+            export: std::sync::OnceLock::new(),
         }
     }
 
@@ -70,6 +73,18 @@ impl Histogram {
         let bucket = self.bounds.partition_point(|b| *b < value);
         self.counts[bucket].fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add((value * self.scale).round() as u64, Ordering::Relaxed);
+        if let Some((histogram, attributes)) = self.export.get() {
+            histogram.record(value, attributes);
+        }
+    }
+
+    /// Records every later observation into `histogram` too.
+    pub(super) fn export_to(
+        &self,
+        histogram: opentelemetry::metrics::Histogram<f64>,
+        attributes: Vec<opentelemetry::KeyValue>,
+    ) {
+        let _ = self.export.set((histogram, attributes));
     }
 
     pub fn observe_since(&self, start: std::time::Instant) {
@@ -134,136 +149,162 @@ pub struct Counters {
     pub oldest_review_age_secs: AtomicU64,
 }
 
+/// One metric family: what `/metrics` prints and what OTLP exports
+/// (`ops/otlp.rs`), from the same list so the two never disagree.
+pub(super) struct Family {
+    pub(super) name: &'static str,
+    pub(super) gauge: bool,
+    pub(super) help: &'static str,
+    /// Each sample with its one label (name, value), if any.
+    pub(super) samples: Vec<(Option<(&'static str, &'static str)>, u64)>,
+}
+
+fn counter(
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(Option<(&'static str, &'static str)>, u64)>,
+) -> Family {
+    Family { name, gauge: false, help, samples }
+}
+
+fn gauge(name: &'static str, help: &'static str, value: u64) -> Family {
+    Family { name, gauge: true, help, samples: vec![(None, value)] }
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
 impl Health {
     /// Prometheus text exposition format, version 0.0.4.
     pub fn metrics(&self) -> String {
-        let mut out = self.counter_metrics();
-        self.lifecycle_metrics(&mut out);
+        let mut out = String::new();
+        for f in self.families() {
+            let kind = if f.gauge { "gauge" } else { "counter" };
+            let _ = writeln!(out, "# HELP tollgate_{} {}\n# TYPE tollgate_{} {kind}", f.name, f.help, f.name);
+            for (label, value) in f.samples {
+                match label {
+                    Some((k, v)) => writeln!(out, "tollgate_{}{{{k}=\"{v}\"}} {value}", f.name),
+                    None => writeln!(out, "tollgate_{} {value}", f.name),
+                }
+                .expect("writing to a String");
+            }
+        }
         self.histogram_metrics(&mut out);
         out
     }
 
-    /// The gauge and counters.
-    /// The lifecycle around decisions: reviews, commands, revocations.
-    fn lifecycle_metrics(&self, out: &mut String) {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP tollgate_{name} {help}\n# TYPE tollgate_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "tollgate_{name}{labels} {value}");
-            }
-        };
-        family("reviews_pending", "gauge", "Requests pending review.", &[("", get(&c.reviews_pending))]);
-        family(
-            "review_oldest_pending_seconds",
-            "gauge",
-            "Age of the oldest request pending review.",
-            &[("", get(&c.oldest_review_age_secs))],
-        );
-        family("commands_total", "counter", "Operators' commands answered.", &[("", get(&c.commands))]);
-        family(
-            "grants_revoked_total",
-            "counter",
-            "Grants withdrawn before they expired.",
-            &[("{by=\"command\"}", get(&c.revoked_by_command)), ("{by=\"policy\"}", get(&c.revoked_by_policy))],
-        );
-        family(
-            "usage_reports_total",
-            "counter",
-            "Data hosts' usage reports answered.",
-            &[("{outcome=\"accepted\"}", get(&c.reports_accepted)), ("{outcome=\"refused\"}", get(&c.reports_refused))],
-        );
-        family(
-            "revenue_year_fen",
-            "gauge",
-            "The operator's revenue this calendar year (fen), against tollgate_revenue_cap_fen.",
-            &[("", get(&c.revenue_year_fen))],
-        );
-        family(
-            "revenue_cap_fen",
-            "gauge",
-            "The operator's permitted yearly revenue (fen).",
-            &[("", get(&c.revenue_cap_fen))],
-        );
-        family(
-            "usage_exceeds_grant_total",
-            "counter",
-            "Usage reports beyond their grant's volume or the monthly quota (alert on it).",
-            &[("", get(&c.reports_exceeding))],
-        );
+    /// Every counter and gauge, decisions first, then the lifecycle around them.
+    pub(super) fn families(&self) -> Vec<Family> {
+        let mut out = self.decision_families();
+        out.extend(self.lifecycle_families());
+        out
     }
 
-    fn counter_metrics(&self) -> String {
+    fn decision_families(&self) -> Vec<Family> {
         let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP tollgate_{name} {help}\n# TYPE tollgate_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "tollgate_{name}{labels} {value}");
-            }
-        };
-        let r = self.readiness();
-        family("ready", "gauge", "1 when the instance takes new work.", &[("", u64::from(r.ready))]);
-        family(
-            "decisions_total",
-            "counter",
-            "Decisions made (not counting re-publications).",
-            &[
-                ("{outcome=\"approved\"}", get(&c.approved)),
-                ("{outcome=\"denied\"}", get(&c.denied)),
-                ("{outcome=\"pending_review\"}", get(&c.pending_review)),
-            ],
-        );
-        family("dead_letters_total", "counter", "Inputs sent to the dead-letter topic.", &[("", get(&c.dead_letters))]);
-        family(
-            "republished_total",
-            "counter",
-            "Redelivered inputs answered with their stored outcome.",
-            &[("", get(&c.republished))],
-        );
-        family(
-            "processing_retries_total",
-            "counter",
-            "Batches retried because a dependency was unavailable.",
-            &[("", get(&c.processing_retries))],
-        );
-        family(
-            "outputs_refused_total",
-            "counter",
-            "Outputs the broker refused for good; a dead letter (output.refused) stands for each.",
-            &[("", get(&c.outputs_refused))],
-        );
-        family(
-            "delivery_retries_total",
-            "counter",
-            "Outputs sent again after a transient delivery failure.",
-            &[("", get(&c.delivery_retries))],
-        );
-        family(
-            "conflicts_total",
-            "counter",
-            "Batches decided again because another instance stored a token id or chain position first.",
-            &[("", get(&c.conflicts))],
-        );
-        family(
-            "token_replays_total",
-            "counter",
-            "Requests denied because their token id was already used.",
-            &[("", get(&c.replays_refused))],
-        );
-        family(
-            "policy_reloads_total",
-            "counter",
-            "Policy reload attempts by result.",
-            &[
-                ("{result=\"loaded\"}", get(&c.policy_reloads)),
-                ("{result=\"rejected\"}", get(&c.policy_rejections)),
-                ("{result=\"unchanged\"}", get(&c.policy_unchanged)),
-            ],
-        );
-        out
+        let one = |v: &AtomicU64| vec![(None, get(v))];
+        vec![
+            gauge("ready", "1 when the instance takes new work.", u64::from(self.readiness().ready)),
+            counter(
+                "decisions_total",
+                "Decisions made (not counting re-publications).",
+                vec![
+                    (Some(("outcome", "approved")), get(&c.approved)),
+                    (Some(("outcome", "denied")), get(&c.denied)),
+                    (Some(("outcome", "pending_review")), get(&c.pending_review)),
+                ],
+            ),
+            counter("dead_letters_total", "Inputs sent to the dead-letter topic.", one(&c.dead_letters)),
+            counter("republished_total", "Redelivered inputs answered with their stored outcome.", one(&c.republished)),
+            counter(
+                "processing_retries_total",
+                "Batches retried because a dependency was unavailable.",
+                one(&c.processing_retries),
+            ),
+            counter(
+                "outputs_refused_total",
+                "Outputs the broker refused for good; a dead letter (output.refused) stands for each.",
+                one(&c.outputs_refused),
+            ),
+            counter(
+                "delivery_retries_total",
+                "Outputs sent again after a transient delivery failure.",
+                one(&c.delivery_retries),
+            ),
+            counter(
+                "conflicts_total",
+                "Batches decided again because another instance stored a token id or chain position first.",
+                one(&c.conflicts),
+            ),
+            counter(
+                "token_replays_total",
+                "Requests denied because their token id was already used.",
+                one(&c.replays_refused),
+            ),
+            counter(
+                "policy_reloads_total",
+                "Policy reload attempts by result.",
+                vec![
+                    (Some(("result", "loaded")), get(&c.policy_reloads)),
+                    (Some(("result", "rejected")), get(&c.policy_rejections)),
+                    (Some(("result", "unchanged")), get(&c.policy_unchanged)),
+                ],
+            ),
+        ]
+    }
+
+    /// The lifecycle around decisions: reviews, commands, revocations, reports.
+    fn lifecycle_families(&self) -> Vec<Family> {
+        let c = &self.counters;
+        vec![
+            gauge("reviews_pending", "Requests pending review.", get(&c.reviews_pending)),
+            gauge(
+                "review_oldest_pending_seconds",
+                "Age of the oldest request pending review.",
+                get(&c.oldest_review_age_secs),
+            ),
+            counter("commands_total", "Operators' commands answered.", vec![(None, get(&c.commands))]),
+            counter(
+                "grants_revoked_total",
+                "Grants withdrawn before they expired.",
+                vec![
+                    (Some(("by", "command")), get(&c.revoked_by_command)),
+                    (Some(("by", "policy")), get(&c.revoked_by_policy)),
+                ],
+            ),
+            counter(
+                "usage_reports_total",
+                "Data hosts' usage reports answered.",
+                vec![
+                    (Some(("outcome", "accepted")), get(&c.reports_accepted)),
+                    (Some(("outcome", "refused")), get(&c.reports_refused)),
+                ],
+            ),
+            gauge(
+                "revenue_year_fen",
+                "The operator's revenue this calendar year (fen), against tollgate_revenue_cap_fen.",
+                get(&c.revenue_year_fen),
+            ),
+            gauge("revenue_cap_fen", "The operator's permitted yearly revenue (fen).", get(&c.revenue_cap_fen)),
+            counter(
+                "usage_exceeds_grant_total",
+                "Usage reports beyond their grant's volume or the monthly quota (alert on it).",
+                vec![(None, get(&c.reports_exceeding))],
+            ),
+        ]
+    }
+
+    /// Batch stages by name, as `/metrics` labels them.
+    pub(super) fn stages(&self) -> [(&'static str, &Histogram); 5] {
+        let t = &self.timings;
+        [
+            ("prepare", &t.prepare),
+            ("wait", &t.wait),
+            ("decide", &t.decide),
+            ("store", &t.store),
+            ("deliver", &t.deliver),
+        ]
     }
 
     /// Batch sizes and the time per stage.
@@ -275,13 +316,7 @@ impl Health {
             out,
             "# HELP tollgate_stage_seconds Time per batch in each stage (deliver: per input).\n# TYPE tollgate_stage_seconds histogram"
         );
-        for (stage, h) in [
-            ("prepare", &t.prepare),
-            ("wait", &t.wait),
-            ("decide", &t.decide),
-            ("store", &t.store),
-            ("deliver", &t.deliver),
-        ] {
+        for (stage, h) in self.stages() {
             h.render(out, "stage_seconds", &format!("stage=\"{stage}\""));
         }
     }

@@ -23,6 +23,8 @@ pub struct Health {
     blocked: Mutex<Option<String>>,
     pub counters: Counters,
     pub timings: Timings,
+    /// Spans, once OTLP export is on (`ops/otlp.rs`).
+    pub tracing: super::otlp::Tracing,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]

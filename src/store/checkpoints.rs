@@ -143,6 +143,35 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records an `audit verify` run: when (RFC 3339), what it read
+    /// (`database` or `kafka`), whether the trail held, and its summary.
+    pub async fn record_verification(&self, at: &str, source: &str, ok: bool, summary: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_verifications (verified_at, source, ok, summary) VALUES ($1, $2, $3, $4)")
+            .bind(at)
+            .bind(source)
+            .bind(i64::from(ok))
+            .bind(summary)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The latest `audit verify` run: (when, what it found).
+    pub async fn last_verification(&self) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT verified_at, source, ok, summary FROM audit_verifications ORDER BY verified_at DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let (at, source, ok, summary): (String, String, i64, String) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+        let verdict = if ok == 1 { "ok" } else { "FAILED" };
+        Ok(Some((at, format!("{verdict} ({source}): {summary}"))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

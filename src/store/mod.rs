@@ -21,7 +21,7 @@ mod reports;
 mod reviews;
 pub use audit_query::{AuditFilter, AuditPosition};
 pub use checkpoints::{ChainHead, LatestCheckpoint};
-pub use decisions::StoredDecision;
+pub use decisions::{DecisionLine, StoredDecision};
 pub use grant_keys::PublishedKey;
 pub use grants::{GrantRow, GrantState, Revocation, RevokedGrant};
 pub use prune::Pruned;

@@ -85,3 +85,23 @@ fn anchors_are_made_as_github_makes_them() {
     assert_eq!(slug(" Audit event — out, `tollgate.audit` (key: chain)"), "audit-event--out-tollgateaudit-key-chain");
     assert_eq!(slug("Running it"), "running-it");
 }
+
+/// `docker-compose.yml` cannot run here, so what can be checked is
+/// (tests/deploy/check_compose.py): it parses, every variable it gives
+/// tollgate is one tollgate reads and lands where it says (`tollgate
+/// config`), the OTLP endpoint is the collector's HTTP receiver, the image's
+/// toolchain and health check agree. CI also runs the image's cargo command.
+/// A machine without pyyaml skips this, saying so.
+#[test]
+fn the_compose_file_gives_tollgate_only_settings_it_reads_and_the_collector_it_exports_to() {
+    if !crate::helpers::python_has("yaml") {
+        eprintln!("python3 lacks pyyaml: docker-compose.yml is not checked here (CI checks it)");
+        return;
+    }
+    let out = std::process::Command::new("python3")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["tests/deploy/check_compose.py", env!("CARGO_BIN_EXE_tollgate")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}

@@ -54,6 +54,16 @@ pub struct TestApp {
     _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
+/// Whether python3 has these modules (`"yaml, jsonschema"`): the checks that
+/// use them skip, saying so, on a machine without them (CI installs them).
+pub fn python_has(modules: &str) -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A documentation file of the repository (`README.md`, `docs/contract.md`).
 pub fn doc(path: &str) -> String {
     std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()

@@ -3,6 +3,7 @@
 //! services).
 
 mod binary;
+mod console;
 mod decisions;
 mod delivery;
 mod docs;
@@ -14,6 +15,7 @@ mod helpers;
 mod hostile;
 mod impact;
 mod metering;
+mod otlp;
 mod poison;
 mod reload;
 mod review;
