@@ -58,8 +58,9 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Measure decisions per second and latency against a pass-through
-    /// baseline on the same broker (kafka.bootstrap_servers, else embedded).
+    /// Measure decisions per second and latency against two baselines on
+    /// the same broker (kafka.bootstrap_servers, else embedded): a
+    /// pass-through, and the crypto ceiling (tokens verified, grants signed).
     Loadgen {
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
@@ -69,7 +70,7 @@ enum Command {
         /// tollgate's database (default: a temporary SQLite file).
         #[arg(long)]
         database: Option<String>,
-        /// Skip the pass-through baseline.
+        /// Skip both baselines.
         #[arg(long)]
         no_baseline: bool,
         /// Drive a tollgate already running on kafka.bootstrap_servers and the

@@ -8,6 +8,7 @@
 //! token ids; `reload` swaps policies in; `outbox` publishes audit events
 //! that belong to no input.
 
+pub mod ceiling;
 pub mod checkpoint;
 pub mod grant_keys;
 pub mod outbox;

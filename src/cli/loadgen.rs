@@ -1,9 +1,11 @@
 //! `tollgate loadgen`: how many decisions per second one instance sustains,
-//! and what it adds to latency, measured against the limit of the design — a
-//! pass-through pipeline on the same broker, with the same consumer and
-//! producer settings and the same loop (offsets after delivery), producing
-//! the same number of outputs per input but doing no authentication, policy,
-//! store or audit.
+//! and what it adds to latency, measured against two baselines on the same
+//! broker, with the same consumer and producer settings and the same loop
+//! (offsets after delivery), producing the same number of outputs per
+//! input: the **pass-through** does nothing else (the limit of the broker
+//! and the loop); the **crypto ceiling** (`broker::ceiling`) also does the
+//! cryptography no design can skip — each token verified, one grant signed
+//! per input — and nothing else (the limit of tollgate's work).
 //!
 //! The tollgate under load is either started in this process on fresh
 //! topics, or an instance already running elsewhere (`--external`), driven
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::demo::{ENTERPRISES, ISSUER, request_json, token_for};
 use tollgate::app::App;
 use tollgate::auth::{SigningKey, Verifier};
+use tollgate::broker::ceiling::CryptoCeiling;
 use tollgate::config::{Settings, Topics};
 use tollgate::kafka::{
     self, Client, Cluster, ConsumedMessage, Limits, LoopClients, OutgoingMessage, ProcessError, Processor,
@@ -60,6 +63,17 @@ pub struct RunReport {
     pub seconds: f64,
     pub per_second: f64,
     pub latency_ms: Latency,
+    /// The crypto ceiling's work, counted: tokens verified and refused,
+    /// grants signed (warm-up included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crypto: Option<CryptoDone>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CryptoDone {
+    pub verified: u64,
+    pub refused: u64,
+    pub signed: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,8 +90,10 @@ pub struct LoadReport {
     pub database: String,
     pub rate: u32,
     pub runs: Vec<RunReport>,
-    /// tollgate's throughput as a fraction of the baseline's.
+    /// tollgate's throughput as a fraction of the pass-through's.
     pub ratio: Option<f64>,
+    /// tollgate's throughput as a fraction of the crypto ceiling's.
+    pub ceiling_ratio: Option<f64>,
 }
 
 /// Copies each input to the three output topics: the shape of tollgate's
@@ -113,12 +129,7 @@ impl Processor for PassThrough {
     /// The pass-through has no dead-letter topic: a refused copy becomes an
     /// empty message on the same topic, so the measured run still ends.
     fn refused(&self, _: &ConsumedMessage, output: &OutgoingMessage, _: &str, _: bool) -> OutgoingMessage {
-        OutgoingMessage {
-            topic: output.topic.clone(),
-            key: output.key.clone(),
-            payload: String::new(),
-            headers: vec![],
-        }
+        tollgate::broker::ceiling::emptied(output)
     }
 }
 
@@ -247,6 +258,7 @@ fn report(pipeline: &str, requests: usize, (completed, seconds, h): (usize, f64,
         seconds,
         per_second: if seconds > 0.0 { completed as f64 / seconds } else { 0.0 },
         latency_ms: Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: h.max() as f64 / 1000.0 },
+        crypto: None,
     }
 }
 
@@ -259,6 +271,7 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<LoadRe
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let base_topics = Topics::with_suffix(&format!("loadgen-base-{run_id}"));
+    let ceiling_topics = Topics::with_suffix(&format!("loadgen-ceiling-{run_id}"));
     // A running instance is driven through its own topics, which exist.
     let gate_topics = if running { settings.topics.clone() } else { Topics::with_suffix(&format!("loadgen-{run_id}")) };
     // Throwaway topics: kept as briefly as the law allows logs.
@@ -266,6 +279,7 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<LoadRe
     let ms = tollgate::config::RetentionSettings::ms(tollgate::config::LOGS_MIN_DAYS);
     if opts.baseline {
         fresh.extend(base_topics.all().map(|t| (t, ms)));
+        fresh.extend(ceiling_topics.all().map(|t| (t, ms)));
     }
     if !running {
         fresh.extend(gate_topics.all().map(|t| (t, ms)));
@@ -277,11 +291,18 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<LoadRe
     let load = Load { client: Client::new(&settings.kafka, &bootstrap)?, run_id, work, rate: opts.rate };
     let mut runs = Vec::new();
     if opts.baseline {
-        runs.push(report(
-            "pass-through",
-            opts.requests,
-            pass_through(&settings, &bootstrap, &base_topics, &load).await?,
-        ));
+        let outputs = |t: &Topics| [t.decisions.clone(), t.audit.clone(), t.usage.clone()];
+        let pass = Arc::new(PassThrough { outputs: outputs(&base_topics) });
+        let measured = baseline(&settings, &bootstrap, &base_topics, &load, pass).await?;
+        runs.push(report("pass-through", opts.requests, measured));
+        let verifier = Verifier::for_ed25519(&idp.key.public(), &idp.issuer, &idp.audience).without_cache();
+        let signer = SigningKey::generate("loadgen-ceiling-grants");
+        let ceiling = Arc::new(CryptoCeiling::new(verifier, signer, outputs(&ceiling_topics)));
+        let measured = baseline(&settings, &bootstrap, &ceiling_topics, &load, ceiling.clone()).await?;
+        let c = &ceiling.counts;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let crypto = CryptoDone { verified: get(&c.verified), refused: get(&c.refused), signed: get(&c.signed) };
+        runs.push(RunReport { crypto: Some(crypto), ..report("crypto ceiling", opts.requests, measured) });
     }
     let database = match opts.target {
         Target::InProcess { database_url } => {
@@ -298,10 +319,14 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<LoadRe
             "the running instance's".to_owned()
         }
     };
-    let ratio = (runs.len() == 2 && runs[0].per_second > 0.0).then(|| runs[1].per_second / runs[0].per_second);
+    let of = |name: &str| {
+        let base = runs.iter().find(|r| r.pipeline == name).filter(|r| r.per_second > 0.0)?;
+        Some(runs.last()?.per_second / base.per_second)
+    };
+    let (ratio, ceiling_ratio) = (of("pass-through"), of("crypto ceiling"));
     drop(load);
     drop(cluster);
-    Ok(LoadReport { broker: bootstrap, database, rate: opts.rate, runs, ratio })
+    Ok(LoadReport { broker: bootstrap, database, rate: opts.rate, runs, ratio, ceiling_ratio })
 }
 
 /// The identity provider whose tokens the workload carries: one of its own
@@ -336,19 +361,18 @@ impl Load {
     }
 }
 
-/// The baseline: the same loop and settings, passing each input through
-/// to three topics with no decision.
-async fn pass_through(
+/// A baseline: the same loop and settings as tollgate, with `processor`
+/// (the pass-through or the crypto ceiling) on `topics`.
+async fn baseline<P: Processor>(
     settings: &Settings,
     bootstrap: &str,
     topics: &Topics,
     load: &Load,
+    pass: Arc<P>,
 ) -> anyhow::Result<(usize, f64, Histogram<u64>)> {
     let mut base = settings.kafka.clone();
-    base.group_id = format!("loadgen-base-{}", load.run_id);
-    let clients = LoopClients::new(&base, bootstrap, &[&topics.requests], Health::new(), None, "loadgen-pass-through")?;
-    let pass =
-        Arc::new(PassThrough { outputs: [topics.decisions.clone(), topics.audit.clone(), topics.usage.clone()] });
+    base.group_id = format!("loadgen-{}-{}", topics.requests, load.run_id);
+    let clients = LoopClients::new(&base, bootstrap, &[&topics.requests], Health::new(), None, "loadgen-baseline")?;
     let stop = CancellationToken::new();
     let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
     let limits = Limits::from(&settings.service);
@@ -394,7 +418,7 @@ async fn in_process(
 impl LoadReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "broker {}   database {}   rate {}\n\n{:<14} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+            "broker {}   database {}   rate {}\n\n{:<15} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
             self.broker,
             self.database,
             if self.rate == 0 { "as fast as possible".to_owned() } else { format!("{}/s", self.rate) },
@@ -409,7 +433,7 @@ impl LoadReport {
         );
         for r in &self.runs {
             s.push_str(&format!(
-                "{:<14} {:>9} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+                "{:<15} {:>9} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
                 r.pipeline,
                 r.requests,
                 r.completed,
@@ -422,6 +446,11 @@ impl LoadReport {
         }
         if let Some(ratio) = self.ratio {
             s.push_str(&format!("\ntollgate throughput = {ratio:.2} × pass-through\n"));
+        }
+        if let Some(ratio) = self.ceiling_ratio {
+            s.push_str(&format!(
+                "tollgate throughput = {ratio:.2} × crypto ceiling (one token verified, one grant signed per input)\n"
+            ));
         }
         s
     }

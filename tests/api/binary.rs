@@ -619,18 +619,23 @@ async fn sighup_reloads_the_policy_when_file_watching_is_off() {
 }
 
 #[test]
-fn loadgen_reports_tollgate_against_the_pass_through_baseline() {
+fn loadgen_reports_tollgate_against_the_pass_through_and_the_crypto_ceiling() {
     let out = tollgate().args(["loadgen", "--requests", "60", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let runs = report["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 2);
-    for (run, name) in runs.iter().zip(["pass-through", "tollgate"]) {
+    assert_eq!(runs.len(), 3);
+    for (run, name) in runs.iter().zip(["pass-through", "crypto ceiling", "tollgate"]) {
         assert_eq!(run["pipeline"], name);
         assert_eq!(run["completed"], 60, "{run}");
         assert!(run["latency_ms"]["p99"].as_f64().unwrap() >= run["latency_ms"]["p50"].as_f64().unwrap());
     }
-    assert!(report["ratio"].as_f64().unwrap() > 0.0);
+    assert!(report["ratio"].as_f64().unwrap() > 0.0 && report["ceiling_ratio"].as_f64().unwrap() > 0.0);
+    // The ceiling did its cryptography for every input, the warm-up included.
+    let crypto = &runs[1]["crypto"];
+    // (A batch prepared again after a rebalance is verified again: at least.)
+    assert_eq!(crypto["refused"].as_u64(), Some(0), "{crypto}");
+    assert!(crypto["verified"].as_u64().unwrap() >= 61 && crypto["signed"].as_u64().unwrap() >= 61, "{crypto}");
     // Every request has a token of its own, the warm-up included.
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!log.contains("replayed token refused"), "{log}");
