@@ -446,19 +446,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&settings.redacted())?);
             Ok(())
         }
-        Command::Serve => {
-            let settings = Settings::load(cli.config.as_deref())?;
-            let shutdown = CancellationToken::new();
-            stop_on_signal(shutdown.clone())?;
-            let app = App::build(settings).await?;
-            if app.is_embedded() {
-                // Printed on stdout too, so scripts and people can find it.
-                println!("embedded kafka bootstrap: {}", app.bootstrap_servers());
-            }
-            println!("grant verification key (JWK): {}", app.grant_jwk());
-            app.run_until_stopped(shutdown).await?;
-            Ok(())
-        }
+        Command::Serve => serve(Settings::load(cli.config.as_deref())?).await,
         Command::Demo { requests, rate, seed, quiet, data_dir } => {
             let settings = Settings::load(cli.config.as_deref())?;
             let opts = cli::demo::DemoOptions { requests, rate, seed, verbose: !quiet, data_dir };
@@ -519,6 +507,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `tollgate serve`: until SIGINT/SIGTERM.
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    stop_on_signal(shutdown.clone())?;
+    let app = App::build(settings).await?;
+    if app.is_embedded() {
+        // Printed on stdout too, so scripts and people can find it.
+        println!("embedded kafka bootstrap: {}", app.bootstrap_servers());
+    }
+    println!("grant verification key (JWK): {}", app.grant_jwk());
+    app.run_until_stopped(shutdown).await?;
+    Ok(())
 }
 
 async fn audit_command(config: Option<&std::path::Path>, command: AuditCommand) -> anyhow::Result<()> {
