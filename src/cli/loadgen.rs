@@ -60,6 +60,9 @@ pub struct RunReport {
     pub pipeline: String,
     pub requests: usize,
     pub completed: usize,
+    /// Decisions read again for requests already answered (re-published
+    /// after a crash; 0 in a run without one).
+    pub repeated: usize,
     pub seconds: f64,
     pub per_second: f64,
     pub latency_ms: Latency,
@@ -185,7 +188,7 @@ async fn drive(
     work: &[(String, String)],
     rate: u32,
     from_end: bool,
-) -> anyhow::Result<(usize, f64, Histogram<u64>)> {
+) -> anyhow::Result<Measured> {
     let group = format!("loadgen-{run}");
     let reader =
         if from_end { client.reader_from_end(&[output], &group)? } else { client.reader(&[output], &group)? };
@@ -233,7 +236,7 @@ async fn drive(
     };
     let mut histogram = Histogram::<u64>::new(3)?;
     let mut seen = HashSet::with_capacity(work.len());
-    let mut last = started;
+    let (mut last, mut repeated) = (started, 0);
     while seen.len() < work.len() {
         let Some(m) = reader.next(Duration::from_secs(60)).await? else { break };
         // The warm-up (index work.len()) may be answered again: not measured.
@@ -243,20 +246,36 @@ async fn drive(
             let sent = sent_at.lock().expect("lock")[i].unwrap_or(started);
             histogram.record(now.duration_since(sent).as_micros() as u64)?;
             last = now;
+        } else {
+            repeated += 1;
         }
     }
     producing.await??;
-    Ok((seen.len(), last.duration_since(started).as_secs_f64(), histogram))
+    let seconds = last.duration_since(started).as_secs_f64();
+    Ok(Measured { completed: seen.len(), seconds, latency: histogram, repeated })
 }
 
-fn report(pipeline: &str, requests: usize, (completed, seconds, h): (usize, f64, Histogram<u64>)) -> RunReport {
+/// What one pipeline's run came to.
+struct Measured {
+    completed: usize,
+    seconds: f64,
+    /// Time from each request's send to its first decision.
+    latency: Histogram<u64>,
+    /// Decisions read for a request already answered: re-published work,
+    /// as after a crash (stored outcomes published again).
+    repeated: usize,
+}
+
+fn report(pipeline: &str, requests: usize, m: Measured) -> RunReport {
+    let h = &m.latency;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     RunReport {
         pipeline: pipeline.into(),
         requests,
-        completed,
-        seconds,
-        per_second: if seconds > 0.0 { completed as f64 / seconds } else { 0.0 },
+        completed: m.completed,
+        repeated: m.repeated,
+        seconds: m.seconds,
+        per_second: if m.seconds > 0.0 { m.completed as f64 / m.seconds } else { 0.0 },
         latency_ms: Latency { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: h.max() as f64 / 1000.0 },
         crypto: None,
     }
@@ -356,7 +375,7 @@ struct Load {
 }
 
 impl Load {
-    async fn drive(&self, topics: &Topics, from_end: bool) -> anyhow::Result<(usize, f64, Histogram<u64>)> {
+    async fn drive(&self, topics: &Topics, from_end: bool) -> anyhow::Result<Measured> {
         drive(&self.client, &topics.requests, &topics.decisions, &self.run_id, &self.work, self.rate, from_end).await
     }
 }
@@ -369,7 +388,7 @@ async fn baseline<P: Processor>(
     topics: &Topics,
     load: &Load,
     pass: Arc<P>,
-) -> anyhow::Result<(usize, f64, Histogram<u64>)> {
+) -> anyhow::Result<Measured> {
     let mut base = settings.kafka.clone();
     base.group_id = format!("loadgen-{}-{}", topics.requests, load.run_id);
     let clients = LoopClients::new(&base, bootstrap, &[&topics.requests], Health::new(), None, "loadgen-baseline")?;
@@ -394,7 +413,7 @@ async fn in_process(
     database_url: Option<String>,
     idp: &Idp,
     load: &Load,
-) -> anyhow::Result<((usize, f64, Histogram<u64>), String)> {
+) -> anyhow::Result<(Measured, String)> {
     let temp = tempfile::tempdir()?;
     let database = database_url.unwrap_or_else(|| format!("sqlite://{}", temp.path().join("loadgen.db").display()));
     let grant_key = temp.path().join("grants.pem");
@@ -443,6 +462,9 @@ impl LoadReport {
                 r.latency_ms.p99,
                 r.latency_ms.max
             ));
+        }
+        for r in self.runs.iter().filter(|r| r.repeated > 0) {
+            s.push_str(&format!("{}: {} decisions read again (re-published)\n", r.pipeline, r.repeated));
         }
         if let Some(ratio) = self.ratio {
             s.push_str(&format!("\ntollgate throughput = {ratio:.2} × pass-through\n"));

@@ -121,7 +121,8 @@ impl Policy {
         let engine = engine::IndexedEngine::build(enforcer.enforcer());
         let has_p2 = enforcer.enforcer().get_model().get_model().get("p").is_some_and(|p| p.contains_key("p2"));
         let obligations = if has_p2 && has_obligations {
-            Some(engine::IndexedEngine::build_section(enforcer.enforcer(), "2", false).ok_or_else(|| {
+            let section = engine::IndexedEngine::build_section_with(enforcer.enforcer(), "2", false, engine.as_ref());
+            Some(section.ok_or_else(|| {
                 PolicyError::Invalid {
                     file: MODEL_FILE.into(),
                     message:

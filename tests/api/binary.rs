@@ -628,6 +628,8 @@ fn loadgen_reports_tollgate_against_the_pass_through_and_the_crypto_ceiling() {
     for (run, name) in runs.iter().zip(["pass-through", "crypto ceiling", "tollgate"]) {
         assert_eq!(run["pipeline"], name);
         assert_eq!(run["completed"], 60, "{run}");
+        // Decisions read twice for one request: none without a crash.
+        assert_eq!(run["repeated"], 0, "{run}");
         assert!(run["latency_ms"]["p99"].as_f64().unwrap() >= run["latency_ms"]["p50"].as_f64().unwrap());
     }
     assert!(report["ratio"].as_f64().unwrap() > 0.0 && report["ceiling_ratio"].as_f64().unwrap() > 0.0);
