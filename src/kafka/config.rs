@@ -103,7 +103,11 @@ pub(super) fn consumer_config(settings: &KafkaSettings, bootstrap: &str) -> Clie
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         // Broker reachability for readiness (see LoopContext::stats).
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // Inputs fetched ahead of the loop: 16 MB holds seconds of work at
+        // full speed. librdkafka's 64 MB was a third of `serve`'s resident
+        // memory under a flood, for no throughput (docs/performance.md).
+        .set("queued.max.messages.kbytes", "16384");
     set_loop_properties(&mut cfg, settings, Side::Consumer);
     cfg.set("group.id", &settings.group_id)
         // Offsets are stored by the loop after delivery, never on receipt.
@@ -232,6 +236,10 @@ mod tests {
         assert_eq!(producer.get("fetch.wait.max.ms"), None);
         assert_eq!(producer.get("linger.ms"), Some("20"));
         assert_eq!(consumer.get("linger.ms"), None);
+        // tollgate's own default, which kafka.properties can override.
+        assert_eq!(consumer.get("queued.max.messages.kbytes"), Some("16384"));
+        settings.properties.insert("queued.max.messages.kbytes".into(), "4096".into());
+        assert_eq!(consumer_config(&settings, "b:1").get("queued.max.messages.kbytes"), Some("4096"));
         assert_eq!(
             (consumer.get("security.protocol"), producer.get("security.protocol")),
             (Some("plaintext"), Some("plaintext"))

@@ -207,9 +207,32 @@ fn effect_of(expr: &str) -> Option<Effect> {
     }
 }
 
+/// Role assignments as casbin-rs holds them: per role definition (`g`,
+/// `g2`, …), the fields of each of its rules after the type.
+pub type Groupings = HashMap<String, Vec<Vec<String>>>;
+
+/// Where an engine finds the role assignments of its policy.
+pub enum Roles<'a> {
+    /// In the enforcer it is built from.
+    Held,
+    /// Here: the enforcer was loaded without them, so casbin-rs never holds
+    /// 100k assignments (and two role managers over them) only for the
+    /// index to be built and the enforcer dropped.
+    Given(&'a Groupings),
+    /// In an engine of the same policy (another section): its closures are
+    /// shared, not computed again.
+    Shared(&'a IndexedEngine),
+}
+
+fn held_groupings(enforcer: &Enforcer) -> Groupings {
+    let model = enforcer.get_model().get_model();
+    let defined = model.get("g").into_iter().flatten();
+    defined.map(|(name, a)| (name.clone(), a.policy.iter().cloned().collect())).collect()
+}
+
 /// Roles of every member of every grouping, per domain, transitively.
 /// None when a hierarchy is deeper than casbin-rs searches.
-fn closures(groupings: &HashMap<String, Vec<Vec<String>>>) -> Option<Closures> {
+fn closures(groupings: &Groupings) -> Option<Closures> {
     let mut out = Closures::new();
     for (g, rules) in groupings {
         let mut edges: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
@@ -252,17 +275,16 @@ impl IndexedEngine {
     /// r/p/e/m, "2" for r2/p2/e2/m2. With `decide` false the effect is not
     /// used and [`IndexedEngine::matches`] lists every matching rule.
     pub fn build_section(enforcer: &Enforcer, suffix: &str, decide: bool) -> Option<IndexedEngine> {
-        Self::build_section_with(enforcer, suffix, decide, None)
+        Self::build_section_with(enforcer, suffix, decide, Roles::Held)
     }
 
-    /// [`IndexedEngine::build_section`], reusing the role closures of
-    /// `roles_of`, an engine built from the same `enforcer` (so from the
-    /// same `g` rules), instead of computing a second copy.
+    /// [`IndexedEngine::build_section`], with the role assignments `roles`
+    /// says where to find.
     pub fn build_section_with(
         enforcer: &Enforcer,
         suffix: &str,
         decide: bool,
-        roles_of: Option<&IndexedEngine>,
+        roles: Roles<'_>,
     ) -> Option<IndexedEngine> {
         let model = enforcer.get_model().get_model();
         let key = |k: &str| format!("{k}{suffix}");
@@ -281,15 +303,11 @@ impl IndexedEngine {
         for part in split_top(matcher, "&&") {
             clauses.push(parse_clause(&part, r_tokens, p_tokens)?);
         }
-        let mut groupings: HashMap<String, Vec<Vec<String>>> = HashMap::new();
-        if let Some(gs) = model.get("g") {
-            for (name, a) in gs {
-                groupings.insert(name.clone(), a.policy.iter().cloned().collect());
-            }
-        }
+        // Every role definition is in the model, with or without rules.
+        let defined = model.get("g");
         for c in &clauses {
             if let Term::Role { g, .. } = &c.term
-                && !groupings.contains_key(g)
+                && !defined.is_some_and(|d| d.contains_key(g))
             {
                 return None;
             }
@@ -319,9 +337,10 @@ impl IndexedEngine {
             clauses,
             rules,
             index,
-            closures: match roles_of {
-                Some(other) => Arc::clone(&other.closures),
-                None => Arc::new(closures(&groupings)?),
+            closures: match roles {
+                Roles::Shared(other) => Arc::clone(&other.closures),
+                Roles::Given(groupings) => Arc::new(closures(groupings)?),
+                Roles::Held => Arc::new(closures(&held_groupings(enforcer))?),
             },
         })
     }
@@ -462,7 +481,8 @@ mod tests {
                       g, alice, admin, d1\ng, bob, alice, d1\ng2, data1, data1\n";
         let e = enforcer(TOLLGATE_MODEL, policy).await;
         let main = IndexedEngine::build(&e).expect("indexable");
-        let obligations = IndexedEngine::build_section_with(&e, "2", false, Some(&main)).expect("indexable m2");
+        let obligations =
+            IndexedEngine::build_section_with(&e, "2", false, Roles::Shared(&main)).expect("indexable m2");
         assert!(Arc::ptr_eq(&main.closures, &obligations.closures));
         // And it decides with them: bob is admin through alice in d1.
         let rules = obligations.matches(&["bob", "d1", "data1", "read"]).expect("arity");

@@ -21,6 +21,7 @@ pub use catalogue::{Catalogue, CatalogueError, Dataset, Grade, Operator, Persona
 pub use rule::{Effect, Rule, RuleLine, Target};
 
 use crate::contract::Operation;
+use engine::{Groupings, Roles};
 
 pub const MODEL_FILE: &str = "model.conf";
 pub const POLICY_FILE: &str = "policy.csv";
@@ -51,8 +52,9 @@ pub struct CasbinVerdict {
 }
 
 /// What must stay true: the rules are held once. With the index, casbin-rs
-/// (its rule store and role manager, the largest copy) is dropped after the
-/// index is built from it, and policy.csv is kept as text, parsed only by
+/// is loaded with the permission rules only (never the role assignments,
+/// which the index takes from tollgate's parse) and dropped once the index
+/// is built from it, and policy.csv is kept as text, parsed only by
 /// the tools that read rules as written ([`Policy::rule_lines`]); with 100k
 /// rules each extra copy costs tens of MB of a service's memory.
 pub struct Policy {
@@ -91,6 +93,59 @@ pub fn version_of(files: &[(&str, &str)]) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
+/// The role assignments of `rules` (policy.csv's and the catalogue's
+/// derived ones), as casbin-rs would hold them.
+fn groupings_of<'r>(rules: impl Iterator<Item = &'r Rule>) -> Groupings {
+    let mut out = Groupings::new();
+    for rule in rules {
+        match rule {
+            Rule::Role { member, role, scenario } => {
+                out.entry("g".into()).or_default().push(vec![member.clone(), role.clone(), scenario.clone()])
+            }
+            Rule::Group { member, group } => {
+                out.entry("g2".into()).or_default().push(vec![member.clone(), group.clone()])
+            }
+            Rule::Permission { .. } | Rule::Obligation { .. } => {}
+        }
+    }
+    out
+}
+
+/// The index, and the casbin-rs enforcer it was built from: loaded with
+/// the permission rules only when the index decides (it takes the role
+/// assignments from `groupings`), else with every rule, for casbin-rs to
+/// decide. What must stay true: the index is given exactly the
+/// assignments casbin-rs would have held, so it decides the same.
+async fn indexed(
+    model: &str,
+    rules: &str,
+    derived: &[Rule],
+    groupings: &Groupings,
+) -> Result<(Option<engine::IndexedEngine>, enforcer::Reference), PolicyError> {
+    let invalid = |message| PolicyError::Invalid { file: MODEL_FILE.into(), message };
+    // The lines as written, but those of a role definition (casbin's
+    // section is a rule type's first letter).
+    let is_grouping = |line: &&str| line.split(',').next().is_some_and(|t| t.trim().starts_with('g'));
+    let permissions: String = rules.lines().filter(|l| !is_grouping(l)).flat_map(|l| [l, "\n"]).collect();
+    let light = enforcer::Reference::build(model, &permissions).await.map_err(invalid)?;
+    let defined = light.enforcer().get_model().get_model().get("g").map(|d| d.keys().cloned().collect::<Vec<_>>());
+    let all_defined = groupings.keys().all(|g| defined.as_ref().is_some_and(|d| d.contains(g)));
+    if all_defined
+        && let Some(engine) =
+            engine::IndexedEngine::build_section_with(light.enforcer(), "", true, Roles::Given(groupings))
+    {
+        return Ok((Some(engine), light));
+    }
+    drop(light);
+    let mut all_rules = rules.to_owned();
+    all_rules.push('\n');
+    for rule in derived {
+        all_rules.push_str(&format!("{rule}\n"));
+    }
+    let reference = enforcer::Reference::build(model, &all_rules).await.map_err(invalid)?;
+    Ok((engine::IndexedEngine::build(reference.enforcer()), reference))
+}
+
 impl Policy {
     /// Loads and validates `dir`. Nothing is in force until this returns Ok,
     /// so a bad edit can never replace a good policy half-way.
@@ -107,21 +162,15 @@ impl Policy {
         let lines = rule::parse_rules(rules).map_err(|(line, message)| PolicyError::Rule { line, message })?;
         let rule_count = validate_rules(&lines, &catalogue)?;
         let has_obligations = lines.iter().any(|r| matches!(r.rule, Rule::Obligation { .. }));
+        let derived = catalogue.derived_groups();
+        let groupings = groupings_of(lines.iter().map(|l| &l.rule).chain(&derived));
         drop(lines);
-
-        let mut all_rules = rules.to_owned();
-        all_rules.push('\n');
-        for line in catalogue.derived_groupings() {
-            all_rules.push_str(&line);
-            all_rules.push('\n');
-        }
-        let enforcer = enforcer::Reference::build(model, &all_rules)
-            .await
-            .map_err(|message| PolicyError::Invalid { file: MODEL_FILE.into(), message })?;
-        let engine = engine::IndexedEngine::build(enforcer.enforcer());
+        let (engine, enforcer) = indexed(model, rules, &derived, &groupings).await?;
+        drop(groupings);
         let has_p2 = enforcer.enforcer().get_model().get_model().get("p").is_some_and(|p| p.contains_key("p2"));
         let obligations = if has_p2 && has_obligations {
-            let section = engine::IndexedEngine::build_section_with(enforcer.enforcer(), "2", false, engine.as_ref());
+            let roles = engine.as_ref().map_or(Roles::Held, Roles::Shared);
+            let section = engine::IndexedEngine::build_section_with(enforcer.enforcer(), "2", false, roles);
             Some(section.ok_or_else(|| {
                 PolicyError::Invalid {
                     file: MODEL_FILE.into(),
@@ -313,4 +362,64 @@ fn validate_rules(rules: &[RuleLine], catalogue: &Catalogue) -> Result<usize, Po
         checked.map_err(|message| PolicyError::Rule { line: *line, message })?;
     }
     Ok(rules.iter().filter(|r| r.rule.permission().is_some()).count())
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+
+    use super::*;
+
+    /// The index takes its role assignments from tollgate's own parse of
+    /// the rules, which casbin-rs never loads when the index decides: it
+    /// must decide, explain and attach obligations exactly as casbin-rs
+    /// with every rule loaded, whatever the order of the lines.
+    #[tokio::test]
+    async fn roles_parsed_by_tollgate_decide_as_casbin_with_every_rule_loaded_in_any_order() {
+        let model = include_str!("../../policies/model.conf");
+        for seed in 1..=3 {
+            let s = synth::generate(1_500, seed);
+            // Obligations, and a rule that holds only through the catalogue's
+            // derived groupings (every synthetic dataset is graded general).
+            let extra = format!(
+                "p2, *, {}, *, query, aggregate_only\np2, *, *, {}, *, watermark\np, *, *, grade:general, download, deny",
+                s.domains[0], s.objects[0]
+            );
+            let mut lines: Vec<&str> = s.policy.lines().chain(extra.lines()).collect();
+            lines.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+            let text = lines.join("\n");
+            let catalogue_text = s.catalogue();
+            let policy = Policy::from_texts(model, &text, &catalogue_text).await.unwrap();
+            assert!(policy.is_indexed() && policy.enforcer.is_none());
+            let derived: String = Catalogue::parse(&catalogue_text)
+                .unwrap()
+                .derived_groupings()
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let reference = enforcer::Reference::build(model, &format!("{text}\n{derived}")).await.unwrap();
+            let obligations = engine::IndexedEngine::build_section(reference.enforcer(), "2", false).unwrap();
+            let (mut allowed, mut obliged) = (0, 0);
+            for [sub, dom, obj, act] in s.requests(3_000) {
+                let op = *Operation::ALL.iter().find(|o| o.as_str() == act).unwrap();
+                let got = policy.authorize(&sub, &dom, &obj, op).unwrap();
+                let want = reference.enforce_ex(vec![&sub, &dom, &obj, &act]).unwrap();
+                assert_eq!(got, verdict(want.0, want.1), "{sub} {dom} {obj} {act}");
+                let want: Vec<(String, String)> = obligations
+                    .matches(&[&sub, &dom, &obj, &act])
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| (format!("p2, {}", r.join(", ")), r.last().cloned().unwrap()))
+                    .collect();
+                assert_eq!(policy.obligations(&sub, &dom, &obj, op), want);
+                allowed += usize::from(got.allowed);
+                obliged += usize::from(!want.is_empty());
+            }
+            assert!(
+                allowed > 300 && allowed < 2_700 && obliged > 50,
+                "a real mix: {allowed} allowed, {obliged} obliged"
+            );
+        }
+    }
 }
