@@ -61,8 +61,28 @@ impl Clause {
 
 const DEFAULT_DOMAIN: &str = "DEFAULT";
 
-/// Transitive roles per (grouping, domain, member), within casbin's depth.
-type Closures = HashMap<(String, String, String), Vec<String>>;
+/// Transitive roles per grouping, domain and member, within casbin's
+/// depth. Compact because a policy may assign roles to 100k members: each
+/// member's name is held once, its roles as indexes into `names` (a
+/// handful of distinct role names), and a lookup borrows the request's
+/// strings instead of building a key.
+#[derive(Default)]
+struct Closures {
+    names: Vec<Box<str>>,
+    /// grouping → domain → members.
+    by: HashMap<String, HashMap<String, Members>>,
+}
+
+/// Member → its roles, as indexes into [`Closures::names`].
+type Members = HashMap<Box<str>, Box<[u32]>>;
+
+impl Closures {
+    /// The roles `member` holds in `domain` through grouping `g`.
+    fn roles<'a>(&'a self, g: &str, domain: &str, member: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let ids = self.by.get(g).and_then(|d| d.get(domain)).and_then(|m| m.get(member));
+        ids.into_iter().flat_map(|ids| ids.iter().map(|&i| &*self.names[i as usize]))
+    }
+}
 
 pub struct IndexedEngine {
     r_len: usize,
@@ -233,7 +253,8 @@ fn held_groupings(enforcer: &Enforcer) -> Groupings {
 /// Roles of every member of every grouping, per domain, transitively.
 /// None when a hierarchy is deeper than casbin-rs searches.
 fn closures(groupings: &Groupings) -> Option<Closures> {
-    let mut out = Closures::new();
+    let mut out = Closures::default();
+    let mut interned: HashMap<&str, u32> = HashMap::new();
     for (g, rules) in groupings {
         let mut edges: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
         for rule in rules {
@@ -243,6 +264,7 @@ fn closures(groupings: &Groupings) -> Option<Closures> {
             let dom = rule.get(2).map_or(DEFAULT_DOMAIN, String::as_str);
             edges.entry((dom, rule[0].as_str())).or_default().push(rule[1].as_str());
         }
+        let by_domain = out.by.entry(g.clone()).or_default();
         for &(dom, member) in edges.keys() {
             let mut seen: HashSet<&str> = HashSet::from([member]);
             let mut queue = VecDeque::from([(member, 0usize)]);
@@ -253,12 +275,16 @@ fn closures(groupings: &Groupings) -> Option<Closures> {
                         if depth + 1 >= MAX_ROLE_DEPTH - 1 {
                             return None;
                         }
-                        roles.push(next.to_owned());
+                        let id = *interned.entry(next).or_insert_with(|| {
+                            out.names.push(next.into());
+                            (out.names.len() - 1) as u32
+                        });
+                        roles.push(id);
                         queue.push_back((next, depth + 1));
                     }
                 }
             }
-            out.insert((g.clone(), dom.to_owned(), member.to_owned()), roles);
+            by_domain.entry(dom.to_owned()).or_default().insert(member.into(), roles.into_boxed_slice());
         }
     }
     Some(out)
@@ -353,9 +379,7 @@ impl IndexedEngine {
                 let member = request[*r];
                 values.push(member);
                 let domain = dom.map_or(DEFAULT_DOMAIN, |d| request[d]);
-                if let Some(roles) = self.closures.get(&(g.clone(), domain.to_owned(), member.to_owned())) {
-                    values.extend(roles.iter().map(String::as_str));
-                }
+                values.extend(self.closures.roles(g, domain, member));
             }
         }
         if clause.wildcard {

@@ -241,6 +241,43 @@ impl Committed {
 /// being read again from the OS on every batch.
 const SQLITE_TUNING: [&str; 2] = ["PRAGMA wal_autocheckpoint = 16000", "PRAGMA cache_size = -16384"];
 
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6")))
+}
+
+/// `pragma`, tried again for five seconds while the database is busy:
+/// SQLite answers some statements (a change of journal mode, a read of the
+/// schema another instance is migrating on a new file) with "database is
+/// locked" at once, without waiting for the busy timeout.
+async fn pragma_when_free(conn: &mut sqlx::AnyConnection, pragma: &str) -> Result<(), sqlx::Error> {
+    let mut attempts = 50;
+    loop {
+        match sqlx::query(pragma).execute(&mut *conn).await {
+            Err(e) if is_busy(&e) && attempts > 1 => {
+                attempts -= 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            done => return done.map(drop),
+        }
+    }
+}
+
+/// Every new SQLite connection: WAL (kept in the file; required), then
+/// [`SQLITE_TUNING`] — speed, not correctness, so a setting the database
+/// stays too busy to take is logged and skipped and the instance starts.
+async fn on_new_sqlite_connection(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    pragma_when_free(conn, "PRAGMA journal_mode = WAL").await?;
+    for pragma in SQLITE_TUNING {
+        match pragma_when_free(conn, pragma).await {
+            Err(e) if is_busy(&e) => {
+                tracing::warn!(message = "SQLite setting not applied: database busy", pragma, error = %e)
+            }
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
@@ -285,9 +322,7 @@ impl Store {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
-                        for pragma in SQLITE_TUNING {
-                            sqlx::query(pragma).execute(&mut *conn).await?;
-                        }
+                        on_new_sqlite_connection(conn).await?;
                     }
                     Ok(())
                 })
@@ -295,9 +330,6 @@ impl Store {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        if sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
-        }
         migrate(&pool, sqlite).await?;
         audit_query::backfill(&pool).await?;
         Ok(Store { pool, sqlite })
