@@ -128,8 +128,8 @@ async fn indexed(
     let is_grouping = |line: &&str| line.split(',').next().is_some_and(|t| t.trim().starts_with('g'));
     let permissions: String = rules.lines().filter(|l| !is_grouping(l)).flat_map(|l| [l, "\n"]).collect();
     let light = enforcer::Reference::build(model, &permissions).await.map_err(invalid)?;
-    let defined = light.enforcer().get_model().get_model().get("g").map(|d| d.keys().cloned().collect::<Vec<_>>());
-    let all_defined = groupings.keys().all(|g| defined.as_ref().is_some_and(|d| d.contains(g)));
+    let defined = light.enforcer().get_model().get_model().get("g");
+    let all_defined = groupings.keys().all(|g| defined.is_some_and(|d| d.contains_key(g)));
     if all_defined
         && let Some(engine) =
             engine::IndexedEngine::build_section_with(light.enforcer(), "", true, Roles::Given(groupings))
