@@ -135,53 +135,110 @@ impl App {
         self.service.grant_keys().active().public().to_jwk()
     }
 
+    /// Runs until `shutdown` is cancelled, then stops within the grace
+    /// period: in-flight outputs, the final checkpoint and the exporters'
+    /// last requests get what is left of it after the signal, and whatever
+    /// has not finished by then is left to the next start (as after a
+    /// crash: inputs not acknowledged are re-delivered, stored events wait
+    /// in the outbox). `Health::step` names the step under way.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let App { settings, cluster, service, clients, reloader, health, http, checkpointer, telemetry } = self;
         info!(message = "tollgate is consuming", bootstrap = %cluster.bootstrap_servers(), topics = ?settings.topics.inputs(), group = %settings.kafka.group_id,
               instance = %settings.service.instance_id);
         let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
+        let signalled = shutdown.clone();
+        let stop_by = deadline_after_signal(&shutdown, grace);
         // The reloader stops with the service, also when the loop fails.
         let reload_stop = shutdown.child_token();
         let watch = reloader.watch_files();
-        reloader.announce_start().await;
-        let reloading = tokio::spawn(reloader.run(watch, reload_stop.clone()));
-        let checkpointing = tokio::spawn(checkpointer.run(reload_stop.clone()));
-        let serving = http.map(|server| {
-            if let Ok(addr) = server.local_addr() {
-                info!(message = "serving /healthz, /readyz, /metrics and /console", %addr);
-            }
-            let health = health.clone();
-            let stop = reload_stop.clone();
-            let published: Arc<dyn crate::ops::Published> = Arc::new(crate::broker::grant_keys::ForDataHosts {
-                keys: service.grant_keys().clone(),
-                store: service.store().clone(),
-                policy: service.policy_handle(),
-            });
-            let remote = remote_access(&settings);
-            tokio::spawn(async move {
-                if let Err(error) = server.serve(health, published, remote, stop).await {
-                    warn!(message = "http endpoint failed", %error);
-                }
-            })
-        });
+        health.set_step("announcing the policy in force");
+        // Stored before it is published: a stop meanwhile leaves the event
+        // in the outbox for the next start, so it need not hold the stop up.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {}
+            _ = reloader.announce_start() => {}
+        }
+        let background = vec![
+            tokio::spawn(reloader.run(watch, reload_stop.clone())),
+            tokio::spawn(checkpointer.run(reload_stop.clone())),
+        ];
+        let serving = http.map(|server| serve_http(server, &service, &health, &settings, reload_stop.clone()));
+        health.set_step("deciding");
         let result =
             kafka::run(clients, service.clone(), shutdown, grace, Limits::from(&settings.service), &health).await;
         reload_stop.cancel();
-        service.grant_keys().release(chrono::Utc::now().timestamp()).await;
-        let _ = reloading.await;
-        let _ = checkpointing.await;
-        if let Some(serving) = serving {
-            let _ = serving.await;
+        let stop_by = if signalled.is_cancelled() {
+            stop_by.await.unwrap_or_else(|_| tokio::time::Instant::now() + grace)
+        } else {
+            stop_by.abort();
+            tokio::time::Instant::now() + grace
+        };
+        health.set_step("final checkpoint and the background tasks' last round");
+        let finishing = async {
+            service.grant_keys().release(chrono::Utc::now().timestamp()).await;
+            for task in background.into_iter().chain(serving) {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout_at(stop_by.max(tokio::time::Instant::now() + LAST_STEPS), finishing).await.is_err() {
+            warn!(
+                message = "the grace period ended before the final checkpoint and queued events were done; the next start finishes them"
+            );
         }
         if let Some(telemetry) = telemetry {
+            health.set_step("exporting the last telemetry");
             // Waits for the exporters' last requests (their own threads).
             let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         }
         // The pool closes with its last handle; a caller may still hold one.
         drop(cluster);
+        health.set_step("stopped");
         info!(message = "tollgate stopped");
         Ok(result?)
     }
+}
+
+/// What the steps after the decision loop get even when draining it used
+/// the whole grace period: enough for a final checkpoint on a live broker.
+const LAST_STEPS: Duration = Duration::from_secs(2);
+
+/// When the stop must be complete: `grace` after `shutdown` is cancelled.
+fn deadline_after_signal(
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> tokio::task::JoinHandle<tokio::time::Instant> {
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tokio::time::Instant::now() + grace
+    })
+}
+
+/// `/healthz`, `/readyz`, `/metrics`, the console and the public keys,
+/// until `stop`.
+fn serve_http(
+    server: HttpServer,
+    service: &Arc<DecisionService>,
+    health: &Arc<Health>,
+    settings: &Settings,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    if let Ok(addr) = server.local_addr() {
+        info!(message = "serving /healthz, /readyz, /metrics and /console", %addr);
+    }
+    let health = health.clone();
+    let published: Arc<dyn crate::ops::Published> = Arc::new(crate::broker::grant_keys::ForDataHosts {
+        keys: service.grant_keys().clone(),
+        store: service.store().clone(),
+        policy: service.policy_handle(),
+    });
+    let remote = remote_access(settings);
+    tokio::spawn(async move {
+        if let Err(error) = server.serve(health, published, remote, stop).await {
+            warn!(message = "http endpoint failed", %error);
+        }
+    })
 }
 
 /// The configured cluster, or an embedded one when none is; topics created

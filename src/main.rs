@@ -1,6 +1,7 @@
 mod cli;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use std::io::Read;
 
@@ -419,8 +420,17 @@ impl AuditFilterArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
+    let code = runtime.block_on(main_async());
+    // Not waiting for blocking calls still under way: a stop during
+    // start-up can leave a metadata request waiting out its own 30 s
+    // timeout, and nothing needs its answer any more.
+    runtime.shutdown_background();
+    code
+}
+
+async fn main_async() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo prints its own narrative; logs would drown it.
     // Only the service logs at info; the other commands print their own
@@ -509,11 +519,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `tollgate serve`: until SIGINT/SIGTERM.
+/// `tollgate serve`: until SIGINT/SIGTERM. A signal during start-up stops
+/// it there (nothing has been taken yet); one later stops it within the
+/// grace period, or [`SHUTDOWN_OVERRUN`] past it at the latest.
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone())?;
-    let app = App::build(settings).await?;
+    let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
+    let app = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {
+            info!(message = "stopped during start-up");
+            return Ok(());
+        }
+        app = App::build(settings) => app?,
+    };
+    arm_shutdown_watchdog(shutdown.clone(), grace + SHUTDOWN_OVERRUN, app.health());
     if app.is_embedded() {
         // Printed on stdout too, so scripts and people can find it.
         println!("embedded kafka bootstrap: {}", app.bootstrap_servers());
@@ -647,6 +668,30 @@ async fn policy_command(config: Option<&std::path::Path>, command: PolicyCommand
     } else {
         Err(anyhow::anyhow!("policy {}", if json { "failed" } else { "failed (see above)" }))
     }
+}
+
+/// How long past the grace period a stop may take before the process exits
+/// regardless.
+const SHUTDOWN_OVERRUN: Duration = Duration::from_secs(10);
+
+/// Once `shutdown` is cancelled: if the process is still running `limit`
+/// later, it says which step held it up and exits with status 1. Nothing
+/// is lost that a crash would not lose: inputs not acknowledged are
+/// re-delivered and stored events wait in the outbox for the next start.
+fn arm_shutdown_watchdog(shutdown: CancellationToken, limit: Duration, health: std::sync::Arc<tollgate::ops::Health>) {
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        // A thread of its own: the runtime's may be what is stuck.
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!(
+                message = "shutdown overran the grace period; exiting without finishing",
+                step = health.step(),
+                limit_secs = limit.as_secs()
+            );
+            std::process::exit(1);
+        });
+    });
 }
 
 /// Installs the SIGINT/SIGTERM handlers now (a signal before installation

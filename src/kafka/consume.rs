@@ -421,19 +421,53 @@ impl<'h, P: Processor> ConsumeLoop<'h, P> {
             }
             failed
         };
-        match tokio::time::timeout(grace, drain).await {
+        let stop_by = tokio::time::Instant::now() + grace;
+        match tokio::time::timeout_at(stop_by, drain).await {
             Ok(Err(e)) if result.is_ok() => result = Err(e),
             Ok(_) => {}
             Err(_) => warn!(message = "grace period ended with outputs unacknowledged; they will be re-delivered"),
         }
+        // Flushing and closing share what is left of the grace period.
+        let last = stop_by.max(tokio::time::Instant::now() + CLOSE_AT_LEAST);
+        let left = || last.saturating_duration_since(tokio::time::Instant::now());
+        let _ = producer.flush(rdkafka::util::Timeout::After(left()));
+        close(consumer, left()).await;
+        result
+    }
+}
+
+/// What flushing the producer and closing the consumer get even after a
+/// drain that used the whole grace period.
+const CLOSE_AT_LEAST: Duration = Duration::from_secs(2);
+
+/// Commits the stored offsets and leaves the group, on a thread of its own,
+/// waiting for it `within` at most. librdkafka's close waits for the
+/// group's answers (a join under way, the final commit), which a slow or
+/// overloaded broker can hold up for minutes; a stop must not wait for
+/// that. An instance that stops without leaving is dropped from the group
+/// after `session.timeout.ms`, and offsets not committed re-deliver their
+/// inputs (whose outputs are then re-published as they were).
+async fn close(consumer: StreamConsumer<LoopContext>, within: Duration) {
+    let (closed, done) = tokio::sync::oneshot::channel();
+    let closing = std::thread::Builder::new().name("tollgate-consumer-close".into()).spawn(move || {
         if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
             && error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset)
         {
             warn!(message = "final offset commit failed", %error);
         }
-        let _ = producer.flush(rdkafka::util::Timeout::After(Duration::from_secs(5)));
         consumer.unsubscribe();
-        result
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    if let Err(error) = closing {
+        warn!(message = "could not start closing the consumer; it is dropped without leaving its group", %error);
+        return;
+    }
+    if tokio::time::timeout(within, done).await.is_err() {
+        warn!(
+            message = "the consumer did not close in time; it leaves its group when its session times out",
+            within_secs = within.as_secs()
+        );
     }
 }
 

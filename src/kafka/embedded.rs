@@ -27,6 +27,7 @@ type Reply = mpsc::Sender<Result<(), ClientError>>;
 enum Command {
     CreateTopic { name: String, partitions: i32, reply: Reply },
     BrokerUp { id: i32, up: bool, reply: Reply },
+    RoundTrip { id: i32, delay: std::time::Duration, reply: Reply },
     Stop,
 }
 
@@ -68,6 +69,9 @@ impl EmbeddedKafka {
                             let done = if up { cluster.broker_up(id) } else { cluster.broker_down(id) };
                             let _ = reply.send(done);
                         }
+                        Command::RoundTrip { id, delay, reply } => {
+                            let _ = reply.send(cluster.broker_round_trip_time(id, delay));
+                        }
                         Command::Stop => break,
                     }
                 }
@@ -98,6 +102,12 @@ impl EmbeddedKafka {
     /// fault tests.
     pub fn set_broker_up(&self, id: i32, up: bool) -> Result<(), EmbeddedError> {
         self.ask(|reply| Command::BrokerUp { id, up, reply })
+    }
+
+    /// Delays every answer of broker `id` by `delay`, connections staying
+    /// open: a broker that has stopped answering, for fault tests.
+    pub fn set_round_trip_time(&self, id: i32, delay: std::time::Duration) -> Result<(), EmbeddedError> {
+        self.ask(|reply| Command::RoundTrip { id, delay, reply })
     }
 }
 

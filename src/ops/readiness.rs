@@ -15,6 +15,9 @@ use super::{Counters, Timings};
 pub struct Health {
     consuming: AtomicBool,
     stopping: AtomicBool,
+    /// What the instance is doing on its way in or out (start-up and
+    /// shutdown steps), named when a shutdown overruns its limit.
+    step: Mutex<&'static str>,
     /// Set while no broker connection is up (librdkafka's statistics and
     /// all-brokers-down errors), with what was last reported.
     kafka_down: Mutex<Option<String>>,
@@ -45,6 +48,15 @@ impl Health {
 
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// The start-up or shutdown step now under way.
+    pub fn set_step(&self, step: &'static str) {
+        *self.step.lock().unwrap_or_else(|p| p.into_inner()) = step;
+    }
+
+    pub fn step(&self) -> &'static str {
+        *self.step.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn set_kafka_down(&self, why: Option<String>) {

@@ -62,7 +62,7 @@ pub(crate) fn stop_with_sigterm(child: &mut Child) {
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -14,7 +14,7 @@ use tollgate::contract::{Decision, Outcome};
 use tollgate::kafka::Client;
 use tollgate::kafka::embedded::EmbeddedKafka;
 
-use crate::binary::{Running, serve, stop_with_sigterm, tollgate};
+use crate::binary::{Running, serve, stop_with_sigterm, tollgate, wait_exit};
 use crate::helpers::*;
 
 /// How long a whole faulty run may take to decide everything.
@@ -342,6 +342,71 @@ async fn broker_outage_mid_stream_reports_not_ready_then_resumes_and_loses_nothi
     wait_ready(port, "ready again", |s, _| s == 200).await;
     stop_with_sigterm(&mut child);
     watcher.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_the_broker_does_not_answer_stops_within_the_grace_period_and_the_next_start_finishes_what_was_left()
+ {
+    let mut infra = infra().await;
+    let _logs = LogsOnFailure(infra.dir.path().to_owned());
+    let cluster = own_cluster(&mut infra);
+    let port = free_port();
+    let start = || {
+        let mut c = serve(&infra);
+        c.env("TOLLGATE_SERVICE__HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TOLLGATE_SERVICE__SHUTDOWN_GRACE_SECS", "3");
+        c.spawn().map(Running).unwrap()
+    };
+    let mut child = start();
+    let (seen, watcher) = Seen::watch(&infra);
+    let decided = produce_stream(&infra, "gs", 20, 40).await.unwrap();
+    seen.wait_for(decided.len(), Duration::from_secs(60)).await;
+    wait_ready(port, "ready", |s, _| s == 200).await;
+    // The broker keeps its connections and stops answering: the final
+    // commit, the consumer's leaving and the final checkpoint wait on it
+    // (for minutes, by librdkafka's timeouts); the stop must not. 3 s of
+    // grace, 2 s each for the loop's and the app's last steps, a margin.
+    cluster.set_round_trip_time(1, Duration::from_secs(600)).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = {
+        let ok = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        wait_exit(&mut child, Duration::from_secs(15))
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+
+    // What the stop could not finish, the next start does.
+    cluster.set_round_trip_time(1, Duration::ZERO).unwrap();
+    let mut child = start();
+    wait_ready(port, "ready again", |s, _| s == 200).await;
+    stop_with_sigterm(&mut child);
+    let store = tollgate::store::Store::connect(&infra.database_url, 1).await.unwrap();
+    assert!(store.outbox().await.unwrap().is_empty(), "every stored audit event reached the topic");
+    watcher.abort();
+}
+
+#[tokio::test]
+async fn a_sigterm_during_start_up_against_a_broker_that_never_answers_stops_at_once() {
+    let infra = infra().await;
+    let _logs = LogsOnFailure(infra.dir.path().to_owned());
+    // Accepts connections and never answers: start-up waits on it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let mut child =
+        serve(&infra).env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", addr.to_string()).spawn().map(Running).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(child.try_wait().unwrap().is_none(), "still starting");
+    let ok = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "exit status after SIGTERM during start-up: {status}");
+    held.abort();
 }
 
 /// Makes the test's database unavailable to tollgate and available again.
