@@ -184,7 +184,23 @@ pub struct Verifier {
     /// Tokens that verified, by SHA-256 of the token text, until they
     /// expire: a signature check costs ~50 µs, a lookup well under one.
     /// Only complete successes are cached, so every failure is re-checked.
-    cache: Option<Mutex<LruCache<[u8; 32], Principal>>>,
+    cache: Option<Mutex<LruCache<[u8; 32], Packed>>>,
+}
+
+/// A verified token's principal as the cache holds it: its JSON in one
+/// allocation (~200 bytes) rather than the struct's dozen, two B-tree nodes
+/// of ~280 bytes among them. 10 000 unique tokens held ~20 MB before.
+/// Unpacking on a hit costs about what cloning the struct did.
+struct Packed(Box<[u8]>);
+
+impl Packed {
+    fn pack(principal: &Principal) -> Option<Packed> {
+        serde_json::to_vec(principal).ok().map(|v| Packed(v.into_boxed_slice()))
+    }
+
+    fn unpack(&self) -> Option<Principal> {
+        serde_json::from_slice(&self.0).ok()
+    }
 }
 
 impl std::fmt::Debug for Verifier {
@@ -271,7 +287,7 @@ impl Verifier {
         let Some(cache) = &self.cache else { return self.verify_uncached(token) };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let leeway = i64::try_from(self.leeway_secs).unwrap_or(i64::MAX);
-        let hit = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&digest).cloned();
+        let hit = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&digest).and_then(Packed::unpack);
         if let Some(principal) = hit {
             // What verification checked once stays true but for expiry.
             if now <= principal.expires_at.saturating_add(leeway) {
@@ -281,7 +297,9 @@ impl Verifier {
             return Err(AuthError::Expired);
         }
         let principal = self.verify_uncached(token)?;
-        cache.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, principal.clone());
+        if let Some(packed) = Packed::pack(&principal) {
+            cache.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, packed);
+        }
         Ok(principal)
     }
 
@@ -691,6 +709,21 @@ mod tests {
         assert!(verifier.verify_cached(&token, now + 300).is_ok(), "within the leeway");
         // Only the cache can say so: by the real clock the token is valid.
         assert_eq!(verifier.verify_cached(&token, now + 400).unwrap_err().code(), "auth.token_expired");
+    }
+
+    #[test]
+    fn a_cached_token_names_exactly_the_principal_its_first_verification_did() {
+        let (key, verifier) = setup();
+        let mut c = claims(&sample_uscc(), 300);
+        c.roles = vec!["tourism-developer".into(), "data-user".into()];
+        c.qualifications = vec!["class-a".into()];
+        c.name = Some("王小明 \"quoted\"".into());
+        c.org = Some(sample_uscc());
+        let token = key.sign(&c);
+        let first = verifier.verify(&token).unwrap();
+        assert_eq!(first.roles.len(), 2);
+        assert_eq!(verifier.verify(&token).unwrap(), first, "from the cache");
+        assert_eq!(verifier.without_cache().verify(&token).unwrap(), first, "verified again in full");
     }
 
     #[test]

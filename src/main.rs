@@ -671,8 +671,9 @@ async fn policy_command(config: Option<&std::path::Path>, command: PolicyCommand
 }
 
 /// How long past the grace period a stop may take before the process exits
-/// regardless.
-const SHUTDOWN_OVERRUN: Duration = Duration::from_secs(10);
+/// regardless: more than the bounded last steps (2 s + 2 s) and the OTLP
+/// exporters' last requests (up to 5 s per signal) together.
+const SHUTDOWN_OVERRUN: Duration = Duration::from_secs(20);
 
 /// Once `shutdown` is cancelled: if the process is still running `limit`
 /// later, it says which step held it up and exits with status 1. Nothing
