@@ -104,6 +104,7 @@ pub async fn run<P: Processor>(
     health.set_consuming(true);
     let result = state.run_until(&shutdown).await;
     health.set_stopping();
+    health.set_step("delivering in-flight outputs, committing offsets, leaving the group");
     state.drain(grace, result).await
 }
 

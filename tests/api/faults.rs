@@ -14,7 +14,7 @@ use tollgate::contract::{Decision, Outcome};
 use tollgate::kafka::Client;
 use tollgate::kafka::embedded::EmbeddedKafka;
 
-use crate::binary::{Running, serve, stop_with_sigterm, tollgate, wait_exit};
+use crate::binary::{Running, serve, sigterm, stop_with_sigterm, tollgate, wait_exit};
 use crate::helpers::*;
 
 /// How long a whole faulty run may take to decide everything.
@@ -368,11 +368,8 @@ async fn a_sigterm_while_the_broker_does_not_answer_stops_within_the_grace_perio
     // grace, 2 s each for the loop's and the app's last steps, a margin.
     cluster.set_round_trip_time(1, Duration::from_secs(600)).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = {
-        let ok = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-        assert!(ok.success());
-        wait_exit(&mut child, Duration::from_secs(15))
-    };
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(15));
     assert!(status.success(), "exit status after SIGTERM: {status}");
 
     // What the stop could not finish, the next start does.
@@ -402,8 +399,7 @@ async fn a_sigterm_during_start_up_against_a_broker_that_never_answers_stops_at_
         serve(&infra).env("TOLLGATE_KAFKA__BOOTSTRAP_SERVERS", addr.to_string()).spawn().map(Running).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(child.try_wait().unwrap().is_none(), "still starting");
-    let ok = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(ok.success());
+    sigterm(&child);
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert!(status.success(), "exit status after SIGTERM during start-up: {status}");
     held.abort();
