@@ -185,6 +185,12 @@ pub struct Verifier {
     /// expire: a signature check costs ~50 µs, a lookup well under one.
     /// Only complete successes are cached, so every failure is re-checked.
     cache: Option<Mutex<LruCache<[u8; 32], Packed>>>,
+    /// Whether a token with a `jti` is cached: not while a `jti` authorizes
+    /// one request (`auth.single_use_jti`), since its only later uses are
+    /// the same request again (answered from its stored outcome) or a
+    /// replay (refused): an entry per request would be memory for nothing
+    /// (~11 MB of `serve`'s peak under a flood of fresh tokens).
+    cache_single_use: bool,
 }
 
 /// A verified token's principal as the cache holds it: its JSON in one
@@ -243,6 +249,7 @@ impl Verifier {
             leeway_secs: settings.leeway_secs,
             max_token_bytes: settings.max_token_bytes,
             cache: (settings.token_cache_size > 0).then(|| Mutex::new(LruCache::new(settings.token_cache_size))),
+            cache_single_use: !settings.single_use_jti,
         })
     }
 
@@ -259,6 +266,8 @@ impl Verifier {
             leeway_secs: 30,
             max_token_bytes: 8192,
             cache: Some(Mutex::new(LruCache::new(10_000))),
+            // As configured by default (`auth.single_use_jti = true`).
+            cache_single_use: false,
         }
     }
 
@@ -297,7 +306,8 @@ impl Verifier {
             return Err(AuthError::Expired);
         }
         let principal = self.verify_uncached(token)?;
-        if let Some(packed) = Packed::pack(&principal) {
+        let reusable = principal.token_id.is_none() || self.cache_single_use;
+        if let Some(packed) = Packed::pack(&principal).filter(|_| reusable) {
             cache.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, packed);
         }
         Ok(principal)
@@ -700,10 +710,14 @@ mod tests {
         assert!(p.qualifications.contains("medical_research"));
     }
 
+    fn cached(verifier: &Verifier) -> usize {
+        verifier.cache.as_ref().map_or(0, |c| c.lock().unwrap().len())
+    }
+
     #[test]
     fn a_cached_token_is_refused_once_it_expires() {
         let (key, verifier) = setup();
-        let token = key.sign(&claims(&sample_uscc(), 300));
+        let token = key.sign(&Claims { jti: None, ..claims(&sample_uscc(), 300) });
         let now = chrono::Utc::now().timestamp();
         assert!(verifier.verify(&token).is_ok());
         assert!(verifier.verify_cached(&token, now + 300).is_ok(), "within the leeway");
@@ -719,11 +733,27 @@ mod tests {
         c.qualifications = vec!["class-a".into()];
         c.name = Some("王小明 \"quoted\"".into());
         c.org = Some(sample_uscc());
+        c.jti = None;
         let token = key.sign(&c);
         let first = verifier.verify(&token).unwrap();
         assert_eq!(first.roles.len(), 2);
+        assert_eq!(cached(&verifier), 1);
         assert_eq!(verifier.verify(&token).unwrap(), first, "from the cache");
         assert_eq!(verifier.without_cache().verify(&token).unwrap(), first, "verified again in full");
+    }
+
+    #[test]
+    fn a_single_use_token_is_not_cached_unless_token_ids_are_reusable() {
+        let (key, verifier) = setup();
+        let token = key.sign(&claims(&sample_uscc(), 300));
+        assert_eq!(verifier.verify(&token).unwrap().token_id.as_deref(), Some("t-1"));
+        assert_eq!(cached(&verifier), 0, "a jti authorizes one request: nothing to reuse");
+        let reusable = Verifier { cache_single_use: true, ..Verifier::for_ed25519(&key.public(), ISS, AUD) };
+        reusable.verify(&token).unwrap();
+        assert_eq!(cached(&reusable), 1, "with auth.single_use_jti = false a jti token is reusable");
+        let settings = AuthSettings { single_use_jti: false, ..AuthSettings::default() };
+        assert!(Verifier::from_settings(&settings).unwrap().cache_single_use);
+        assert!(!Verifier::from_settings(&AuthSettings::default()).unwrap().cache_single_use);
     }
 
     #[test]
