@@ -307,7 +307,7 @@ impl Verifier {
         }
         let principal = self.verify_uncached(token)?;
         let reusable = principal.token_id.is_none() || self.cache_single_use;
-        if let Some(packed) = Packed::pack(&principal).filter(|_| reusable) {
+        if let Some(packed) = reusable.then(|| Packed::pack(&principal)).flatten() {
             cache.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, packed);
         }
         Ok(principal)
