@@ -189,7 +189,7 @@ pub struct Verifier {
     /// one request (`auth.single_use_jti`), since its only later uses are
     /// the same request again (answered from its stored outcome) or a
     /// replay (refused): an entry per request would be memory for nothing
-    /// (~11 MB of `serve`'s peak under a flood of fresh tokens).
+    /// (~7 MB of `serve`'s peak under a flood of fresh tokens).
     cache_single_use: bool,
 }
 
