@@ -18,37 +18,43 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Canonical bytes of a JSON value: sorted keys, compact.
 pub fn canonical(value: &serde_json::Value) -> String {
-    fn write(v: &serde_json::Value, out: &mut String) {
-        match v {
-            serde_json::Value::Object(map) => {
-                let sorted: BTreeMap<&String, &serde_json::Value> = map.iter().collect();
-                out.push('{');
-                for (i, (k, v)) in sorted.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
-                    out.push(':');
-                    write(v, out);
+    let mut out = Vec::new();
+    write_canonical(value, &mut out).expect("writing to a Vec does not fail");
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// The canonical encoding of `value` written straight into `out` (a
+/// hasher, when sealing: no intermediate string, no allocation per key).
+/// Keys are sorted here whatever order the map keeps them in, so enabling
+/// serde_json's `preserve_order` anywhere in the build cannot change a hash.
+fn write_canonical(value: &serde_json::Value, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable();
+            out.write_all(b"{")?;
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
                 }
-                out.push('}');
+                serde_json::to_writer(&mut *out, k)?;
+                out.write_all(b":")?;
+                write_canonical(&map[k], out)?;
             }
-            serde_json::Value::Array(items) => {
-                out.push('[');
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(v, out);
-                }
-                out.push(']');
-            }
-            scalar => out.push_str(&scalar.to_string()),
+            out.write_all(b"}")
         }
+        serde_json::Value::Array(items) => {
+            out.write_all(b"[")?;
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                write_canonical(v, out)?;
+            }
+            out.write_all(b"]")
+        }
+        scalar => Ok(serde_json::to_writer(out, scalar)?),
     }
-    let mut out = String::new();
-    write(value, &mut out);
-    out
 }
 
 /// The hash an event must carry, computed from all its other fields.
@@ -57,7 +63,9 @@ pub fn compute_hash(event: &AuditEvent) -> String {
     if let serde_json::Value::Object(map) = &mut value {
         map.remove("hash");
     }
-    hex::encode(Sha256::digest(canonical(&value).as_bytes()))
+    let mut hasher = Sha256::new();
+    write_canonical(&value, &mut hasher).expect("hashing does not fail");
+    hex::encode(hasher.finalize())
 }
 
 /// Places `event` after (`prev_seq`, `prev_hash`) and seals it.

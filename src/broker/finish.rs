@@ -26,6 +26,15 @@ fn event_type_of(after_review: bool, reason_code: Option<&str>) -> EventType {
     }
 }
 
+/// A grant signed ahead of its decision (`DecisionService::presign`): the
+/// claims and the token. Ed25519 signatures are deterministic, so when the
+/// decision asks for the same claims this is exactly the token signing them
+/// again would give.
+pub(super) struct Presigned {
+    claims: GrantClaims,
+    token: String,
+}
+
 /// The subject, or `unauthenticated` when the token failed.
 fn or_unauthenticated(subject: &str) -> String {
     if subject.is_empty() { "unauthenticated".into() } else { subject.to_owned() }
@@ -113,11 +122,16 @@ impl DecisionService {
     /// builds the decision, usage record and audit event.
     fn finish_draft(&self, policy: &Policy, d: Draft<'_>) -> (Commit, Tally) {
         let reply = d.review.as_ref().map(|r| self.verdict_reply(&d, &r.decision_id));
-        let Draft { origin, request, subject, principal, eval, period, replayed, replay, review } = d;
+        let Draft { mut origin, request, subject, principal, eval, period, replayed, replay, review } = d;
+        let (presigned, drawn) = (origin.presigned.take(), origin.decision_id.take());
         let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
         let request = &request;
-        let decision_id = review.as_ref().map_or_else(|| self.source.id().to_string(), |r| r.decision_id.clone());
-        let grant = self.grant_for(policy, &eval, request, &subject, &decision_id, now);
+        let decision_id = match (&review, drawn) {
+            (Some(r), _) => r.decision_id.clone(),
+            (None, Some(id)) => id,
+            (None, None) => self.source.id().to_string(),
+        };
+        let grant = self.grant_for(policy, &eval, request, (&subject, &decision_id), now, presigned);
         let grant_row = grant.as_ref().zip(principal.as_ref()).map(|(g, p)| GrantRow {
             expires_at: g.expires_at.timestamp(),
             ..grant_row(policy, request, p, &decision_id)
@@ -256,7 +270,29 @@ impl DecisionService {
         }
     }
 
+    /// The grant of an approval: `presigned` when it signed exactly these
+    /// claims, else signed now.
     fn grant_for(
+        &self,
+        policy: &Policy,
+        eval: &Evaluation,
+        r: &AccessRequest,
+        (subject, decision_id): (&str, &str),
+        now: DateTime<Utc>,
+        presigned: Option<Presigned>,
+    ) -> Option<Grant> {
+        let claims = self.claims_for(policy, eval, r, subject, decision_id, now)?;
+        let expires_at = eval.grant_expires_at?;
+        let token = match presigned {
+            Some(p) if p.claims == claims => p.token,
+            _ => self.grant_keys.active().sign(&claims),
+        };
+        self.grant_keys.signed(claims.exp);
+        Some(Grant { token, expires_at, quota: eval.charge.as_ref().map(|c| c.quota) })
+    }
+
+    /// What an approval's grant says (None unless approved).
+    fn claims_for(
         &self,
         policy: &Policy,
         eval: &Evaluation,
@@ -264,14 +300,14 @@ impl DecisionService {
         subject: &str,
         decision_id: &str,
         now: DateTime<Utc>,
-    ) -> Option<Grant> {
+    ) -> Option<GrantClaims> {
         if eval.outcome != Outcome::Approved {
             return None;
         }
         let expires_at = eval.grant_expires_at?;
         let holder = policy.catalogue().datasets.get(&r.dataset).map(|d| d.holder.clone()).unwrap_or_default();
         let nbf = r.window.as_ref().map_or(now, |w| w.not_before.max(now));
-        let claims = GrantClaims {
+        Some(GrantClaims {
             iss: self.grant.issuer.clone(),
             sub: subject.to_owned(),
             aud: holder,
@@ -285,9 +321,127 @@ impl DecisionService {
             operation: r.operation.as_str().into(),
             obligations: eval.obligations.clone(),
             policy_version: policy.version().to_owned(),
-        };
+        })
+    }
+
+    /// Signs, while the input is prepared (off the loop, overlapping the
+    /// batch before), the grant its decision would carry if the token is
+    /// fresh and no quota is used yet — what most requests find. Nothing
+    /// signed here is published unless the decision, made later in its
+    /// batch with the quota and token ids in the store and the policy then
+    /// in force (after `GrantKeys::cover`), asks for exactly these claims.
+    pub(super) fn presign(
+        &self,
+        request: &AccessRequest,
+        principal: &Principal,
+        decision_id: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Presigned> {
+        let policy = self.policy.load();
+        let eval = crate::decide::evaluate(&crate::decide::DecisionInput {
+            request,
+            identity: Ok(principal),
+            policy: &policy,
+            used: 0,
+            now,
+            grant_ttl_secs: self.grant.ttl_secs,
+            reviewed: false,
+        });
+        let claims = self.claims_for(&policy, &eval, request, &principal.subject, decision_id, now)?;
         let token = self.grant_keys.active().sign(&claims);
-        self.grant_keys.signed(claims.exp);
-        Some(Grant { token, expires_at, quota: eval.charge.as_ref().map(|c| c.quota) })
+        Some(Presigned { claims, token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+
+    use super::*;
+    use crate::auth::{Claims, SigningKey, Verifier};
+    use crate::broker::grant_keys::GrantKeys;
+    use crate::config::Settings;
+    use crate::kafka::{ConsumedMessage, Processor};
+    use crate::ops::Health;
+
+    const SUBJECT: &str = "91610131MA6TG1L5X1";
+
+    async fn service(policy: Policy) -> (DecisionService, Arc<ArcSwap<Policy>>, SigningKey) {
+        let idp = SigningKey::generate("idp");
+        let settings = Settings::default();
+        let store = crate::store::Store::connect("sqlite::memory:", 1).await.unwrap();
+        let keys = GrantKeys::from_settings(&settings.grant, "test", store.clone()).unwrap();
+        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        let verifier = Verifier::for_ed25519(&idp.public(), "https://idp.test", "tollgate");
+        let service = DecisionService::new(&settings, policy.clone(), verifier, store, Arc::new(keys), Health::new());
+        (service, policy, idp)
+    }
+
+    async fn shipped_policy(extra: &str) -> Policy {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let rules = format!("{}{extra}", read("policy.csv"));
+        Policy::from_texts(&read("model.conf"), &rules, &read("catalogue.toml")).await.unwrap()
+    }
+
+    /// An access request the shipped policy approves.
+    fn approvable(idp: &SigningKey, request_id: &str) -> ConsumedMessage {
+        let token = idp.sign(&Claims {
+            roles: vec!["data_user".into()],
+            ..Claims::new(SUBJECT, "https://idp.test", "tollgate", 600)
+        });
+        let payload = serde_json::json!({
+            "schema": crate::contract::REQUEST_SCHEMA, "request_id": request_id, "token": token,
+            "dataset": "GX-610100-TOUR-0001", "operation": "query", "scenario": "smart-tourism",
+            "purpose": {"class": "industry", "statement": "unit test"},
+        });
+        ConsumedMessage {
+            topic: "tollgate.requests".into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: payload.to_string().into_bytes(),
+            headers: vec![],
+        }
+    }
+
+    fn grant_token(outputs: &[Vec<crate::kafka::OutgoingMessage>]) -> String {
+        let decision: serde_json::Value = serde_json::from_str(&outputs[0][0].payload).unwrap();
+        decision["grant"]["token"].as_str().expect("an approval carries a grant").to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_grant_signed_while_its_input_was_prepared_is_the_one_published_when_its_claims_hold() {
+        let (service, _, idp) = service(shipped_policy("").await).await;
+        let msgs = vec![approvable(&idp, "presigned-1")];
+        let mut ready = service.prepare(&msgs);
+        let presigned = ready[0].presigned.as_mut().expect("an approvable request is signed ahead");
+        // Marked, to tell it from a token signed again with the same claims
+        // (Ed25519 is deterministic: the two would be the same bytes).
+        presigned.token = "signed-ahead".into();
+        let outputs = service.process_batch(&msgs, ready).await.unwrap();
+        assert_eq!(grant_token(&outputs), "signed-ahead");
+    }
+
+    #[tokio::test]
+    async fn a_grant_signed_ahead_under_a_policy_since_replaced_is_signed_again_for_the_policy_in_force() {
+        let (service, policy, idp) = service(shipped_policy("").await).await;
+        let msgs = vec![approvable(&idp, "presigned-2")];
+        let mut ready = service.prepare(&msgs);
+        ready[0].presigned.as_mut().expect("signed ahead").token = "signed-ahead".into();
+        let changed = shipped_policy("\n# a new version\n").await;
+        let version = changed.version().to_owned();
+        policy.store(Arc::new(changed));
+        let outputs = service.process_batch(&msgs, ready).await.unwrap();
+        let token = grant_token(&outputs);
+        assert_ne!(token, "signed-ahead");
+        let jwks =
+            serde_json::from_value(serde_json::json!({"keys": [service.grant_keys().active().public().to_jwk()]}));
+        let check = crate::auth::grant::GrantCheck::default();
+        let claims = crate::auth::grant::verify_grant(&token, &jwks.unwrap(), &check, chrono::Utc::now().timestamp());
+        assert_eq!(claims.expect("signed by the grant key").policy_version, version);
     }
 }

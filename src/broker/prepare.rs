@@ -7,6 +7,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
+use super::finish::Presigned;
 use super::{DecisionService, on_two_threads};
 use crate::auth::{AuthError, Principal};
 use crate::contract::{AccessRequest, ReviewVerdict, RevokeCommand, UsageReport};
@@ -64,6 +65,10 @@ pub struct Ready {
     /// batch stage that prepared it (when export is on).
     pub(super) taken_at: std::time::SystemTime,
     pub(super) prepared_in: Option<SpanContext>,
+    /// An access request's decision id, drawn here so that its grant can
+    /// be signed here too, ahead of the decision (see [`Presigned`]).
+    pub(super) decision_id: Option<String>,
+    pub(super) presigned: Option<Presigned>,
 }
 
 /// An input with what was prepared of it.
@@ -82,6 +87,9 @@ pub(super) struct Origin<'m> {
     pub(super) now: DateTime<Utc>,
     pub(super) trace_id: String,
     pub(super) traceparent: String,
+    /// See [`Ready`].
+    pub(super) decision_id: Option<String>,
+    pub(super) presigned: Option<Presigned>,
 }
 
 /// `topic/partition/offset`: the input's place in the log.
@@ -91,7 +99,7 @@ pub(super) fn position(msg: &ConsumedMessage) -> String {
 
 impl<'m> Prepared<'m> {
     pub(super) fn new(msg: &'m ConsumedMessage, ready: Ready) -> Self {
-        let Ready { now, trace_id, traceparent, input, .. } = ready;
+        let Ready { now, trace_id, traceparent, input, decision_id, presigned, .. } = ready;
         let idem_key = match &input {
             Ok(Input::Access(request, _)) => format!("request:{}", request.request_id),
             Ok(Input::Revoke(command, _)) => format!("command:{}", command.command_id),
@@ -102,7 +110,8 @@ impl<'m> Prepared<'m> {
             Err(_) => format!("input:{}", position(msg)),
         };
         let chain = ChainId::Partition { topic: msg.topic.clone(), partition: msg.partition }.to_string();
-        Prepared { origin: Origin { msg, idem_key, chain, now, trace_id, traceparent }, input }
+        let origin = Origin { msg, idem_key, chain, now, trace_id, traceparent, decision_id, presigned };
+        Prepared { origin, input }
     }
 }
 
@@ -124,7 +133,13 @@ impl DecisionService {
         } else {
             decide::decode(payload, authorization, max).map(|d| Input::Access(d.request, verify(d.token.as_deref())))
         };
-        Ready { now, trace_id, traceparent, input, taken_at: std::time::SystemTime::now(), prepared_in: None }
+        let decision_id = matches!(input, Ok(Input::Access(..))).then(|| self.source.id().to_string());
+        let presigned = match (&input, &decision_id) {
+            (Ok(Input::Access(request, Ok(principal))), Some(id)) => self.presign(request, principal, id, now),
+            _ => None,
+        };
+        let taken_at = std::time::SystemTime::now();
+        Ready { now, trace_id, traceparent, input, taken_at, prepared_in: None, decision_id, presigned }
     }
 
     /// Decodes and verifies a batch; a large one on two threads, since

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Claims of a grant: what the data host checks before serving data.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantClaims {
     pub iss: String,
     pub sub: String,
