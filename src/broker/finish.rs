@@ -126,11 +126,9 @@ impl DecisionService {
         let (presigned, drawn) = (origin.presigned.take(), origin.decision_id.take());
         let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
         let request = &request;
-        let decision_id = match (&review, drawn) {
-            (Some(r), _) => r.decision_id.clone(),
-            (None, Some(id)) => id,
-            (None, None) => self.source.id().to_string(),
-        };
+        // A final decision after review has its id from the verdict (`review.rs`).
+        let decision_id = review.as_ref().map(|r| r.decision_id.clone()).or(drawn);
+        let decision_id = decision_id.unwrap_or_else(|| self.source.id().to_string());
         let grant = self.grant_for(policy, &eval, request, (&subject, &decision_id), now, presigned);
         let grant_row = grant.as_ref().zip(principal.as_ref()).map(|(g, p)| GrantRow {
             expires_at: g.expires_at.timestamp(),
