@@ -174,16 +174,16 @@ pub(super) async fn insert_grants(
     grants: &[GrantRow],
 ) -> Result<(), StoreError> {
     super::insert_rows(tx, sqlite, &format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES "), 10, grants, |q, g| {
-        q.bind(&g.decision_id)
-            .bind(&g.request_id)
-            .bind(&g.subject)
-            .bind(&g.holder)
-            .bind(&g.dataset)
-            .bind(&g.scenario)
-            .bind(&g.operation)
-            .bind(&g.policy_version)
+        q.bind(g.decision_id.as_str())
+            .bind(g.request_id.as_str())
+            .bind(g.subject.as_str())
+            .bind(g.holder.as_str())
+            .bind(g.dataset.as_str())
+            .bind(g.scenario.as_str())
+            .bind(g.operation.as_str())
+            .bind(g.policy_version.as_str())
             .bind(g.expires_at)
-            .bind(&g.probe)
+            .bind(g.probe.as_str())
     })
     .await
 }

@@ -122,14 +122,14 @@ pub(super) async fn insert_reviews(
     let head = "INSERT INTO reviews (request_id, pending_decision_id, subject, holder, dataset, scenario, operation, \
                 probe, created_at, deadline, state) VALUES ";
     super::insert_rows(tx, sqlite, head, 11, reviews, |q, r| {
-        q.bind(&r.request_id)
-            .bind(&r.pending_decision_id)
-            .bind(&r.subject)
-            .bind(&r.holder)
-            .bind(&r.dataset)
-            .bind(&r.scenario)
-            .bind(&r.operation)
-            .bind(&r.probe)
+        q.bind(r.request_id.as_str())
+            .bind(r.pending_decision_id.as_str())
+            .bind(r.subject.as_str())
+            .bind(r.holder.as_str())
+            .bind(r.dataset.as_str())
+            .bind(r.scenario.as_str())
+            .bind(r.operation.as_str())
+            .bind(r.probe.as_str())
             .bind(r.created_at)
             .bind(r.deadline)
             .bind("pending")
