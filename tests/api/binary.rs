@@ -127,40 +127,14 @@ issuers = ["{ISSUER}"]
     stop_with_sigterm(&mut child);
 }
 
-#[test]
-fn the_service_runs_without_transparent_huge_pages_so_it_holds_only_the_memory_it_touches() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("idp.pub.pem");
-    std::fs::write(&key, tollgate::auth::SigningKey::generate("idp").public().to_pem()).unwrap();
-    let mut child = tollgate()
-        .arg("serve")
-        .current_dir(dir.path())
-        .env("TOLLGATE_POLICY__DIR", repo_policies())
-        .env("TOLLGATE_AUTH__PUBLIC_KEYS", format!("[\"{}\"]", key.display()))
-        .env("TOLLGATE_AUTH__ISSUERS", format!("[\"{ISSUER}\"]"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .map(Running)
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while !lines.next().expect("tollgate started").unwrap().starts_with("embedded kafka bootstrap: ") {}
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    // Linux 5.0 and later show the process's flag; older kernels, nothing to check.
-    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
-        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
-    }
-    stop_with_sigterm(&mut child);
-}
-
-#[tokio::test]
-async fn binary_without_kafka_configured_runs_an_embedded_cluster_others_can_reach() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("idp.pub.pem");
-    let idp = tollgate::auth::SigningKey::generate("idp");
+/// `tollgate serve` with nothing configured but the policy and `idp`'s key,
+/// in `dir`, running once it printed its embedded cluster's address.
+fn serve_embedded(dir: &std::path::Path, idp: &tollgate::auth::SigningKey) -> (Running, String) {
+    let key = dir.join("idp.pub.pem");
     std::fs::write(&key, idp.public().to_pem()).unwrap();
     let mut child = tollgate()
         .arg("serve")
-        .current_dir(dir.path())
+        .current_dir(dir)
         .env("TOLLGATE_POLICY__DIR", repo_policies())
         .env("TOLLGATE_AUTH__PUBLIC_KEYS", format!("[\"{}\"]", key.display()))
         .env("TOLLGATE_AUTH__ISSUERS", format!("[\"{ISSUER}\"]"))
@@ -175,6 +149,28 @@ async fn binary_without_kafka_configured_runs_an_embedded_cluster_others_can_rea
             break b.to_owned();
         }
     };
+    // Its output keeps being read: a closed pipe would fail its next print.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, bootstrap)
+}
+
+#[test]
+fn the_service_runs_without_transparent_huge_pages_so_it_holds_only_the_memory_it_touches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _) = serve_embedded(dir.path(), &tollgate::auth::SigningKey::generate("idp"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    // Linux 5.0 and later show the process's flag; older kernels, nothing to check.
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+    stop_with_sigterm(&mut child);
+}
+
+#[tokio::test]
+async fn binary_without_kafka_configured_runs_an_embedded_cluster_others_can_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = tollgate::auth::SigningKey::generate("idp");
+    let (mut child, bootstrap) = serve_embedded(dir.path(), &idp);
     assert!(dir.path().join("tollgate.db").exists(), "the default database is a SQLite file");
 
     let client = Client::new(&Settings::default().kafka, &bootstrap).unwrap();
