@@ -133,7 +133,8 @@ pub async fn build_checked(dir: &Path) -> Result<Policy, BuildError> {
     if !failed.is_empty() {
         return Err(BuildError::TestsFailed(failed));
     }
-    Ok(policy)
+    // The service never reads the rules as written (see `Policy::rules`).
+    Ok(policy.without_rules_text())
 }
 
 impl Reloader {
@@ -288,9 +289,9 @@ impl Reloader {
 
     /// Builds and checks the files off to the side: the new policy and how
     /// many rules it adds and removes, None when it is the version in force.
-    /// Building 100k rules takes seconds of CPU, and the diff parses both
-    /// versions' rules: on a blocking thread, so the runtime's workers keep
-    /// deciding meanwhile.
+    /// Building 100k rules takes seconds of CPU: on a blocking thread, so
+    /// the runtime's workers keep deciding meanwhile. The diff compares the
+    /// two versions' rule fingerprints.
     async fn build(&self, old: &Arc<Policy>) -> Result<Option<(Policy, usize, usize)>, BuildError> {
         let dir = self.dir.clone();
         let handle = tokio::runtime::Handle::current();
@@ -300,8 +301,7 @@ impl Reloader {
             if new.version() == previous.version() {
                 return Ok(None);
             }
-            let (before, after) = (previous.rules().rule_set(), new.rules().rule_set());
-            let (added, removed) = (after.difference(&before).count(), before.difference(&after).count());
+            let (added, removed) = previous.rule_changes(&new);
             Ok(Some((new, added, removed)))
         })
         .await

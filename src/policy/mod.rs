@@ -55,8 +55,10 @@ pub struct CasbinVerdict {
 /// is loaded with the permission rules only (never the role assignments,
 /// which the index takes from tollgate's parse) and dropped once the index
 /// is built from it, and policy.csv is kept as text, parsed only by
-/// the tools that read rules as written ([`Policy::rule_lines`]); with 100k
-/// rules each extra copy costs tens of MB of a service's memory.
+/// the tools that read rules as written ([`Policy::rules`]); with 100k
+/// rules each extra copy costs tens of MB of a service's memory. The
+/// service keeps not even the text ([`Policy::without_rules_text`]): what
+/// it compares across versions are the rules' fingerprints.
 pub struct Policy {
     version: String,
     catalogue: Catalogue,
@@ -67,8 +69,12 @@ pub struct Policy {
     /// The obligations section (`p2`/`m2`), when the model has one.
     obligations: Option<engine::IndexedEngine>,
     rule_count: usize,
-    /// policy.csv as read.
-    rules_text: String,
+    /// policy.csv as read; None in the service (see [`Policy::without_rules_text`]).
+    rules_text: Option<String>,
+    /// Each distinct rule as Casbin reads it (`p, a, b, …`), hashed, sorted:
+    /// what changed between two versions, in 16 bytes a rule instead of
+    /// its text (5.6 MB for 100k rules).
+    fingerprints: Vec<u128>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -164,6 +170,7 @@ impl Policy {
         let has_obligations = lines.iter().any(|r| matches!(r.rule, Rule::Obligation { .. }));
         let derived = catalogue.derived_groups();
         let groupings = groupings_of(lines.iter().map(|l| &l.rule).chain(&derived));
+        let fingerprints = fingerprints_of(&lines);
         drop(lines);
         let (engine, enforcer) = indexed(model, rules, &derived, &groupings).await?;
         drop(groupings);
@@ -184,8 +191,8 @@ impl Policy {
             None
         };
         let enforcer = if engine.is_some() { None } else { Some(enforcer) };
-        let rules_text = rules.to_owned();
-        let policy = Policy { version, catalogue, enforcer, engine, obligations, rule_count, rules_text };
+        let rules_text = Some(rules.to_owned());
+        let policy = Policy { version, catalogue, enforcer, engine, obligations, rule_count, rules_text, fingerprints };
         // Evaluate once so a matcher that only fails at run time (an unknown
         // function, a type error) is rejected at load, not on live traffic.
         policy.authorize("000000000000000000", "probe", "probe", Operation::Query)?;
@@ -204,12 +211,32 @@ impl Policy {
         self.rule_count
     }
 
-    /// policy.csv as typed rules, for linting, explanations and diffs.
+    /// policy.csv as typed rules, for linting and explanations.
+    ///
+    /// Panics on a policy built for the service
+    /// ([`Policy::without_rules_text`]): what must stay true is that the
+    /// service never reads rules as written, only their fingerprints.
     pub fn rules(&self) -> Rules<'_> {
+        let text = self.rules_text.as_deref().expect("a service's policy keeps no rules text");
         // The same text passed `parse_rules` in `from_texts`, or this
         // policy would not exist.
-        let lines = rule::parse_rules(&self.rules_text).expect("policy.csv was parsed when the policy was loaded");
+        let lines = rule::parse_rules(text).expect("policy.csv was parsed when the policy was loaded");
         Rules { policy: self, lines }
+    }
+
+    /// The policy without policy.csv's text, as the service holds it: it
+    /// decides from the index (or casbin-rs) and compares versions by
+    /// fingerprints ([`Policy::rule_changes`]).
+    pub fn without_rules_text(self) -> Policy {
+        Policy { rules_text: None, ..self }
+    }
+
+    /// How many distinct rules (as Casbin reads them) `newer` adds to this
+    /// version and removes from it.
+    pub fn rule_changes(&self, newer: &Policy) -> (usize, usize) {
+        let (old, new) = (&self.fingerprints, &newer.fingerprints);
+        let common = common_count(old, new);
+        (new.len() - common, old.len() - common)
     }
 
     /// Asks Casbin whether `subject` may perform `op` on `dataset` within
@@ -255,6 +282,36 @@ impl Policy {
     }
 }
 
+/// Each distinct rule's fingerprint, sorted: the first 16 bytes of the
+/// sha256 of the rule as Casbin reads it (so spacing and comments do not
+/// count as changes; a collision among a few hundred thousand rules is
+/// out of reach).
+fn fingerprints_of(lines: &[RuleLine]) -> Vec<u128> {
+    let mut out: Vec<u128> = lines
+        .iter()
+        .map(|l| {
+            let digest = Sha256::digest(l.rule.to_string().as_bytes());
+            u128::from_be_bytes(digest[..16].try_into().expect("sha256 has 32 bytes"))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// How many values two sorted, distinct lists share.
+fn common_count(a: &[u128], b: &[u128]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => (i, j, n) = (i + 1, j + 1, n + 1),
+        }
+    }
+    n
+}
+
 /// policy.csv's rules with their line numbers, comments dropped.
 pub struct Rules<'p> {
     policy: &'p Policy,
@@ -264,11 +321,6 @@ pub struct Rules<'p> {
 impl Rules<'_> {
     pub fn lines(&self) -> &[RuleLine] {
         &self.lines
-    }
-
-    /// Each rule as Casbin reads it (`p, a, b, …`), for diffs between versions.
-    pub fn rule_set(&self) -> BTreeSet<String> {
-        self.lines.iter().map(|r| r.rule.to_string()).collect()
     }
 
     /// Roles `subject` holds in `scenario`, transitively, from `g` lines.
@@ -370,6 +422,26 @@ mod tests {
     use rand::seq::SliceRandom;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_new_version_counts_the_rules_it_adds_and_removes_not_their_order_spacing_or_repeats() {
+        let (model, catalogue) =
+            (include_str!("../../policies/model.conf"), include_str!("../../policies/catalogue.toml"));
+        let shipped = include_str!("../../policies/policy.csv");
+        let old = Policy::from_texts(model, shipped, catalogue).await.unwrap();
+        let rules: Vec<&str> = shipped.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
+        // The same rules backwards, with other spacing, one written twice.
+        let mut same: Vec<String> = rules.iter().rev().map(|l| l.replace(", ", ",  ")).collect();
+        same.push(rules[0].to_owned());
+        let same = Policy::from_texts(model, &same.join("\n"), catalogue).await.unwrap();
+        assert_eq!(old.rule_changes(&same), (0, 0));
+        // One rule gone, one new; compared as the service holds policies.
+        let mut edited: Vec<&str> = rules[..rules.len() - 1].to_vec();
+        edited.push("g, 91350100MA2XXXXXX1, tourism-developer, smart-tourism");
+        let edited = Policy::from_texts(model, &edited.join("\n"), catalogue).await.unwrap().without_rules_text();
+        assert_eq!(old.rule_changes(&edited), (1, 1));
+        assert_eq!(edited.rule_changes(&same), (1, 1));
+    }
 
     /// The index takes its role assignments from tollgate's own parse of
     /// the rules, which casbin-rs never loads when the index decides: it
