@@ -434,7 +434,7 @@ fn main() -> std::process::ExitCode {
 /// Transparent huge pages off for this process (and what it starts). The
 /// allocator asks for huge pages for its regions (`madvise`), and a huge
 /// page is resident whole once any of it is touched: with 100 000 policy
-/// rules `serve` peaked at 150–156 MB under load with them and 128 MB
+/// rules `serve` peaked at 149–156 MB under load with them and 129–130 MB
 /// without, at the same throughput and CPU (docs/performance.md).
 /// Best effort: a kernel without the setting changes nothing else.
 fn without_huge_pages() {
