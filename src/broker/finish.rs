@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::draft::{Draft, Step};
+use super::review::ReviewContext;
 use super::{DecisionService, Tally, on_two_threads, rfc3339};
 use crate::audit;
 use crate::auth::Principal;
@@ -117,6 +118,13 @@ impl DecisionService {
         }
     }
 
+    /// A final decision after review has its id from the verdict
+    /// (`review.rs`); an access request the one drawn while it was prepared;
+    /// anything else a new one.
+    fn decision_id_of(&self, review: Option<&ReviewContext>, drawn: Option<String>) -> String {
+        review.map(|r| r.decision_id.clone()).or(drawn).unwrap_or_else(|| self.source.id().to_string())
+    }
+
     /// The rest of a decision (phase 2), the same whatever else the batch
     /// holds, so drafts are finished on two threads: signs the grant and
     /// builds the decision, usage record and audit event.
@@ -126,9 +134,7 @@ impl DecisionService {
         let (presigned, drawn) = (origin.presigned.take(), origin.decision_id.take());
         let (msg, now, trace_id) = (origin.msg, origin.now, origin.trace_id.as_str());
         let request = &request;
-        // A final decision after review has its id from the verdict (`review.rs`).
-        let decision_id = review.as_ref().map(|r| r.decision_id.clone()).or(drawn);
-        let decision_id = decision_id.unwrap_or_else(|| self.source.id().to_string());
+        let decision_id = self.decision_id_of(review.as_deref(), drawn);
         let grant = self.grant_for(policy, &eval, request, (&subject, &decision_id), now, presigned);
         let grant_row = grant.as_ref().zip(principal.as_ref()).map(|(g, p)| GrantRow {
             expires_at: g.expires_at.timestamp(),
