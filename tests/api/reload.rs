@@ -275,3 +275,26 @@ async fn a_policy_event_stored_before_a_crash_reaches_the_topic_at_the_next_star
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("ok: {stored} events on 2 chain(s)")), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_service_does_not_start_on_a_policy_whose_tests_fail_and_names_them() {
+    use tollgate::app::{App, AppError};
+    use tollgate::broker::reload::BuildError;
+
+    let infra = infra().await;
+    let dir = policy_copy(&infra, true);
+    let rules = std::fs::read_to_string(dir.join("policy.csv")).unwrap();
+    std::fs::write(dir.join("policy.csv"), format!("{rules}\np, *, *, grade:important, privacy_compute, deny\n"))
+        .unwrap();
+    let mut settings = infra.settings();
+    settings.policy.dir = dir;
+    // The first policy is built on a thread of its own (`build_apart`);
+    // what it finds wrong reaches the caller all the same.
+    let refused = App::build(settings).await.err().expect("the service refuses to start");
+    match &refused {
+        AppError::Policy { source: BuildError::TestsFailed(failed), .. } => {
+            assert!(failed.iter().all(|f| f.contains("domain_rules.toml")), "{failed:?}")
+        }
+        other => panic!("expected failed policy tests, got {other}"),
+    }
+}
