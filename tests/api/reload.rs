@@ -259,7 +259,7 @@ async fn a_policy_event_stored_before_a_crash_reaches_the_topic_at_the_next_star
     }
     assert!(chains.contains("policy/crashed"), "{chains:?}");
     // An event leaves the outbox once the broker acknowledged it, which a
-    // reader may see first (on tansu + PostgreSQL it often does): wait for
+    // reader may see first (seen once on tansu + PostgreSQL): wait for
     // it before stopping, since a stop cancels the start's drain.
     let deadline = std::time::Instant::now() + WAIT;
     while !store.outbox().await.unwrap().is_empty() {
