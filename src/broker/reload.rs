@@ -141,10 +141,12 @@ pub async fn build_checked(dir: &Path) -> Result<Policy, BuildError> {
 
 /// [`build_checked`] on a thread of its own that ends with the build: how
 /// the service builds its first policy. Building 100k rules allocates and
-/// frees tens of MB, and the allocator (mimalloc) keeps a thread's freed
-/// pages until that thread allocates or ends; the thread that starts the
-/// service hardly allocates again, so on it they stayed resident for good
-/// (98 MB at rest with 100k rules instead of 44 MB; docs/performance.md).
+/// frees tens of MB. The allocator (mimalloc) keeps what a thread frees
+/// with that thread's heap and gives it back later, as it next collects,
+/// or at once when the thread ends; the thread that starts the service
+/// hardly allocates again, so on it the build's garbage stayed resident
+/// for good (98 MB at rest with 100k rules instead of 44 MB;
+/// docs/performance.md).
 /// A reload builds on the runtime's blocking pool, whose threads go on
 /// working or end after 10 s idle.
 pub async fn build_apart(dir: &Path) -> Result<Policy, BuildError> {
