@@ -173,7 +173,7 @@ pub(super) async fn insert_grants(
     sqlite: bool,
     grants: &[GrantRow],
 ) -> Result<(), StoreError> {
-    super::insert_rows(tx, sqlite, &format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES "), 10, grants, |q, g| {
+    super::insert_rows(tx, sqlite, &format!("grants ({GRANT_COLUMNS})"), 10, grants, |q, g| {
         q.bind(g.decision_id.as_str())
             .bind(g.request_id.as_str())
             .bind(g.subject.as_str())

@@ -899,24 +899,22 @@ impl Batch {
         insert_rows(
             tx,
             sqlite,
-            "INSERT INTO token_uses (issuer, jti, request_id, expires_at) VALUES ",
+            "token_uses (issuer, jti, request_id, expires_at)",
             4,
             &p.tokens,
             |q, (iss, jti, req, exp)| q.bind(iss.as_str()).bind(jti.as_str()).bind(req.as_str()).bind(*exp),
         )
         .await?;
-        insert_rows(tx, sqlite, "INSERT INTO audit_outbox (chain, seq) VALUES ", 2, &p.outbox, |q, (chain, seq)| {
+        insert_rows(tx, sqlite, "audit_outbox (chain, seq)", 2, &p.outbox, |q, (chain, seq)| {
             q.bind(chain).bind(i64::try_from(*seq).unwrap_or(i64::MAX))
         })
         .await?;
-        insert_rows(tx, sqlite, "INSERT INTO message_outbox (idem_key) VALUES ", 1, &p.message_outbox, |q, key| {
-            q.bind(key.as_str())
-        })
-        .await?;
+        insert_rows(tx, sqlite, "message_outbox (idem_key)", 1, &p.message_outbox, |q, key| q.bind(key.as_str()))
+            .await?;
         insert_rows(
             tx,
             sqlite,
-            "INSERT INTO outcomes (idem_key, kind, outputs, created_at) VALUES ",
+            "outcomes (idem_key, kind, outputs, created_at)",
             4,
             &p.outcomes,
             |q, (key, kind, outputs, at)| q.bind(key.as_str()).bind(*kind).bind(outputs.as_str()).bind(at.as_str()),
@@ -935,8 +933,8 @@ async fn insert_audit(
     insert_rows(
         tx,
         sqlite,
-        "INSERT INTO audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at, subject, resource, \
-         scenario, outcome, reason_code) VALUES ",
+        "audit_events (chain, seq, hash, prev_hash, event_type, body, occurred_at, subject, resource, \
+         scenario, outcome, reason_code)",
         12,
         audit,
         |q, (a, body, scenario)| {
@@ -1000,8 +998,8 @@ async fn insert_decisions(
     insert_rows(
         tx,
         sqlite,
-        "INSERT INTO decisions (request_id, decision_id, subject, dataset, scenario, operation, outcome, \
-         reason_code, policy_version, request_digest, decided_at, inputs, effects) VALUES ",
+        "decisions (request_id, decision_id, subject, dataset, scenario, operation, outcome, \
+         reason_code, policy_version, request_digest, decided_at, inputs, effects)",
         13,
         decisions,
         |q, d| {
@@ -1033,8 +1031,8 @@ async fn insert_usage(
     insert_rows(
         tx,
         sqlite,
-        "INSERT INTO usage_records (usage_id, request_id, subject, dataset, period, quantity, amount_fen, body, \
-         recorded_at) VALUES ",
+        "usage_records (usage_id, request_id, subject, dataset, period, quantity, amount_fen, body, \
+         recorded_at)",
         9,
         usage,
         |q, (u, body)| {
@@ -1076,7 +1074,8 @@ async fn add_to_counters(
     }
     for chunk in new.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO usage_counters (subject, dataset, period, quantity) VALUES {}",
+            "{} INTO usage_counters (subject, dataset, period, quantity) VALUES {}",
+            write_verb(sqlite, "INSERT"),
             placeholders(chunk.len(), 4, sqlite)
         );
         let mut q = sqlx::query(&sql);
@@ -1090,10 +1089,11 @@ async fn add_to_counters(
         // column list on a FROM subquery).
         let sql = format!(
             "WITH v (subject, dataset, period, was, delta) AS (VALUES {}) \
-             UPDATE usage_counters SET quantity = v.was + v.delta FROM v \
+             {} usage_counters SET quantity = v.was + v.delta FROM v \
              WHERE usage_counters.subject = v.subject AND usage_counters.dataset = v.dataset \
              AND usage_counters.period = v.period AND usage_counters.quantity = v.was",
-            placeholders(chunk.len(), 5, sqlite)
+            placeholders(chunk.len(), 5, sqlite),
+            write_verb(sqlite, "UPDATE")
         );
         let mut q = sqlx::query(&sql);
         for ((s, d, per), was, delta) in chunk {
@@ -1107,7 +1107,20 @@ async fn add_to_counters(
     Ok(())
 }
 
-/// Inserts `rows` with as few statements as the parameter limits allow.
+/// The verb of every multi-row write of a batch. On SQLite `OR FAIL`: a
+/// statement that may stop half-way on a constraint otherwise keeps a copy
+/// of every page it changes (a statement journal, 23 % of what `serve`
+/// wrote) so that it alone can be undone; with `FAIL` its earlier rows stay
+/// until the transaction ends. That is safe only because a batch's
+/// transaction is never committed after a failed statement: any error ends
+/// [`Batch::finish`], and the dropped transaction rolls back. PostgreSQL
+/// keeps no such copy and has no `OR FAIL`.
+fn write_verb(sqlite: bool, verb: &str) -> String {
+    if sqlite { format!("{verb} OR FAIL") } else { verb.to_owned() }
+}
+
+/// Inserts `rows` into `into` (`table (columns)`) with as few statements as
+/// the parameter limits allow; see [`write_verb`].
 ///
 /// Text is bound as `&str`, never as `String` or `&String`: sqlx's `Any`
 /// driver copies a bound `String` into an owned value before the backend
@@ -1116,13 +1129,14 @@ async fn add_to_counters(
 async fn insert_rows<'a, T>(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     sqlite: bool,
-    head: &str,
+    into: &str,
     cols: usize,
     rows: &'a [T],
     bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
 ) -> Result<(), StoreError> {
+    let insert = write_verb(sqlite, "INSERT");
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("{head}{}", placeholders(chunk.len(), cols, sqlite));
+        let sql = format!("{insert} INTO {into} VALUES {}", placeholders(chunk.len(), cols, sqlite));
         let mut q = sqlx::query(&sql);
         for row in chunk {
             q = bind(q, row);
@@ -1175,7 +1189,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_token_id_another_writer_stored_first_is_a_conflict_not_an_outage() {
+    async fn a_token_id_another_writer_stored_first_is_a_conflict_not_an_outage_and_stores_none_of_the_batch() {
         let store = Store::connect("sqlite::memory:", 1).await.unwrap();
         let mut first = store.begin().await.unwrap();
         assert_eq!(first.use_token("iss", "jti-1", "req-a", 0).await.unwrap(), TokenUse::Fresh);
@@ -1184,9 +1198,15 @@ mod tests {
         // another instance's transaction): it believes the id unused.
         let mut second = store.begin().await.unwrap();
         second.tokens.insert(("iss".into(), "jti-1".into()), None);
+        // A fresh id first: the same statement stores it before it fails
+        // (SQLite's `OR FAIL`), and the rollback must take it away again.
+        assert_eq!(second.use_token("iss", "jti-0", "req-c", 0).await.unwrap(), TokenUse::Fresh);
         assert_eq!(second.use_token("iss", "jti-1", "req-b", 0).await.unwrap(), TokenUse::Fresh);
         let err = second.finish().await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT jti FROM token_uses ORDER BY jti").fetch_all(&store.pool).await.unwrap();
+        assert_eq!(stored, ["jti-1"]);
         // Deciding again sees the first writer's row.
         let mut again = store.begin().await.unwrap();
         assert_eq!(again.use_token("iss", "jti-1", "req-b", 0).await.unwrap(), TokenUse::UsedBy("req-a".into()));

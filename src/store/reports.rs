@@ -230,8 +230,8 @@ pub(super) async fn insert_reports(
     sqlite: bool,
     reports: &[(UsageRecord, String, String)],
 ) -> Result<(), StoreError> {
-    let head = "INSERT INTO usage_reports (report_id, usage_id, decision_id, request_id, subject, dataset, host, period, \
-                quantity, amount_fen, flagged, request_digest, body, recorded_at) VALUES ";
+    let head = "usage_reports (report_id, usage_id, decision_id, request_id, subject, dataset, host, period, \
+                quantity, amount_fen, flagged, request_digest, body, recorded_at)";
     super::insert_rows(tx, sqlite, head, 14, reports, |q, (u, body, digest)| {
         let report = u.report.as_ref();
         q.bind(report.map_or("", |r| r.report_id.as_str()))

@@ -119,8 +119,8 @@ pub(super) async fn insert_reviews(
     sqlite: bool,
     reviews: &[ReviewRow],
 ) -> Result<(), StoreError> {
-    let head = "INSERT INTO reviews (request_id, pending_decision_id, subject, holder, dataset, scenario, operation, \
-                probe, created_at, deadline, state) VALUES ";
+    let head = "reviews (request_id, pending_decision_id, subject, holder, dataset, scenario, operation, \
+                probe, created_at, deadline, state)";
     super::insert_rows(tx, sqlite, head, 11, reviews, |q, r| {
         q.bind(r.request_id.as_str())
             .bind(r.pending_decision_id.as_str())
