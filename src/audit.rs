@@ -118,29 +118,70 @@ pub enum ChainError {
     Unaudited { record: String },
 }
 
-/// The store's records must each have their audit event: a decision's
-/// input digest must be some event's, a usage record's request must have
-/// its decision. `decisions` are `(request_id, request_digest)`.
-pub fn cross_check<'a>(
-    events: impl IntoIterator<Item = &'a AuditEvent>,
-    decisions: &[(String, String)],
-    usage_requests: &[String],
-    reports: &[(String, String)],
-) -> Result<(), ChainError> {
-    let digests: std::collections::HashSet<&str> = events.into_iter().map(|e| e.request_digest.as_str()).collect();
-    if let Some((id, _)) = decisions.iter().find(|(_, digest)| !digests.contains(digest.as_str())) {
-        return Err(ChainError::Unaudited { record: format!("the decision on request {id}") });
+/// What the trail records, as the store's records are held to it: a
+/// decision's or usage report's input digest must be some event's. Built
+/// one event at a time, holding 16 bytes per event (the first half of a
+/// sha256 of the digest: finding two inputs that share it takes ~2^64
+/// tries), so a trail of years fits in memory where its events would not.
+#[derive(Debug, Default)]
+pub struct Audited {
+    keys: Vec<[u8; 16]>,
+}
+
+fn digest_key(digest: &str) -> [u8; 16] {
+    let full = Sha256::digest(digest.as_bytes());
+    let mut key = [0; 16];
+    key.copy_from_slice(&full[..16]);
+    key
+}
+
+impl Audited {
+    pub fn add(&mut self, event: &AuditEvent) {
+        self.keys.push(digest_key(&event.request_digest));
     }
-    if let Some((id, _)) = reports.iter().find(|(_, digest)| !digests.contains(digest.as_str())) {
-        return Err(ChainError::Unaudited { record: format!("the usage report {id}") });
+
+    /// Every event added: now the records can be held to it.
+    pub fn sorted(mut self) -> Recorded {
+        self.keys.sort_unstable();
+        self.keys.dedup();
+        Recorded { keys: self.keys }
     }
-    let decided: std::collections::HashSet<&str> = decisions.iter().map(|(id, _)| id.as_str()).collect();
-    if let Some(id) = usage_requests.iter().find(|id| !decided.contains(id.as_str())) {
-        return Err(ChainError::Unaudited {
-            record: format!("the usage record of request {id} (its decision is missing)"),
-        });
+}
+
+/// [`Audited`] once every event was added, sorted for lookups.
+#[derive(Debug)]
+pub struct Recorded {
+    keys: Vec<[u8; 16]>,
+}
+
+impl Recorded {
+    fn records(&self, digest: &str) -> bool {
+        self.keys.binary_search(&digest_key(digest)).is_ok()
     }
-    Ok(())
+
+    /// The decision on `request_id`, whose input had `digest`.
+    pub fn decision(&self, request_id: &str, digest: &str) -> Result<(), ChainError> {
+        match self.records(digest) {
+            true => Ok(()),
+            false => Err(ChainError::Unaudited { record: format!("the decision on request {request_id}") }),
+        }
+    }
+
+    /// The usage report `report_id`, whose input had `digest`.
+    pub fn report(&self, report_id: &str, digest: &str) -> Result<(), ChainError> {
+        match self.records(digest) {
+            true => Ok(()),
+            false => Err(ChainError::Unaudited { record: format!("the usage report {report_id}") }),
+        }
+    }
+}
+
+impl ChainError {
+    /// A usage record of `request_id`, whose decision (and so its audit
+    /// event) is missing.
+    pub fn usage_without_decision(request_id: &str) -> Self {
+        ChainError::Unaudited { record: format!("the usage record of request {request_id} (its decision is missing)") }
+    }
 }
 
 /// The bytes a checkpoint's signature covers: the canonical JSON of every
@@ -195,6 +236,20 @@ pub fn verify_checkpoints<'a>(
     checkpoints: &[Checkpoint],
     keys: &BTreeMap<String, PublicKey>,
 ) -> Result<CheckpointReport, ChainError> {
+    let out = hold_checkpoints(report, checkpoints, keys)?;
+    let certified = Certified::new(checkpoints);
+    events.into_iter().try_for_each(|e| certified.check(e))?;
+    Ok(out)
+}
+
+/// [`verify_checkpoints`] but for the events themselves, which
+/// [`Certified`] checks as they are read: signatures, order, and that each
+/// checkpointed chain reached its checkpoint.
+pub fn hold_checkpoints(
+    report: &VerifyReport,
+    checkpoints: &[Checkpoint],
+    keys: &BTreeMap<String, PublicKey>,
+) -> Result<CheckpointReport, ChainError> {
     let mut sorted: Vec<&Checkpoint> = checkpoints.iter().collect();
     sorted.sort_by(|a, b| (&a.chain, a.seq).cmp(&(&b.chain, b.seq)));
     sorted.dedup_by(|a, b| a.chain == b.chain && a.seq == b.seq && a.signature == b.signature);
@@ -219,14 +274,29 @@ pub fn verify_checkpoints<'a>(
         out.latest.insert(c.chain.clone(), c.seq);
         out.verified += 1;
     }
-    let certified: BTreeMap<(&str, u64), &str> =
-        sorted.iter().map(|c| ((c.chain.as_str(), c.seq), c.hash.as_str())).collect();
-    for e in events {
-        if certified.get(&(e.chain.as_str(), e.seq)).is_some_and(|h| *h != e.hash) {
-            return Err(ChainError::Forked { chain: e.chain.clone(), seq: e.seq });
+    Ok(out)
+}
+
+/// The positions signed checkpoints certify, and the hash each certified:
+/// an event read at one of them must carry that hash. (Two checkpoints of
+/// one position with different hashes are refused by [`hold_checkpoints`].)
+pub struct Certified(BTreeMap<String, BTreeMap<u64, String>>);
+
+impl Certified {
+    pub fn new(checkpoints: &[Checkpoint]) -> Self {
+        let mut by_chain: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
+        for c in checkpoints {
+            by_chain.entry(c.chain.clone()).or_default().insert(c.seq, c.hash.clone());
+        }
+        Certified(by_chain)
+    }
+
+    pub fn check(&self, e: &AuditEvent) -> Result<(), ChainError> {
+        match self.0.get(&e.chain).and_then(|chain| chain.get(&e.seq)) {
+            Some(hash) if *hash != e.hash => Err(ChainError::Forked { chain: e.chain.clone(), seq: e.seq }),
+            _ => Ok(()),
         }
     }
-    Ok(out)
 }
 
 fn check_signature(c: &Checkpoint, keys: &BTreeMap<String, PublicKey>) -> Result<(), ChainError> {
@@ -279,23 +349,51 @@ pub fn verify_anchored<'a>(
     events: impl IntoIterator<Item = &'a AuditEvent>,
     anchors: &std::collections::BTreeSet<(String, u64)>,
 ) -> Result<VerifyReport, ChainError> {
-    let mut report = VerifyReport::default();
-    let mut seen: BTreeMap<(String, u64), String> = BTreeMap::new();
-    for e in events {
+    let mut chains = ChainVerifier::for_topic(anchors);
+    events.into_iter().try_for_each(|e| chains.push(e))?;
+    Ok(chains.finish())
+}
+
+/// Verifies a trail one event at a time, in the order it is read (each
+/// chain in sequence order), holding each chain's head — and, read from a
+/// topic, where identical re-publications appear behind a chain's head, the
+/// hash of every position seen.
+pub struct ChainVerifier<'a> {
+    anchors: &'a std::collections::BTreeSet<(String, u64)>,
+    report: VerifyReport,
+    /// `None` where a position cannot appear twice (the database's primary
+    /// key): a repeated one is then out of order, as any other.
+    seen: Option<BTreeMap<(String, u64), String>>,
+}
+
+impl<'a> ChainVerifier<'a> {
+    /// For events read from the audit topic (at-least-once: identical
+    /// copies are counted and skipped).
+    pub fn for_topic(anchors: &'a std::collections::BTreeSet<(String, u64)>) -> Self {
+        ChainVerifier { anchors, report: VerifyReport::default(), seen: Some(BTreeMap::new()) }
+    }
+
+    /// For events read from the database, chain by chain in order: memory
+    /// does not grow with the chains' length.
+    pub fn for_database(anchors: &'a std::collections::BTreeSet<(String, u64)>) -> Self {
+        ChainVerifier { anchors, report: VerifyReport::default(), seen: None }
+    }
+
+    pub fn push(&mut self, e: &AuditEvent) -> Result<(), ChainError> {
         if compute_hash(e) != e.hash {
             return Err(ChainError::Tampered { chain: e.chain.clone(), seq: e.seq });
         }
-        if let Some(h) = seen.get(&(e.chain.clone(), e.seq)) {
+        if let Some(h) = self.seen.as_ref().and_then(|seen| seen.get(&(e.chain.clone(), e.seq))) {
             if *h == e.hash {
-                report.duplicates += 1;
-                continue;
+                self.report.duplicates += 1;
+                return Ok(());
             }
             return Err(ChainError::Conflict { chain: e.chain.clone(), seq: e.seq });
         }
-        let (expected, prev_hash) = match report.chains.get(&e.chain) {
+        let (expected, prev_hash) = match self.report.chains.get(&e.chain) {
             Some((n, h)) => (n + 1, h.as_str()),
             // A pruned chain: its first event is a checkpointed one.
-            None if e.seq > 1 && anchors.contains(&(e.chain.clone(), e.seq)) => (e.seq, e.prev_hash.as_str()),
+            None if e.seq > 1 && self.anchors.contains(&(e.chain.clone(), e.seq)) => (e.seq, e.prev_hash.as_str()),
             None => (1, GENESIS),
         };
         if e.seq != expected {
@@ -304,10 +402,20 @@ pub fn verify_anchored<'a>(
         if e.prev_hash != prev_hash {
             return Err(ChainError::BrokenLink { chain: e.chain.clone(), seq: e.seq });
         }
-        seen.insert((e.chain.clone(), e.seq), e.hash.clone());
-        report.chains.insert(e.chain.clone(), (e.seq, e.hash.clone()));
+        if let Some(seen) = self.seen.as_mut() {
+            seen.insert((e.chain.clone(), e.seq), e.hash.clone());
+        }
+        match self.report.chains.get_mut(&e.chain) {
+            Some(head) => *head = (e.seq, e.hash.clone()),
+            None => drop(self.report.chains.insert(e.chain.clone(), (e.seq, e.hash.clone()))),
+        }
+        Ok(())
     }
-    Ok(report)
+
+    /// Events checked per chain, each chain's head, and copies skipped.
+    pub fn finish(self) -> VerifyReport {
+        self.report
+    }
 }
 
 #[cfg(test)]
@@ -347,20 +455,36 @@ mod tests {
     }
 
     #[test]
-    fn a_decision_usage_record_or_usage_report_without_its_audit_event_is_named() {
-        let events = chain(3);
+    fn a_decision_or_usage_report_without_its_audit_event_is_named() {
+        let mut audited = Audited::default();
+        chain(3).iter().for_each(|e| audited.add(e));
+        let audited = audited.sorted();
         let digest = |n: u32| format!("{n:064}");
-        let decisions = vec![("r-1".to_owned(), digest(1)), ("r-2".to_owned(), digest(2))];
-        let reports = vec![("rep-1".to_owned(), digest(0))];
-        cross_check(&events, &decisions, &["r-1".into()], &reports).expect("all audited");
-        let lost = vec![("rep-9".to_owned(), digest(9))];
-        let err = cross_check(&events, &decisions, &[], &lost).unwrap_err().to_string();
-        assert!(err.contains("the usage report rep-9"), "{err}");
-        let err = cross_check(&events, &decisions, &["r-7".into()], &[]).unwrap_err().to_string();
-        assert!(err.contains("the usage record of request r-7"), "{err}");
-        let unaudited = vec![("r-8".to_owned(), digest(8))];
-        let err = cross_check(&events, &unaudited, &[], &[]).unwrap_err().to_string();
+        audited.decision("r-1", &digest(1)).expect("audited");
+        audited.report("rep-1", &digest(0)).expect("audited");
+        let err = audited.report("rep-9", &digest(9)).unwrap_err().to_string();
+        assert!(err.contains("the usage report rep-9") && err.contains("dropped record"), "{err}");
+        let err = audited.decision("r-8", &digest(8)).unwrap_err().to_string();
         assert!(err.contains("the decision on request r-8"), "{err}");
+        // Held by digest, not by request id.
+        assert!(audited.decision("r-1", &digest(7)).is_err());
+    }
+
+    #[test]
+    fn the_database_verifier_holds_only_chain_heads_and_refuses_a_repeated_position() {
+        let events = chain(4);
+        let anchors = std::collections::BTreeSet::new();
+        let mut chains = ChainVerifier::for_database(&anchors);
+        events.iter().try_for_each(|e| chains.push(e)).unwrap();
+        assert!(chains.seen.is_none());
+        // What the topic's verifier skips as a re-publication cannot come
+        // from the database, whose rows are unique by position.
+        let err = chains.push(&events[1]).unwrap_err();
+        assert_eq!(err, ChainError::Gap { chain: events[1].chain.clone(), expected: 5, found: 2 });
+        assert_eq!(chains.finish().chains[&events[0].chain], (4, events[3].hash.clone()));
+        let mut repeated = events.clone();
+        repeated.insert(3, events[1].clone());
+        assert_eq!(verify(&repeated).unwrap().duplicates, 1);
     }
 
     #[test]

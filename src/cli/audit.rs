@@ -5,15 +5,16 @@
 //! dropped, reordered or cut record. `audit query` and `audit tail`: the
 //! events auditors ask about.
 
-use std::collections::BTreeMap;
-
-use std::io::Write;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{IsTerminal, Write};
 
 use anyhow::Context;
+use futures_util::TryStreamExt;
+use tollgate::audit::{Audited, Certified, ChainError, ChainVerifier, CheckpointReport, Recorded, VerifyReport};
 use tollgate::auth::PublicKey;
 use tollgate::config::Settings;
 use tollgate::contract::{AuditEvent, Checkpoint};
-use tollgate::store::{AuditFilter, Store};
+use tollgate::store::{AuditFilter, Store, TrailSnapshot};
 
 /// Events read per page by `audit query`.
 const PAGE: i64 = 5_000;
@@ -45,39 +46,39 @@ pub async fn verify(settings: &Settings, from: VerifyFrom<'_>) -> anyhow::Result
     Ok(())
 }
 
+const CHAINS_FAILED: &str = "audit chain verification failed";
+const CHECKPOINTS_FAILED: &str = "audit checkpoint verification failed";
+
 /// The verification itself; its summary line when the trail holds.
 async fn verify_with(store: &Store, settings: &Settings, from: &VerifyFrom<'_>) -> anyhow::Result<String> {
-    let (events, checkpoints) = if from.kafka {
-        (from_topic(settings).await?, checkpoints_from_topic(settings).await?)
-    } else {
-        (from_database(store).await?, store.checkpoints(false).await?)
-    };
+    // Keys and checkpoints first: SQLite's one connection is then held by
+    // the trail's snapshot, and a checkpoint read before the events
+    // certifies events already stored (one made meanwhile is not read).
     let keys = match from.keys {
         Some(path) => keys_from_file(path)?,
         None => keys_from_store(store).await?,
     };
+    let checkpoints =
+        if from.kafka { checkpoints_from_topic(settings).await? } else { store.checkpoints(false).await? };
     // A chain may start at a signed checkpoint (what `audit prune` leaves).
     let anchors = checkpoints.iter().map(|c| (c.chain.clone(), c.seq)).collect();
-    let report = tollgate::audit::verify_anchored(&events, &anchors).context("audit chain verification failed")?;
-    let signed = tollgate::audit::verify_checkpoints(&events, &report, &checkpoints, &keys)
-        .context("audit checkpoint verification failed")?;
-    if !from.kafka {
-        let decisions = store.decision_digests().await?;
-        tollgate::audit::cross_check(
-            &events,
-            &decisions,
-            &store.usage_requests().await?,
-            &store.report_digests().await?,
-        )
-        .context("audit cross-check of the database failed")?;
-    }
+    let (report, signed, read) = if from.kafka {
+        let events = from_topic(settings).await?;
+        let report = tollgate::audit::verify_anchored(&events, &anchors).context(CHAINS_FAILED)?;
+        let signed =
+            tollgate::audit::verify_checkpoints(&events, &report, &checkpoints, &keys).context(CHECKPOINTS_FAILED)?;
+        (report, signed, events.len() as u64)
+    } else {
+        let progress = std::io::stderr().is_terminal();
+        from_database(store, (&anchors, &checkpoints, &keys), progress).await?
+    };
     for (chain, (seq, head)) in &report.chains {
         let checkpoint =
             signed.latest.get(chain).map_or_else(|| "no checkpoint yet".into(), |s| format!("checkpoint at {s}"));
         println!("{chain}: {seq} events, head {head}, {checkpoint}");
     }
     // Distinct events; identical re-publications (at-least-once) apart.
-    let distinct = events.len() as u64 - report.duplicates;
+    let distinct = read - report.duplicates;
     let copies = match report.duplicates {
         0 => String::new(),
         n => format!("; {n} identical re-published copies skipped"),
@@ -115,14 +116,74 @@ async fn read_topic<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
-/// Every stored event, its columns held to its fields first.
-async fn from_database(store: &Store) -> anyhow::Result<Vec<AuditEvent>> {
-    let rows = store.audit_rows().await?;
-    for r in &rows {
-        tollgate::audit::check_columns(&r.event, &r.chain, r.seq, &r.hash, &r.prev_hash)
-            .context("audit chain verification failed")?;
+/// What a chain may start at, which checkpoints hold, and the keys that
+/// signed them.
+type Trust<'a> = (&'a BTreeSet<(String, u64)>, &'a [Checkpoint], &'a BTreeMap<String, PublicKey>);
+
+/// The database's trail, read in one snapshot and row by row: each event's
+/// columns held to its fields, its chain verified, the event held to the
+/// checkpoint certifying its position; then the checkpoints, and the
+/// decisions and usage records held to the trail. Holds each chain's head
+/// and 16 bytes per event, not the events. Returns what was verified and
+/// how many events were read.
+async fn from_database(
+    store: &Store,
+    (anchors, checkpoints, keys): Trust<'_>,
+    progress: bool,
+) -> anyhow::Result<(VerifyReport, CheckpointReport, u64)> {
+    let certified = Certified::new(checkpoints);
+    let mut chains = ChainVerifier::for_database(anchors);
+    let (mut audited, mut fork, mut read) = (Audited::default(), None, 0u64);
+    let mut trail = store.trail_snapshot().await?;
+    {
+        // The rows borrow the snapshot until this block ends.
+        let mut rows = std::pin::pin!(trail.audit_rows());
+        while let Some(r) = rows.try_next().await? {
+            tollgate::audit::check_columns(&r.event, &r.chain, r.seq, &r.hash, &r.prev_hash).context(CHAINS_FAILED)?;
+            chains.push(&r.event).context(CHAINS_FAILED)?;
+            // Reported after the checkpoints' own checks, as for the topic.
+            fork = fork.or_else(|| certified.check(&r.event).err());
+            audited.add(&r.event);
+            read += 1;
+            if progress && read.is_multiple_of(PROGRESS_EVERY) {
+                eprint!("\rverified {read} events");
+            }
+        }
     }
-    Ok(rows.into_iter().map(|r| r.event).collect())
+    if progress && read >= PROGRESS_EVERY {
+        eprintln!("\rverified {read} events");
+    }
+    let report = chains.finish();
+    let signed = tollgate::audit::hold_checkpoints(&report, checkpoints, keys).context(CHECKPOINTS_FAILED)?;
+    if let Some(fork) = fork {
+        return Err(fork).context(CHECKPOINTS_FAILED);
+    }
+    cross_check(&mut trail, &audited.sorted()).await.context("audit cross-check of the database failed")?;
+    Ok((report, signed, read))
+}
+
+/// Events verified between two progress lines on a terminal.
+const PROGRESS_EVERY: u64 = 10_000;
+
+/// Every decision and accepted usage report must have its audit event, and
+/// every usage record its decision.
+async fn cross_check(trail: &mut TrailSnapshot, audited: &Recorded) -> anyhow::Result<()> {
+    {
+        let mut decisions = std::pin::pin!(trail.decision_digests());
+        while let Some((request_id, digest)) = decisions.try_next().await? {
+            audited.decision(&request_id, &digest)?;
+        }
+    }
+    {
+        let mut reports = std::pin::pin!(trail.report_digests());
+        while let Some((report_id, digest)) = reports.try_next().await? {
+            audited.report(&report_id, &digest)?;
+        }
+    }
+    match trail.usage_without_decision().await? {
+        Some(request_id) => Err(ChainError::usage_without_decision(&request_id).into()),
+        None => Ok(()),
+    }
 }
 
 async fn keys_from_store(store: &Store) -> anyhow::Result<BTreeMap<String, PublicKey>> {

@@ -116,21 +116,4 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
-
-    /// `(request_id, request_digest)` of every decision: each must have
-    /// its audit event (`audit verify`).
-    pub async fn decision_digests(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT request_id, request_digest FROM decisions ORDER BY request_id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
-    }
-
-    /// The request of every usage record: each must have its decision.
-    pub async fn usage_requests(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT request_id FROM usage_records ORDER BY request_id").fetch_all(&self.pool).await?)
-    }
 }

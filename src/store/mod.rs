@@ -19,6 +19,7 @@ mod grants;
 mod prune;
 mod reports;
 mod reviews;
+mod trail;
 pub use audit_query::{AuditFilter, AuditPosition};
 pub use checkpoints::{ChainHead, LatestCheckpoint};
 pub use decisions::{DecisionLine, StoredDecision};
@@ -27,6 +28,7 @@ pub use grants::{GrantRow, GrantState, Revocation, RevokedGrant};
 pub use prune::Pruned;
 pub use reports::{ReportTotals, ReportedGrant, reported_period};
 pub use reviews::{Closing, ReviewRow};
+pub use trail::TrailSnapshot;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
 
@@ -441,26 +443,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// Every audit event with the columns it is stored under, chain by chain
-    /// in sequence order: `audit verify` holds the columns (new events are
-    /// chained onto `hash`) to the event's own fields.
-    pub async fn audit_rows(&self) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query("SELECT chain, seq, hash, prev_hash, body FROM audit_events ORDER BY chain, seq")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    chain: r.try_get(0)?,
-                    seq: r.try_get(1)?,
-                    hash: r.try_get(2)?,
-                    prev_hash: r.try_get(3)?,
-                    event: decode_audit(&r.try_get::<String, _>(4)?)?,
-                })
-            })
-            .collect()
     }
 
     /// Every audit event, chain by chain in sequence order.

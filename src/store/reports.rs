@@ -204,15 +204,6 @@ impl super::Store {
         })
     }
 
-    /// (report id, digest of the report's bytes) of every accepted report:
-    /// each must have its audit event.
-    pub async fn report_digests(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT report_id, request_digest FROM usage_reports ORDER BY report_id")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?)
-    }
-
     /// Units accepted from reports under grant `decision_id`.
     pub async fn reported_units(&self, decision_id: &str) -> Result<u64, StoreError> {
         let units: i64 = sqlx::query_scalar(
